@@ -1,0 +1,139 @@
+"""The readable NumPy reference of every kernel: the teaching version and the test oracle.
+
+Each function works on NumPy or CuPy arrays alike (through `xp`) and is written for clarity, not
+speed; tinycnn.kernels.cpu (Numba) and tinycnn.kernels.gpu (CuPy) compute the same results with
+the same names and index maths. Shapes use upper-case letters: N batch, C channels, H x W input,
+KH x KW kernel, SH/SW stride, PH/PW zero padding on both sides, DH/DW dilation, OH x OW output.
+
+The column layout of im2col is (N, C, KH, KW, OH, OW): col[n, c, i, j, oh, ow] is the input pixel
+that kernel tap (i, j) sees when the window sits at output position (oh, ow),
+x[n, c, oh*SH - PH + i*DH, ow*SW - PW + j*DW], or 0 where that falls in the padding.
+"""
+from tinycnn.backend import get_array_module
+
+
+def conv_output_size(size, kernel, stride, padding, dilation=1, ceil_mode=False):
+    """Output length along one axis, as PyTorch computes it for convolution and pooling.
+
+    With ceil_mode a last, partial window is kept, unless it would start in the right padding.
+    """
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    if ceil_mode:
+        out = -(-span // stride) + 1
+        if (out - 1) * stride >= size + padding:
+            out -= 1
+    else:
+        out = span // stride + 1
+    return out
+
+
+def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW):
+    """(N, C, H, W) -> (N, C, KH, KW, OH, OW): every window of x laid out as a column."""
+    xp = get_array_module(x)
+    N, C, H, W = x.shape
+    OH = conv_output_size(H, KH, SH, PH, DH)
+    OW = conv_output_size(W, KW, SW, PW, DW)
+    x_padded = xp.pad(x, ((0, 0), (0, 0), (PH, PH), (PW, PW)))
+    col = xp.empty((N, C, KH, KW, OH, OW), dtype=x.dtype)
+    for i in range(KH):
+        for j in range(KW):
+            # Tap (i, j) of every window: rows i*DH, i*DH + SH, ..., one per output row.
+            col[:, :, i, j] = x_padded[:, :, i * DH:i * DH + SH * (OH - 1) + 1:SH,
+                                       j * DW:j * DW + SW * (OW - 1) + 1:SW]
+    return col
+
+
+def col2im(col, H, W, SH, SW, PH, PW, DH, DW):
+    """(N, C, KH, KW, OH, OW) -> (N, C, H, W): the adjoint of im2col, summing overlapping taps."""
+    xp = get_array_module(col)
+    N, C, KH, KW, OH, OW = col.shape
+    x_padded = xp.zeros((N, C, H + 2 * PH, W + 2 * PW), dtype=col.dtype)
+    for i in range(KH):
+        for j in range(KW):
+            x_padded[:, :, i * DH:i * DH + SH * (OH - 1) + 1:SH,
+                     j * DW:j * DW + SW * (OW - 1) + 1:SW] += col[:, :, i, j]
+    return x_padded[:, :, PH:PH + H, PW:PW + W]
+
+
+def _pool_windows(x, KH, KW, SH, SW, PH, PW, DH, DW, ceil_mode, fill):
+    """Pad x with `fill` far enough for every (ceil_mode) window; return windows and output size."""
+    xp = get_array_module(x)
+    N, C, H, W = x.shape
+    OH = conv_output_size(H, KH, SH, PH, DH, ceil_mode)
+    OW = conv_output_size(W, KW, SW, PW, DW, ceil_mode)
+    # A ceil_mode window may reach past the right padding: extend it with `fill` as well.
+    bottom = max(PH, (OH - 1) * SH + DH * (KH - 1) + 1 - H - PH)
+    right = max(PW, (OW - 1) * SW + DW * (KW - 1) + 1 - W - PW)
+    x_padded = xp.pad(x, ((0, 0), (0, 0), (PH, bottom), (PW, right)), constant_values=fill)
+    windows = xp.empty((N, C, KH, KW, OH, OW), dtype=x.dtype)
+    for i in range(KH):
+        for j in range(KW):
+            windows[:, :, i, j] = x_padded[:, :, i * DH:i * DH + SH * (OH - 1) + 1:SH,
+                                           j * DW:j * DW + SW * (OW - 1) + 1:SW]
+    return windows, OH, OW
+
+
+def max_pool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, ceil_mode):
+    """Returns (y, argmax): y (N, C, OH, OW) and, for each output, the flat index h*W + w of the
+    input pixel that won (the first one on ties), as PyTorch's return_indices."""
+    xp = get_array_module(x)
+    N, C, H, W = x.shape
+    windows, OH, OW = _pool_windows(x, KH, KW, SH, SW, PH, PW, DH, DW, ceil_mode, -xp.inf)
+    windows = windows.reshape(N, C, KH * KW, OH, OW)
+    tap = windows.argmax(axis=2)  # (N, C, OH, OW): which of the KH*KW taps won
+    y = xp.take_along_axis(windows, tap[:, :, None], axis=2)[:, :, 0]
+    oh = xp.arange(OH).reshape(OH, 1)
+    ow = xp.arange(OW).reshape(1, OW)
+    h = oh * SH - PH + (tap // KW) * DH
+    w = ow * SW - PW + (tap % KW) * DW
+    return y, (h * W + w).astype(xp.int64)
+
+
+def max_pool2d_backward(gy, argmax, H, W):
+    """Route each output gradient to the input pixel that won its window (summing if one pixel
+    won several overlapping windows)."""
+    xp = get_array_module(gy)
+    N, C = gy.shape[:2]
+    gx = xp.zeros((N * C, H * W), dtype=gy.dtype)
+    rows = xp.arange(N * C).reshape(N * C, 1)
+    flat_gy = gy.reshape(N * C, -1)
+    flat_argmax = argmax.reshape(N * C, -1)
+    xp.add.at(gx, (xp.broadcast_to(rows, flat_argmax.shape), flat_argmax), flat_gy)
+    return gx.reshape(N, C, H, W)
+
+
+def avg_pool_divisor(H, W, KH, KW, SH, SW, PH, PW, OH, OW, count_include_pad, xp):
+    """(OH, OW) array of the number each window's sum is divided by, as PyTorch counts it:
+    with count_include_pad, the window clipped to the padded input; else only real pixels."""
+    h_start = xp.arange(OH) * SH - PH
+    w_start = xp.arange(OW) * SW - PW
+    h_end = xp.minimum(h_start + KH, H + PH)
+    w_end = xp.minimum(w_start + KW, W + PW)
+    if not count_include_pad:
+        h_start, w_start = xp.maximum(h_start, 0), xp.maximum(w_start, 0)
+        h_end, w_end = xp.minimum(h_end, H), xp.minimum(w_end, W)
+    return (h_end - h_start).reshape(OH, 1) * (w_end - w_start).reshape(1, OW)
+
+
+def avg_pool2d_forward(x, KH, KW, SH, SW, PH, PW, ceil_mode, count_include_pad):
+    xp = get_array_module(x)
+    N, C, H, W = x.shape
+    windows, OH, OW = _pool_windows(x, KH, KW, SH, SW, PH, PW, 1, 1, ceil_mode, 0)
+    divisor = avg_pool_divisor(H, W, KH, KW, SH, SW, PH, PW, OH, OW, count_include_pad, xp)
+    return (windows.sum(axis=(2, 3)) / divisor).astype(x.dtype)
+
+
+def avg_pool2d_backward(gy, H, W, KH, KW, SH, SW, PH, PW, ceil_mode, count_include_pad):
+    """Each input pixel gets gy / divisor from every window that covers it (col2im of the
+    gradient spread evenly over each window)."""
+    xp = get_array_module(gy)
+    N, C, OH, OW = gy.shape
+    divisor = avg_pool_divisor(H, W, KH, KW, SH, SW, PH, PW, OH, OW, count_include_pad, xp)
+    share = (gy / divisor).astype(gy.dtype)
+    bottom = max(PH, (OH - 1) * SH + KH - H - PH)
+    right = max(PW, (OW - 1) * SW + KW - W - PW)
+    gx_padded = xp.zeros((N, C, PH + H + bottom, PW + W + right), dtype=gy.dtype)
+    for i in range(KH):
+        for j in range(KW):
+            gx_padded[:, :, i:i + SH * (OH - 1) + 1:SH, j:j + SW * (OW - 1) + 1:SW] += share
+    return gx_padded[:, :, PH:PH + H, PW:PW + W]

@@ -1,0 +1,19 @@
+"""tinycnn: a from-scratch CNN framework whose every step can be read.
+
+    import tinycnn
+    import tinycnn.functional as F
+    from tinycnn import nn, optim
+"""
+from tinycnn import config
+from tinycnn.autograd import Function, Parameter, Tensor, tensor
+from tinycnn import arithmetic  # noqa: F401 - attaches operators and methods to Tensor
+from tinycnn.config import enable_grad, no_grad
+from tinycnn.gradcheck import GradcheckError, gradcheck
+from tinycnn import backend, functional, nn, optim  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Function", "GradcheckError", "Parameter", "Tensor", "backend", "config", "enable_grad",
+    "functional", "gradcheck", "nn", "no_grad", "optim", "tensor",
+]

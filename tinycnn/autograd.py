@@ -1,0 +1,299 @@
+"""The reverse-mode autograd engine: Tensor, Function and the backward pass.
+
+A Tensor wraps an array (`.data`, NumPy or CuPy) and remembers the Function that made it
+(`.creator`). A Function's `forward` works on arrays; calling the Function on Tensors runs
+`forward` and, when any input needs a gradient, links the outputs to it. `Tensor.backward()` walks
+that graph from the output back to the leaves, newest function first, calling each `backward(gy)`.
+
+    >>> x = tinycnn.tensor([1.0, 2.0], requires_grad=True)
+    >>> y = (x * x).sum()
+    >>> y.backward()
+    >>> x.grad            # dy/dx = 2x
+    array([2., 4.], dtype=float32)
+"""
+import heapq
+import itertools
+import weakref
+
+import numpy
+
+from tinycnn import backend, config
+
+
+class Function:
+    """One differentiable operation.
+
+    Subclasses take hyper-parameters in `__init__`, and implement
+
+    - `forward(*arrays)`: returns an array or a tuple of arrays; keeps what backward needs with
+      `self.save_for_backward(...)` or as a named attribute (`self.argmax = ...`);
+    - `backward(*grad_outputs)`: returns one gradient array per input, None where the input needs
+      none (`self.needs_input_grad[i]` says which are wanted).
+
+    Inputs may be Tensors, None (an absent optional input such as a bias), or plain arrays and
+    numbers, which become constant Tensors.
+    """
+
+    generation = 0
+
+    def __call__(self, *inputs):
+        inputs = tuple(x if x is None or isinstance(x, Tensor) else as_tensor(x) for x in inputs)
+        arrays = tuple(None if x is None else x.data for x in inputs)
+        backend.get_array_module(*arrays, where=self.name)
+        if config.check_nan:
+            self._check_finite(arrays)
+        outputs = self.forward(*arrays)
+        if not isinstance(outputs, tuple):
+            outputs = (outputs,)
+        outputs = tuple(Tensor(y) for y in outputs)
+
+        self.needs_input_grad = tuple(x is not None and x.requires_grad for x in inputs)
+        if config.enable_backprop and any(self.needs_input_grad):
+            self.generation = max(x.generation for x in inputs if x is not None and x.requires_grad)
+            for y in outputs:
+                y.creator = self
+                y.generation = self.generation + 1
+                y.requires_grad = True
+            self.inputs = inputs
+            # Weak references: the outputs own their creator, not the other way round, so a
+            # graph is freed as soon as the user drops its output.
+            self.outputs = tuple(weakref.ref(y) for y in outputs)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    @property
+    def name(self):
+        return type(self).__name__
+
+    def forward(self, *arrays):
+        raise NotImplementedError(f"{self.name}.forward")
+
+    def backward(self, *grad_outputs):
+        raise NotImplementedError(f"{self.name}.backward")
+
+    def save_for_backward(self, *arrays):
+        self.saved_arrays = arrays
+
+    def release(self):
+        """Drop the inputs and everything kept for backward (after a backward without retain_graph)."""
+        self.__dict__.clear()
+        self.released = True
+
+    def _check_finite(self, arrays):
+        for index, a in enumerate(arrays):
+            if a is None or a.dtype.kind != "f":
+                continue
+            xp = backend.get_array_module(a)
+            if not bool(xp.isfinite(a).all()):
+                bad = int((~xp.isfinite(a)).sum())
+                raise ValueError(
+                    f"{self.name}: input {index} of shape {tuple(a.shape)} holds {bad} NaN or infinite "
+                    "values (tinycnn.config.check_nan is on)")
+
+
+class Tensor:
+    """An array with an optional gradient and a link to the Function that produced it."""
+
+    # Make NumPy defer to Tensor's reflected operators: ndarray + Tensor -> Tensor.__radd__.
+    __array_ufunc__ = None
+
+    def __init__(self, data, requires_grad=False, name=None):
+        if isinstance(data, Tensor):
+            data = data.data
+        if not hasattr(data, "shape") or not hasattr(data, "dtype"):
+            raise TypeError(f"Tensor: expected a NumPy or CuPy array, got {type(data).__name__}; "
+                            "use tinycnn.tensor(...) to convert Python data")
+        if requires_grad and data.dtype.kind != "f":
+            raise TypeError(f"Tensor: only floating-point tensors can require gradients, got dtype {data.dtype}")
+        self.data = data
+        self.grad = None
+        self.requires_grad = requires_grad
+        self.creator = None
+        self.generation = 0
+        self.name = name
+        self.retains_grad = False
+
+    shape = property(lambda self: tuple(self.data.shape))
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+    size = property(lambda self: int(self.data.size))
+    device = property(lambda self: backend.device_of(self.data))
+    is_leaf = property(lambda self: self.creator is None)
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        body = str(backend.to_cpu(self.data)).replace("\n", "\n       ")
+        extra = ", requires_grad=True" if self.requires_grad else ""
+        device = ", device='gpu'" if self.device == "gpu" else ""
+        return f"tensor({body}, dtype={self.dtype}{device}{extra})"
+
+    def numpy(self):
+        """The data as a NumPy array (copied to the host if it is on the GPU)."""
+        return backend.to_cpu(self.data)
+
+    def item(self):
+        return self.data.item()
+
+    def detach(self):
+        """The same data, cut from the graph."""
+        return Tensor(self.data)
+
+    def requires_grad_(self, requires_grad=True):
+        if not self.is_leaf:
+            raise RuntimeError("requires_grad_: only leaf tensors can change requires_grad; use detach()")
+        if requires_grad and self.dtype.kind != "f":
+            raise TypeError(f"requires_grad_: dtype {self.dtype} cannot require gradients")
+        self.requires_grad = requires_grad
+        return self
+
+    def retain_grad(self):
+        """Keep `.grad` on this non-leaf tensor after backward (for inspecting a network)."""
+        self.retains_grad = True
+        return self
+
+    def zero_grad(self):
+        self.grad = None
+
+    def to(self, device):
+        """A copy on 'cpu' or 'gpu' (the same Tensor if it is there already)."""
+        if self.device == device:
+            return self
+        return Tensor(backend.to_device(self.data, device), requires_grad=self.requires_grad)
+
+    def backward(self, grad=None, retain_graph=False):
+        """Accumulate d(self)/d(leaf) into every leaf's `.grad`.
+
+        `grad` is the gradient flowing into this tensor; it defaults to 1 for a one-element tensor.
+        The graph is freed afterwards unless `retain_graph=True`.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward: this tensor does not require grad (no input had requires_grad=True, "
+                               "or it was computed under no_grad())")
+        xp = backend.get_array_module(self.data)
+        if grad is None:
+            if self.size != 1:
+                raise RuntimeError(f"backward: grad can be implied only for one-element outputs, got shape {self.shape}")
+            grad = xp.ones_like(self.data)
+        else:
+            grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+            if grad.shape != self.data.shape:
+                raise ValueError(f"backward: expected grad of shape {self.shape}, got {tuple(grad.shape)}")
+        run_backward(self, grad, retain_graph)
+
+    def __hash__(self):
+        return id(self)
+
+    # Arithmetic and shape methods are attached in tinycnn/arithmetic.py.
+
+
+class Parameter(Tensor):
+    """A Tensor that a Module registers as trainable; requires_grad defaults to True."""
+
+    def __init__(self, data, requires_grad=True):
+        if isinstance(data, Tensor):
+            data = data.data
+        super().__init__(data, requires_grad=requires_grad)
+
+    def __repr__(self):
+        return "Parameter containing:\n" + super().__repr__()
+
+
+def run_backward(output, grad, retain_graph=False):
+    """Propagate `grad` from `output` to the leaves, newest function first.
+
+    The graph is a DAG ordered by `generation` (one more than the newest input). A max-heap on
+    generation pops a function only after every function that consumes its outputs has run, so
+    each output's gradient is complete when it is used; no recursion, so depth is unlimited.
+    """
+    # id -> (tensor, gradient summed so far). Holding the tensor keeps it alive (functions only
+    # hold weak references to their outputs) until its creator has consumed the gradient.
+    grads = {id(output): (output, grad)}
+    leaf_grads = {}  # the same, for leaves and retain_grad tensors: written to .grad at the end
+    if output.creator is None or output.retains_grad:
+        leaf_grads[id(output)] = (output, grad)
+    counter = itertools.count()  # tie-breaker so the heap never compares Functions
+    heap = []
+    seen = set()
+
+    def push(function):
+        if id(function) not in seen:
+            seen.add(id(function))
+            heapq.heappush(heap, (-function.generation, next(counter), function))
+
+    def accumulate(table, x, gx):
+        # Not in place: a backward may return the same array for two inputs (Add).
+        previous = table.get(id(x))
+        table[id(x)] = (x, gx if previous is None else previous[1] + gx)
+
+    if output.creator is not None:
+        push(output.creator)
+    while heap:
+        _, _, function = heapq.heappop(heap)
+        if getattr(function, "released", False):
+            raise RuntimeError("backward: trying to go through the graph a second time; the buffers were "
+                               "freed by the first backward. Pass retain_graph=True to the first call.")
+        outputs = [ref() for ref in function.outputs]
+        grad_outputs = [None if y is None else grads.pop(id(y), (None, None))[1] for y in outputs]
+        if any(g is not None for g in grad_outputs):
+            grad_outputs = [g if g is not None else backend.get_array_module(y.data).zeros_like(y.data)
+                            for g, y in zip(grad_outputs, outputs)]
+            grad_inputs = function.backward(*grad_outputs)
+            if not isinstance(grad_inputs, tuple):
+                grad_inputs = (grad_inputs,)
+            if len(grad_inputs) != len(function.inputs):
+                raise RuntimeError(f"{function.name}.backward returned {len(grad_inputs)} gradients "
+                                   f"for {len(function.inputs)} inputs")
+            for x, gx in zip(function.inputs, grad_inputs):
+                if x is None or not x.requires_grad or gx is None:
+                    continue
+                if tuple(gx.shape) != x.shape:
+                    raise RuntimeError(f"{function.name}.backward returned a gradient of shape "
+                                       f"{tuple(gx.shape)} for an input of shape {x.shape}")
+                if x.creator is None or x.retains_grad:
+                    accumulate(leaf_grads, x, gx)
+                if x.creator is not None:
+                    accumulate(grads, x, gx)
+                    push(x.creator)
+        if not retain_graph:
+            function.release()
+    for tensor, g in leaf_grads.values():
+        if g.dtype != tensor.dtype:
+            g = g.astype(tensor.dtype)
+        tensor.grad = g if tensor.grad is None else tensor.grad + g
+
+
+def as_array(value, like=None):
+    """Convert a Python number or sequence to an array; follow `like`'s dtype and device for numbers."""
+    if like is not None:
+        xp = backend.get_array_module(like)
+        if numpy.isscalar(value) and like.dtype.kind == "f":
+            return xp.asarray(value, dtype=like.dtype)
+        return xp.asarray(value)
+    return numpy.asarray(value)
+
+
+def as_tensor(value, like=None):
+    if isinstance(value, Tensor):
+        return value
+    return Tensor(as_array(value, like))
+
+
+def tensor(data, requires_grad=False, dtype=None, device="cpu"):
+    """Build a Tensor from Python data or an array, as torch.tensor.
+
+    Python floats become float32 and Python ints int64 (like PyTorch); NumPy and CuPy arrays keep
+    their dtype and are copied.
+    """
+    if isinstance(data, Tensor):
+        data = data.data
+    if hasattr(data, "dtype") and hasattr(data, "shape"):
+        xp = backend.get_array_module(data)
+        array = xp.array(data, dtype=dtype)
+    else:
+        array = numpy.array(data, dtype=dtype)
+        if dtype is None and array.dtype == numpy.float64:
+            array = array.astype(numpy.float32)
+    if device != backend.device_of(array):
+        array = backend.to_device(array, device)
+    return Tensor(array, requires_grad=requires_grad)

@@ -1,0 +1,268 @@
+"""Module: the container of parameters, buffers and sub-modules, with PyTorch's API and key names.
+
+Assigning a Parameter, a Module or (through `register_buffer`) an array to an attribute registers
+it, so `parameters()`, `state_dict()` and `to('gpu')` find everything without bookkeeping in the
+layers. Buffers are plain arrays (BatchNorm's running statistics are updated in place).
+"""
+from collections import OrderedDict
+
+from tinycnn import backend
+from tinycnn.autograd import Parameter, Tensor
+
+
+def _as_numpy(value):
+    """An array from a tinycnn Tensor, a torch tensor, a CuPy array or anything array-like."""
+    if isinstance(value, Tensor):
+        return backend.to_cpu(value.data)
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch.Tensor, without importing torch
+        return value.detach().cpu().numpy()
+    return backend.to_cpu(value)
+
+
+class Module:
+    """Base class of every layer and network: subclasses define `forward`."""
+
+    training = True
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
+        for registry in (self._parameters, self._modules, self._buffers):
+            registry.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        for registry in (self._parameters, self._modules, self._buffers):
+            registry.pop(name, None)
+        object.__delattr__(self, name)
+
+    def register_parameter(self, name, parameter):
+        """Register a Parameter, or None for an absent optional one (a layer built with bias=False)."""
+        if parameter is None:
+            object.__setattr__(self, name, None)
+            self._parameters[name] = None
+        else:
+            setattr(self, name, parameter)
+
+    def register_buffer(self, name, array, persistent=True):
+        """Register an array that is state but not trained (running statistics); saved in state_dict."""
+        object.__setattr__(self, name, array)
+        self._buffers[name] = persistent
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def named_children(self):
+        yield from self._modules.items()
+
+    def children(self):
+        for _, module in self.named_children():
+            yield module
+
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, child in self._modules.items():
+            if child is not None:
+                yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        for _, module in self.named_modules():
+            yield module
+
+    def named_parameters(self, prefix="", recurse=True):
+        seen = set()
+        modules = self.named_modules(prefix) if recurse else [(prefix, self)]
+        for module_prefix, module in modules:
+            for name, parameter in module._parameters.items():
+                if parameter is None or id(parameter) in seen:
+                    continue
+                seen.add(id(parameter))  # a shared parameter is listed once
+                yield (f"{module_prefix}.{name}" if module_prefix else name), parameter
+
+    def parameters(self, recurse=True):
+        for _, parameter in self.named_parameters(recurse=recurse):
+            yield parameter
+
+    def named_buffers(self, prefix=""):
+        for module_prefix, module in self.named_modules(prefix):
+            for name in module._buffers:
+                yield (f"{module_prefix}.{name}" if module_prefix else name), getattr(module, name)
+
+    def buffers(self):
+        for _, buffer in self.named_buffers():
+            yield buffer
+
+    def num_parameters(self, trainable_only=False):
+        return sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def train(self, mode=True):
+        for module in self.modules():
+            object.__setattr__(module, "training", mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def requires_grad_(self, requires_grad=True):
+        """Freeze (False) or unfreeze every parameter of this module, for transfer learning."""
+        for parameter in self.parameters():
+            parameter.requires_grad = requires_grad
+        return self
+
+    def zero_grad(self):
+        for parameter in self.parameters():
+            parameter.grad = None
+
+    def apply(self, fn):
+        for module in self.modules():
+            fn(module)
+        return self
+
+    def to(self, device):
+        """Move every parameter and buffer to 'cpu' or 'gpu', in place; returns self."""
+        for module in self.modules():
+            for parameter in module._parameters.values():
+                if parameter is not None:
+                    parameter.data = backend.to_device(parameter.data, device)
+                    if parameter.grad is not None:
+                        parameter.grad = backend.to_device(parameter.grad, device)
+            for name in module._buffers:
+                object.__setattr__(module, name, backend.to_device(getattr(module, name), device))
+        return self
+
+    def state_dict(self):
+        """An OrderedDict of NumPy arrays keyed as PyTorch would (`features.0.weight`, ...)."""
+        state = OrderedDict()
+        for prefix, module in self.named_modules():
+            dot = f"{prefix}." if prefix else ""
+            for name, parameter in module._parameters.items():
+                if parameter is not None:
+                    state[dot + name] = backend.to_cpu(parameter.data).copy()
+            for name, persistent in module._buffers.items():
+                if persistent:
+                    state[dot + name] = backend.to_cpu(getattr(module, name)).copy()
+        return state
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy arrays (NumPy, CuPy, tinycnn or torch tensors) into the parameters and buffers.
+
+        With strict=True a missing or unexpected key raises KeyError; a shape that differs always
+        raises ValueError naming the key. Returns (missing_keys, unexpected_keys) as lists.
+        """
+        own = self._state_slots()
+        missing = [key for key in own if key not in state_dict]
+        unexpected = [key for key in state_dict if key not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(f"{type(self).__name__}.load_state_dict: missing keys {missing}, unexpected keys "
+                           f"{unexpected}")
+        for key, (module, name, is_parameter) in own.items():
+            if key not in state_dict:
+                continue
+            value = _as_numpy(state_dict[key])
+            current = module._parameters[name].data if is_parameter else getattr(module, name)
+            if tuple(value.shape) != tuple(current.shape):
+                raise ValueError(f"{type(self).__name__}.load_state_dict: {key} expected shape "
+                                 f"{tuple(current.shape)}, got {tuple(value.shape)}")
+            xp = backend.get_array_module(current)
+            new = xp.asarray(value.astype(current.dtype, copy=False))
+            if is_parameter:
+                module._parameters[name].data = new.copy()
+            else:
+                current[...] = new
+        return missing, unexpected
+
+    def _state_slots(self):
+        slots = OrderedDict()
+        for prefix, module in self.named_modules():
+            dot = f"{prefix}." if prefix else ""
+            for name, parameter in module._parameters.items():
+                if parameter is not None:
+                    slots[dot + name] = (module, name, True)
+            for name, persistent in module._buffers.items():
+                if persistent:
+                    slots[dot + name] = (module, name, False)
+        return slots
+
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = [f"({name}): " + repr(child).replace("\n", "\n  ") for name, child in self._modules.items()]
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not lines:
+            return head + ")"
+        return head + "\n  " + "\n  ".join(lines) + "\n)"
+
+
+class Sequential(Module):
+    """Modules applied in order; children are named '0', '1', ... (or by an OrderedDict's keys)."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], OrderedDict):
+            for name, module in modules[0].items():
+                setattr(self, name, module)
+        else:
+            for index, module in enumerate(modules):
+                setattr(self, str(index), module)
+
+    def forward(self, x):
+        for module in self._modules.values():
+            x = module(x)
+        return x
+
+    def append(self, module):
+        setattr(self, str(len(self._modules)), module)
+        return self
+
+    def __getitem__(self, index):
+        modules = list(self._modules.values())
+        if isinstance(index, slice):
+            return Sequential(OrderedDict(list(self._modules.items())[index]))
+        return modules[index]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+
+class ModuleList(Module):
+    """A list of modules whose parameters are registered (children named '0', '1', ...)."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        for module in modules:
+            self.append(module)
+
+    def append(self, module):
+        setattr(self, str(len(self._modules)), module)
+        return self
+
+    def extend(self, modules):
+        for module in modules:
+            self.append(module)
+        return self
+
+    def __getitem__(self, index):
+        return list(self._modules.values())[index]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
