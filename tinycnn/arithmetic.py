@@ -95,6 +95,11 @@ class MatMul(Function):
         self.save_for_backward(a, b)
         return a @ b
 
+    def forward_shape_only(self, a, b):
+        xp = backend.get_array_module(a)
+        return xp.zeros(numpy.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + a.shape[-2:-1] + b.shape[-1:],
+                        dtype=numpy.result_type(a.dtype, b.dtype))
+
     def backward(self, gy):
         # Y = A B: dA = dY B^T, dB = A^T dY (batch dimensions broadcast and are summed back).
         a, b = self.saved_arrays

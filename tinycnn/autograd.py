@@ -28,7 +28,9 @@ class Function:
     - `forward(*arrays)`: returns an array or a tuple of arrays; keeps what backward needs with
       `self.save_for_backward(...)` or as a named attribute (`self.argmax = ...`);
     - `backward(*grad_outputs)`: returns one gradient array per input, None where the input needs
-      none (`self.needs_input_grad[i]` says which are wanted).
+      none (`self.needs_input_grad[i]` says which are wanted);
+    - optionally `forward_shape_only(*arrays)`: zeros of the output's shape and dtype, used under
+      `config.shape_only` by ops too costly to run just to learn a shape.
 
     Inputs may be Tensors, None (an absent optional input such as a bias), or plain arrays and
     numbers, which become constant Tensors.
@@ -42,7 +44,10 @@ class Function:
         backend.get_array_module(*arrays, where=self.name)
         if config.check_nan:
             self._check_finite(arrays)
-        outputs = self.forward(*arrays)
+        if config.shape_only and hasattr(self, "forward_shape_only"):
+            outputs = self.forward_shape_only(*arrays)
+        else:
+            outputs = self.forward(*arrays)
         if not isinstance(outputs, tuple):
             outputs = (outputs,)
         outputs = tuple(Tensor(y) for y in outputs)

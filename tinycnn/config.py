@@ -5,6 +5,9 @@
     >>> with tinycnn.config.using(check_nan=True):
     ...     loss = model(x)               # a NaN reaching any op raises ValueError
 
+`shape_only` lets the costly ops (convolution, matrix products) return zeros of the right shape
+without computing them, so a summary of a 224x224 VGG is instant.
+
 `kernels` chooses the implementation behind the primitives in tinycnn.kernels: "auto" picks Numba
 for NumPy arrays and CuPy for CuPy arrays; "numpy" forces the readable NumPy reference (on CPU).
 The environment variable TINYCNN_KERNELS sets its starting value.
@@ -14,13 +17,14 @@ import os
 
 enable_backprop = True
 check_nan = False
+shape_only = False
 kernels = os.environ.get("TINYCNN_KERNELS", "auto").strip().lower() or "auto"
 
 _CHOICES = {"kernels": ("auto", "numpy", "numba")}
 
 
 def _validate(name, value):
-    if name not in ("enable_backprop", "check_nan", "kernels"):
+    if name not in ("enable_backprop", "check_nan", "shape_only", "kernels"):
         raise AttributeError(f"tinycnn.config has no setting {name!r}")
     if name in _CHOICES and value not in _CHOICES[name]:
         raise ValueError(f"tinycnn.config.{name}: expected one of {_CHOICES[name]}, got {value!r}")

@@ -29,6 +29,7 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_forward_hooks", OrderedDict())
 
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
@@ -60,7 +61,24 @@ class Module:
         self._buffers[name] = persistent
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        output = self.forward(*args, **kwargs)
+        for hook in self._forward_hooks.values():
+            result = hook(self, args, output)
+            if result is not None:
+                output = result
+        return output
+
+    def register_forward_hook(self, hook):
+        """Call hook(module, inputs, output) after every forward (to inspect feature maps, count
+        operations, ...); returns a handle whose remove() unregisters it."""
+        key = object()
+        self._forward_hooks[key] = hook
+        hooks = self._forward_hooks
+
+        class Handle:
+            def remove(self):
+                hooks.pop(key, None)
+        return Handle()
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__}.forward")
