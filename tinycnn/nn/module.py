@@ -34,6 +34,10 @@ class Module:
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
+        if name in self._buffers and not isinstance(value, (Parameter, Module)):
+            # Re-assigning a buffer (`self.running_mean = new_array`) keeps it registered, as in torch.
+            object.__setattr__(self, name, value)
+            return
         for registry in (self._parameters, self._modules, self._buffers):
             registry.pop(name, None)
         if isinstance(value, Parameter):
@@ -56,7 +60,10 @@ class Module:
             setattr(self, name, parameter)
 
     def register_buffer(self, name, array, persistent=True):
-        """Register an array that is state but not trained (running statistics); saved in state_dict."""
+        """Register an array that is state but not trained (running statistics); saved in state_dict.
+
+        None registers an absent buffer (BatchNorm with track_running_stats=False): it is skipped
+        by state_dict, load_state_dict, buffers() and to(), as in torch."""
         object.__setattr__(self, name, array)
         self._buffers[name] = persistent
 
@@ -117,7 +124,8 @@ class Module:
     def named_buffers(self, prefix=""):
         for module_prefix, module in self.named_modules(prefix):
             for name in module._buffers:
-                yield (f"{module_prefix}.{name}" if module_prefix else name), getattr(module, name)
+                if getattr(module, name) is not None:
+                    yield (f"{module_prefix}.{name}" if module_prefix else name), getattr(module, name)
 
     def buffers(self):
         for _, buffer in self.named_buffers():
@@ -158,7 +166,8 @@ class Module:
                     if parameter.grad is not None:
                         parameter.grad = backend.to_device(parameter.grad, device)
             for name in module._buffers:
-                object.__setattr__(module, name, backend.to_device(getattr(module, name), device))
+                if getattr(module, name) is not None:
+                    object.__setattr__(module, name, backend.to_device(getattr(module, name), device))
         return self
 
     def state_dict(self):
@@ -170,7 +179,7 @@ class Module:
                 if parameter is not None:
                     state[dot + name] = backend.to_cpu(parameter.data).copy()
             for name, persistent in module._buffers.items():
-                if persistent:
+                if persistent and getattr(module, name) is not None:
                     state[dot + name] = backend.to_cpu(getattr(module, name)).copy()
         return state
 
@@ -210,7 +219,7 @@ class Module:
                 if parameter is not None:
                     slots[dot + name] = (module, name, True)
             for name, persistent in module._buffers.items():
-                if persistent:
+                if persistent and getattr(module, name) is not None:
                     slots[dot + name] = (module, name, False)
         return slots
 
