@@ -15,6 +15,8 @@ PRIMITIVES = (
     "im2col", "col2im",
     "max_pool2d_forward", "max_pool2d_backward",
     "avg_pool2d_forward", "avg_pool2d_backward",
+    "batch_norm_forward_training", "batch_norm_backward",
+    "lrn_forward", "lrn_backward",
 )
 
 

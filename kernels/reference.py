@@ -137,3 +137,84 @@ def avg_pool2d_backward(gy, H, W, KH, KW, SH, SW, PH, PW, ceil_mode, count_inclu
         for j in range(KW):
             gx_padded[:, :, i:i + SH * (OH - 1) + 1:SH, j:j + SW * (OW - 1) + 1:SW] += share
     return gx_padded[:, :, PH:PH + H, PW:PW + W]
+
+
+def _channel_shape(x):
+    """(1, C, 1, ...): the shape that broadcasts a per-channel (C,) array against x (N, C, ...)."""
+    return (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+def batch_norm_forward_training(x, gamma, beta, eps):
+    """Normalise x (N, C, ...) per channel with its own batch statistics, then scale and shift.
+
+    Returns (y, mean, var, inv_std), the last three (C,); var is the biased variance (divided by
+    n = N * H * W), the one used to normalise. gamma or beta may be None (no scale, no shift).
+    """
+    xp = get_array_module(x)
+    axes = (0,) + tuple(range(2, x.ndim))  # every axis but the channel axis 1
+    shape = _channel_shape(x)
+    mean = x.mean(axis=axes)
+    centered = x - mean.reshape(shape)
+    var = (centered * centered).mean(axis=axes)
+    inv_std = 1 / xp.sqrt(var + eps)
+    y = centered * inv_std.reshape(shape)
+    if gamma is not None:
+        y = y * gamma.reshape(shape)
+    if beta is not None:
+        y = y + beta.reshape(shape)
+    return y.astype(x.dtype), mean, var, inv_std
+
+
+def batch_norm_backward(gy, x, gamma, mean, inv_std):
+    """Gradients of batch_norm_forward_training: (gx, ggamma, gbeta), the last two (C,).
+
+    y = gamma * x_hat + beta with x_hat = (x - mean) * inv_std. The batch mean and variance depend
+    on every x of the channel, which gives, with sums over the n = N * H * W items of a channel,
+    gx = gamma * inv_std * (gy - sum(gy) / n - x_hat * sum(gy * x_hat) / n).
+    gamma None counts as 1; ggamma and gbeta are returned all the same.
+    """
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = _channel_shape(x)
+    n = x.size // x.shape[1]
+    x_hat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
+    gbeta = gy.sum(axis=axes)
+    ggamma = (gy * x_hat).sum(axis=axes)
+    gain = inv_std if gamma is None else gamma * inv_std
+    gx = gain.reshape(shape) * (gy - gbeta.reshape(shape) / n - x_hat * ggamma.reshape(shape) / n)
+    return gx.astype(x.dtype), ggamma.astype(x.dtype), gbeta.astype(x.dtype)
+
+
+def _channel_window_sum(a, before, after):
+    """s[:, c] = a[:, c - before] + ... + a[:, c + after], with zeros beyond the channel range."""
+    xp = get_array_module(a)
+    C = a.shape[1]
+    padded = xp.pad(a, ((0, 0), (before, after)) + ((0, 0),) * (a.ndim - 2))
+    s = xp.zeros_like(a)
+    for i in range(before + after + 1):
+        s += padded[:, i:i + C]
+    return s
+
+
+def lrn_forward(x, size, alpha, beta, k):
+    """Local response normalisation across channels of x (N, C, ...). Returns (y, scale):
+
+        scale_c = k + alpha * sum of x_c'^2 over c' in [c - size//2, c + (size - 1)//2]
+        y_c = x_c * scale_c ** -beta
+
+    `alpha` is the coefficient of each square: PyTorch's divided form passes alpha / size.
+    """
+    scale = k + alpha * _channel_window_sum(x * x, size // 2, (size - 1) // 2)
+    y = x * scale ** -beta
+    return y.astype(x.dtype), scale
+
+
+def lrn_backward(x, y, scale, gy, size, alpha, beta):
+    """Gradient of lrn_forward.
+
+    dy_c/dx_j = [c == j] scale_c^-beta - 2 alpha beta x_j x_c scale_c^(-beta-1) for every c whose
+    window holds j, that is c in [j - (size - 1)//2, j + size//2] (the window mirrored, which
+    matters for even sizes); and x_c scale_c^(-beta-1) = y_c / scale_c.
+    """
+    back = _channel_window_sum(gy * y / scale, (size - 1) // 2, size // 2)
+    gx = gy * scale ** -beta - 2 * alpha * beta * x * back
+    return gx.astype(x.dtype)

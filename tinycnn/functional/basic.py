@@ -1,1 +1,153 @@
-__all__ = []
+"""Fully connected layer, concatenation, the sum of several tensors and flattening."""
+import numpy
+
+from tinycnn import backend
+from tinycnn.arithmetic import sum_to
+from tinycnn.autograd import Function
+
+__all__ = ["add", "cat", "concat", "flatten", "linear"]
+
+
+class Linear(Function):
+    """y = x W^T + b, with x (..., in), W (out, in), b (out,) -> y (..., out)."""
+
+    def forward(self, x, W, b):
+        self._check(x, W, b)
+        self.save_for_backward(x, W)
+        y = x @ W.T
+        return y if b is None else y + b
+
+    def forward_shape_only(self, x, W, b):
+        self._check(x, W, b)
+        xp = backend.get_array_module(x)
+        return xp.zeros(x.shape[:-1] + W.shape[:1], dtype=numpy.result_type(x.dtype, W.dtype))
+
+    def backward(self, gy):
+        # y_no = sum_i x_ni W_oi + b_o: dx = gy W, dW = gy^T x (summed over every leading axis
+        # of x), db = gy summed over those axes.
+        x, W = self.saved_arrays
+        out_features, in_features = W.shape
+        gx = gy @ W if self.needs_input_grad[0] else None
+        gW = gb = None
+        if self.needs_input_grad[1]:
+            # (..., out)^T @ (..., in): the leading axes are the batch, folded into one.
+            gW = gy.reshape(-1, out_features).T @ x.reshape(-1, in_features)  # (out, in)
+        if self.needs_input_grad[2]:
+            gb = gy.reshape(-1, out_features).sum(axis=0)  # (out,)
+        return gx, gW, gb
+
+    @staticmethod
+    def _check(x, W, b):
+        if W.ndim != 2:
+            raise ValueError(f"linear: expected a 2-D weight (out_features, in_features), got shape {tuple(W.shape)}")
+        if x.ndim < 1 or x.shape[-1] != W.shape[1]:
+            raise ValueError(f"linear: input of shape {tuple(x.shape)} has {x.shape[-1] if x.ndim else 0} features, "
+                             f"but weight of shape {tuple(W.shape)} expects {W.shape[1]}")
+        if b is not None and tuple(b.shape) != W.shape[:1]:
+            raise ValueError(f"linear: expected a bias of shape {W.shape[:1]}, got {tuple(b.shape)}")
+
+
+def linear(input, weight, bias=None):
+    """Apply y = x W^T + b as torch.nn.functional.linear: input (..., in), weight (out, in)."""
+    return Linear()(input, weight, bias)
+
+
+class Concat(Function):
+    """Join tensors along one axis; all other axes must agree."""
+
+    def __init__(self, axis):
+        self.axis = axis
+
+    def forward(self, *xs):
+        first = xs[0]
+        if not -first.ndim <= self.axis < first.ndim:
+            raise ValueError(f"concat: axis {self.axis} is out of range for {first.ndim}-D inputs")
+        self.axis %= first.ndim
+        for x in xs[1:]:
+            others = [s for i, s in enumerate(x.shape) if i != self.axis]
+            if x.ndim != first.ndim or others != [s for i, s in enumerate(first.shape) if i != self.axis]:
+                raise ValueError(f"concat: expected shapes that agree except along axis {self.axis}, got "
+                                 f"{', '.join(str(tuple(a.shape)) for a in xs)}")
+        self.sizes = [x.shape[self.axis] for x in xs]
+        return backend.get_array_module(*xs).concatenate(xs, axis=self.axis)
+
+    def backward(self, gy):
+        # Each input was copied into its own slice of y, so its gradient is that slice of gy.
+        grads, start = [], 0
+        for size, needed in zip(self.sizes, self.needs_input_grad):
+            index = (slice(None),) * self.axis + (slice(start, start + size),)
+            grads.append(gy[index] if needed else None)
+            start += size
+        return tuple(grads)
+
+
+def concat(tensors, axis=1):
+    """Concatenate a sequence of tensors along `axis` (default 1, the channel axis of NCHW)."""
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("concat: expected at least one tensor, got an empty sequence")
+    return Concat(axis)(*tensors)
+
+
+def cat(tensors, dim=0):
+    """torch.cat: concatenate along `dim` (default 0, as PyTorch)."""
+    return concat(tensors, axis=dim)
+
+
+class AddN(Function):
+    """The sum of any number of tensors in one op (residual and multi-branch joins); inputs
+    broadcast against each other as in `a + b`."""
+
+    def forward(self, *xs):
+        self.shapes = [x.shape for x in xs]
+        y = xs[0]
+        for x in xs[1:]:
+            y = y + x
+        # A fresh array even for one input, so the output never aliases an input.
+        return y.copy() if len(xs) == 1 else y
+
+    def backward(self, gy):
+        # d(sum_i x_i)/dx_i = 1: every input receives gy, summed back over broadcast axes.
+        return tuple(sum_to(gy, shape) if needed else None
+                     for shape, needed in zip(self.shapes, self.needs_input_grad))
+
+
+def add(*tensors):
+    """Sum several tensors with one op: add(a, b, c) or add([a, b, c])."""
+    if len(tensors) == 1 and isinstance(tensors[0], (list, tuple)):
+        tensors = tuple(tensors[0])
+    if not tensors:
+        raise ValueError("add: expected at least one tensor, got none")
+    return AddN()(*tensors)
+
+
+class Flatten(Function):
+    """Merge axes start_dim..end_dim (inclusive) into one."""
+
+    def __init__(self, start_dim, end_dim):
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, x):
+        ndim = max(x.ndim, 1)
+        if not (-ndim <= self.start_dim < ndim and -ndim <= self.end_dim < ndim):
+            raise ValueError(f"flatten: start_dim {self.start_dim} and end_dim {self.end_dim} must lie in "
+                             f"[{-ndim}, {ndim - 1}] for an input of shape {tuple(x.shape)}")
+        start, end = self.start_dim % ndim, self.end_dim % ndim
+        if start > end:
+            raise ValueError(f"flatten: start_dim {self.start_dim} comes after end_dim {self.end_dim} "
+                             f"for an input of shape {tuple(x.shape)}")
+        self.input_shape = x.shape
+        if x.ndim == 0:
+            return x.reshape(1)
+        merged = int(numpy.prod(x.shape[start:end + 1]))
+        # (N, C, H, W) with start 1, end -1 -> (N, C*H*W)
+        return x.reshape(x.shape[:start] + (merged,) + x.shape[end + 1:])
+
+    def backward(self, gy):
+        # Flattening only relabels elements: the gradient takes the input's shape back.
+        return gy.reshape(self.input_shape)
+
+
+def flatten(input, start_dim=1, end_dim=-1):
+    """Merge axes start_dim..end_dim into one, as torch.flatten (default keeps the batch axis)."""
+    return Flatten(start_dim, end_dim)(input)

@@ -1,1 +1,39 @@
-__all__ = []
+"""Inverted dropout: zero each unit with probability p in training and scale the survivors by
+1 / (1 - p), so the expected activation is unchanged and evaluation needs no rescaling."""
+from tinycnn import backend, random
+from tinycnn.autograd import Function, as_tensor
+
+__all__ = ["dropout"]
+
+
+class Dropout(Function):
+    def __init__(self, p):
+        self.p = p
+
+    def forward(self, x):
+        # The mask is drawn on the host from tinycnn's one seeded Generator, then copied to the GPU
+        # for CuPy input: one random stream, so a seed reproduces a run on either device (at the
+        # cost of a host-to-device copy of the mask).
+        keep = random.generator().random(x.shape) >= self.p
+        scale = 1.0 / (1.0 - self.p) if self.p < 1 else 0.0  # p = 1 drops everything
+        mask = keep.astype(x.dtype) * x.dtype.type(scale)
+        if backend.is_gpu_array(x):
+            mask = backend.to_gpu(mask)
+        self.mask = mask
+        return x * mask
+
+    def backward(self, gy):
+        # y = x * mask with a constant mask (0 or 1/(1-p)): dy/dx = mask.
+        return gy * self.mask
+
+
+def dropout(input, p=0.5, training=True, inplace=False):
+    """torch.nn.functional.dropout: in training, zero each element with probability p and scale the
+    rest by 1/(1-p); the identity when not training or p == 0. The mask comes from
+    tinycnn.random.generator(), so tinycnn.manual_seed makes it reproducible. tinycnn never works in
+    place (`inplace` is accepted for compatibility)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: probability p must lie in [0, 1], got {p}")
+    if not training or p == 0:
+        return as_tensor(input)
+    return Dropout(p)(input)

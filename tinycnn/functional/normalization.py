@@ -1,1 +1,139 @@
-__all__ = []
+"""Batch normalisation and local response normalisation.
+
+The maths lives in the kernels (tinycnn.kernels.batch_norm_forward_training, lrn_forward, ...),
+whose NumPy reference in kernels/reference.py is the one to read; these Functions validate, keep
+what backward needs and update the running statistics.
+"""
+from tinycnn import backend, kernels
+from tinycnn.autograd import Function, Tensor
+
+__all__ = ["batch_norm", "local_response_norm"]
+
+
+def _array(value):
+    return value.data if isinstance(value, Tensor) else value
+
+
+class BatchNorm(Function):
+    """y = gamma * (x - mean) / sqrt(var + eps) + beta per channel (axis 1) of x (N, C, ...).
+
+    Training normalises with the batch's own mean and biased variance and, when running
+    statistics are given, updates them in place: running = (1 - momentum) * running + momentum *
+    batch, with the unbiased variance (times n / (n - 1), n = N * H * W), as PyTorch. Evaluation
+    normalises with the running statistics, which are then constants.
+    """
+
+    def __init__(self, running_mean, running_var, training, momentum, eps):
+        # The running statistics are state updated in place, not inputs: no gradient reaches them.
+        self.running_mean, self.running_var = running_mean, running_var
+        self.training, self.momentum, self.eps = training, momentum, eps
+
+    def forward(self, x, gamma, beta):
+        self._check(x, gamma, beta)
+        if self.training:
+            y, mean, var, inv_std = kernels.batch_norm_forward_training(x, gamma, beta, self.eps)
+            self._update_running_statistics(mean, var, n=x.size // x.shape[1])
+        else:
+            xp = backend.get_array_module(x)
+            mean = self.running_mean.astype(x.dtype)
+            inv_std = (1 / xp.sqrt(self.running_var + self.eps)).astype(x.dtype)
+            shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)  # (C,) -> (1, C, 1, 1): broadcast over N, H, W
+            y = (x - mean.reshape(shape)) * inv_std.reshape(shape)
+            if gamma is not None:
+                y = y * gamma.reshape(shape)
+            if beta is not None:
+                y = y + beta.reshape(shape)
+        self.save_for_backward(x, gamma, mean, inv_std)
+        return y
+
+    def forward_shape_only(self, x, gamma, beta):
+        # A summary in shape-only mode sees zeros, not data: it must not touch the running statistics.
+        self._check(x, gamma, beta)
+        return backend.get_array_module(x).zeros_like(x)
+
+    def backward(self, gy):
+        x, gamma, mean, inv_std = self.saved_arrays
+        if self.training:
+            gx, ggamma, gbeta = kernels.batch_norm_backward(gy, x, gamma, mean, inv_std)
+        else:
+            # With constant statistics y is affine in x: dx = gy * gamma * inv_std,
+            # dgamma = sum(gy * x_hat), dbeta = sum(gy), sums over every axis but the channel's.
+            axes = (0,) + tuple(range(2, x.ndim))
+            shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+            gain = inv_std if gamma is None else gamma * inv_std
+            gx = gy * gain.reshape(shape)
+            ggamma = (gy * (x - mean.reshape(shape)) * inv_std.reshape(shape)).sum(axis=axes)
+            gbeta = gy.sum(axis=axes)
+        return (gx if self.needs_input_grad[0] else None,
+                ggamma if self.needs_input_grad[1] else None,
+                gbeta if self.needs_input_grad[2] else None)
+
+    def _update_running_statistics(self, mean, var, n):
+        m = self.momentum
+        if self.running_mean is not None:
+            self.running_mean *= 1 - m
+            self.running_mean += m * mean
+        if self.running_var is not None:
+            self.running_var *= 1 - m
+            self.running_var += m * var * (n / (n - 1))  # the unbiased variance, as PyTorch stores it
+
+    def _check(self, x, gamma, beta):
+        if x.ndim < 2:
+            raise ValueError(f"batch_norm: expected input of shape (N, C) or (N, C, H, W), got {tuple(x.shape)}")
+        C = x.shape[1]
+        for name, a in (("weight", gamma), ("bias", beta), ("running_mean", self.running_mean),
+                        ("running_var", self.running_var)):
+            if a is not None and tuple(a.shape) != (C,):
+                raise ValueError(f"batch_norm: expected {name} of shape ({C},) for input of shape "
+                                 f"{tuple(x.shape)}, got {tuple(a.shape)}")
+        if self.training and x.size // C <= 1:
+            raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got input "
+                             f"of shape {tuple(x.shape)}")
+        if not self.training and (self.running_mean is None or self.running_var is None):
+            raise ValueError("batch_norm: evaluation (training=False) needs running_mean and running_var, got None")
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    """Batch normalisation as torch.nn.functional.batch_norm.
+
+    running_mean and running_var (C,) are arrays (or Tensors, whose data is used) updated in place
+    when training; they may be None in training (track_running_stats=False).
+    """
+    running_mean, running_var = _array(running_mean), _array(running_var)
+    return BatchNorm(running_mean, running_var, training, momentum, eps)(input, weight, bias)
+
+
+class LocalResponseNorm(Function):
+    """Normalise each value by the energy of its neighbouring channels (AlexNet, GoogLeNet):
+    y_c = x_c / (k + alpha * sum of x^2 over the window of c)^beta, where `alpha` here is the
+    coefficient of each square (kernels.lrn_forward has the window)."""
+
+    def __init__(self, size, alpha, beta, k):
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, x):
+        if x.ndim < 2:
+            raise ValueError(f"local_response_norm: expected input of shape (N, C, ...), got {tuple(x.shape)}")
+        y, scale = kernels.lrn_forward(x, self.size, self.alpha, self.beta, self.k)
+        self.save_for_backward(x, y, scale)
+        return y
+
+    def backward(self, gy):
+        # The derivation is in kernels.lrn_backward: every x_j reaches its own y_j and, through
+        # the window sums, the y_c of its neighbours.
+        x, y, scale = self.saved_arrays
+        return kernels.lrn_backward(x, y, scale, gy, self.size, self.alpha, self.beta)
+
+
+def local_response_norm(input, size, alpha=1e-4, beta=0.75, k=1.0, alpha_divided_by_size=True):
+    """Local response normalisation across channels of (N, C, ...) input.
+
+    The default is PyTorch's (and Caffe's) form, b_c = a_c / (k + alpha/size * sum a^2)^beta, alpha
+    always divided by size; alpha_divided_by_size=False gives the AlexNet paper's and TensorFlow's
+    undivided form, b_c = a_c / (k + alpha * sum a^2)^beta. The window is
+    [c - size//2, c + (size - 1)//2], zero-padded at the borders.
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"local_response_norm: size must be a positive integer, got {size!r}")
+    coefficient = alpha / size if alpha_divided_by_size else alpha
+    return LocalResponseNorm(size, coefficient, beta, k)(input)
