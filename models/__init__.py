@@ -1,1 +1,76 @@
-"""tinycnn.models"""
+"""tinycnn.models: the classic CNNs, one module per paper, each built from tinycnn.nn layers.
+
+    >>> import tinycnn.models as models
+    >>> models.list()[:3]
+    ['alexnet', 'alexnet_paper', 'densenet121']
+    >>> net = models.create("resnet18", num_classes=10)     # or models.resnet18(num_classes=10)
+    >>> models.load_weights(net, "resnet18.npz")            # .npz, or .pth through torch
+
+Where the paper and the widely used implementation differ, both exist: `alexnet_paper` and
+`googlenet_paper` follow the publications; `alexnet`, `googlenet`, `resnet50`, ... follow
+torchvision (timm for Inception v4 and Inception-ResNet-v2) down to the state_dict keys, so their
+pretrained weights load with `load_weights`.
+"""
+import difflib
+import os
+
+import numpy
+
+from tinycnn.models.common import _FACTORIES, ModelOutputs, register
+from tinycnn.models.lenet import lenet, lenet5, lenet_d2l
+
+__all__ = ["ModelOutputs", "create", "lenet", "lenet5", "lenet_d2l", "list", "load_weights", "register",
+           "save_weights"]
+
+
+def create(name, **kwargs):
+    """Build the registered network `name` (see list()); keyword arguments go to its factory."""
+    if name not in _FACTORIES:
+        close = difflib.get_close_matches(str(name), _FACTORIES, n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known models: {', '.join(list())}"
+        raise ValueError(f"models.create: unknown model {name!r}{hint}")
+    return _FACTORIES[name](**kwargs)
+
+
+def list():  # noqa: A001 - the registry's list, as timm.list_models
+    """The registered model names, sorted."""
+    return sorted(_FACTORIES)
+
+
+def _read_state_dict(path):
+    extension = os.path.splitext(str(path))[1].lower()
+    if extension == ".npz":
+        with numpy.load(path) as archive:
+            return {key: archive[key] for key in archive.files}
+    if extension in (".pth", ".pt"):
+        try:
+            import torch
+        except ImportError:
+            raise ImportError(f"load_weights: reading {path} needs PyTorch (pip install torch); "
+                              "or convert it once to .npz") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        # A training checkpoint nests the weights under one of these keys.
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+        return state
+    raise ValueError(f"load_weights: expected a .npz, .pth or .pt file, got {path!r}")
+
+
+def load_weights(model, path, strict=True):
+    """Load a state_dict saved as .npz (NumPy, e.g. by save_weights) or .pth/.pt (PyTorch) into
+    `model`; returns (missing_keys, unexpected_keys).
+
+    PyTorch's BatchNorm saves a `num_batches_tracked` counter that only matters for momentum=None;
+    those keys are skipped when the model has no such buffer.
+    """
+    state = _read_state_dict(path)
+    own = model.state_dict()
+    state = {key: value for key, value in state.items()
+             if not (key.endswith("num_batches_tracked") and key not in own)}
+    return model.load_state_dict(state, strict=strict)
+
+
+def save_weights(model, path):
+    """Save `model.state_dict()` as an uncompressed .npz archive that load_weights reads back."""
+    numpy.savez(path, **model.state_dict())

@@ -1,0 +1,42 @@
+"""What every model module shares: the registry of factories and the output of multi-head networks.
+
+A factory registers itself under a name with `@register("resnet50")`; `tinycnn.models.create(name)`
+and `tinycnn.models.list()` read the registry.
+"""
+from collections import namedtuple
+
+from tinycnn import nn
+
+_FACTORIES = {}
+
+
+def register(name):
+    """Decorator: make `factory` available as tinycnn.models.create(name)."""
+    def decorator(factory):
+        if name in _FACTORIES:
+            raise ValueError(f"models.register: the name {name!r} is taken by {_FACTORIES[name].__module__}")
+        _FACTORIES[name] = factory
+        return factory
+    return decorator
+
+
+# The output of GoogLeNet and Inception v3 in training mode: the main logits and a tuple with the
+# logits of each auxiliary classifier (nearest the input first). In eval mode, or when built with
+# aux_logits=False, those networks return the logits tensor alone. A trainer adds
+# `model.aux_loss_weight * loss(aux)` for each aux head to the main loss.
+ModelOutputs = namedtuple("ModelOutputs", ["logits", "aux_logits"])
+
+
+class ConvBNReLU(nn.Module):
+    """conv (no bias) -> BatchNorm -> ReLU, named conv/bn as torchvision's and timm's BasicConv2d,
+    so state_dict keys read `...conv.weight`, `...bn.running_mean`."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1, eps=1e-5):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                              groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels, eps=eps)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.bn(self.conv(x)))
