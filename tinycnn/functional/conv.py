@@ -1,1 +1,241 @@
-__all__ = []
+"""2-D convolution by im2col and a matrix product, and zero padding.
+
+Convolution is a matrix product once every window of the input is laid out as a column:
+im2col turns x (N, C, H, W) into col (N, C, KH, KW, OH, OW), and then
+
+    y[n, o, oh, ow] = sum over (c, i, j) of W[o, c, i, j] * col[n, c, i, j, oh, ow] + b[o]
+
+is the weight, viewed as (OC, C*KH*KW), times col viewed as (C*KH*KW, OH*OW), for every n.
+With groups G the channels split into G independent slices, one product per group.
+"""
+import operator
+
+import numpy
+
+from tinycnn import backend, kernels
+from tinycnn.autograd import Function
+
+__all__ = ["conv2d", "pad"]
+
+
+def _pair(op, name, value):
+    """(value, value) for an int, the pair itself for a 2-sequence of ints; else a TypeError naming `op`."""
+    try:
+        if isinstance(value, (tuple, list)):
+            if len(value) != 2:
+                raise TypeError
+            return tuple(operator.index(v) for v in value)
+        if isinstance(value, bool):
+            raise TypeError
+        v = operator.index(value)
+        return (v, v)
+    except TypeError:
+        raise TypeError(f"{op}: expected {name} as an int or a pair of ints, got {value!r}") from None
+
+
+def _check_positive(op, name, pair):
+    if min(pair) <= 0:
+        raise ValueError(f"{op}: {name} must be positive, got {pair}")
+
+
+def _check_non_negative(op, name, pair):
+    if min(pair) < 0:
+        raise ValueError(f"{op}: {name} must be non-negative, got {pair}")
+
+
+class Conv2d(Function):
+    """y = W * x + b (cross-correlation, as every framework computes it), with symmetric zero padding.
+
+    Inputs x (N, C, H, W), W (OC, C / groups, KH, KW), b (OC,) or None -> y (N, OC, OH, OW).
+    """
+
+    def __init__(self, stride=1, padding=0, dilation=1, groups=1):
+        self.SH, self.SW = _pair("conv2d", "stride", stride)
+        self.PH, self.PW = _pair("conv2d", "padding", padding)
+        self.DH, self.DW = _pair("conv2d", "dilation", dilation)
+        _check_positive("conv2d", "stride", (self.SH, self.SW))
+        _check_non_negative("conv2d", "padding", (self.PH, self.PW))
+        _check_positive("conv2d", "dilation", (self.DH, self.DW))
+        try:
+            self.groups = operator.index(groups)
+        except TypeError:
+            raise TypeError(f"conv2d: expected groups as an int, got {groups!r}") from None
+        if self.groups <= 0:
+            raise ValueError(f"conv2d: groups must be positive, got {groups}")
+
+    def forward(self, x, W, b):
+        N, C, OC, KH, KW, OH, OW = self._check(x, W, b)
+        G = self.groups
+        col = kernels.im2col(x, KH, KW, self.SH, self.SW, self.PH, self.PW, self.DH, self.DW)
+        # Both reshapes only regroup axes that are already adjacent: channel c = g * (C/G) + c',
+        # and output channel o = g * (OC/G) + o'.
+        col_g = col.reshape(N, G, C // G * KH * KW, OH * OW)  # (N, G, C/G*KH*KW, OH*OW)
+        W_g = W.reshape(G, OC // G, C // G * KH * KW)  # (G, OC/G, C/G*KH*KW)
+        y = W_g @ col_g  # (N, G, OC/G, OH*OW): W_g broadcasts over the batch
+        y = y.reshape(N, OC, OH, OW)
+        if b is not None:
+            y = y + b.reshape(1, OC, 1, 1)
+        self.save_for_backward(col, W)
+        self.input_size = x.shape[2:]
+        return y
+
+    def forward_shape_only(self, x, W, b):
+        N, C, OC, KH, KW, OH, OW = self._check(x, W, b)
+        return backend.get_array_module(x).zeros((N, OC, OH, OW), dtype=x.dtype)
+
+    def backward(self, gy):
+        # Per group and sample, y = W col + b with W (OC', K) and col (K, L), K = C'*KH*KW, L = OH*OW:
+        #   dW = gy col^T summed over the batch;  dcol = W^T gy, and im2col copied each x into
+        #   several columns, so its adjoint col2im sums dcol back into dx;  db = gy summed over N, OH, OW.
+        col, W = self.saved_arrays
+        N, C, KH, KW, OH, OW = col.shape
+        OC = W.shape[0]
+        G = self.groups
+        K = C // G * KH * KW
+        gy_g = gy.reshape(N, G, OC // G, OH * OW)  # (N, G, OC/G, OH*OW)
+        gx = gW = gb = None
+        if self.needs_input_grad[0]:
+            W_g = W.reshape(G, OC // G, K)  # (G, OC/G, K)
+            gcol = W_g.swapaxes(1, 2) @ gy_g  # (N, G, K, OH*OW)
+            gcol = gcol.reshape(N, C, KH, KW, OH, OW)
+            IH, IW = self.input_size  # the input's height and width (W is the weight)
+            gx = kernels.col2im(gcol, IH, IW, self.SH, self.SW, self.PH, self.PW, self.DH, self.DW)
+        if self.needs_input_grad[1]:
+            # Fold the batch into the product's inner axis so the sum over n and (oh, ow) is one
+            # matrix product per group, with no (N, OC, K) intermediate.
+            gy_folded = gy_g.transpose(1, 2, 0, 3).reshape(G, OC // G, N * OH * OW)  # (G, OC/G, N*L)
+            col_folded = col.reshape(N, G, K, OH * OW).transpose(1, 0, 3, 2).reshape(G, N * OH * OW, K)  # (G, N*L, K)
+            gW = (gy_folded @ col_folded).reshape(W.shape)  # (G, OC/G, K) -> (OC, C/G, KH, KW)
+        if self.needs_input_grad[2]:
+            gb = gy.sum(axis=(0, 2, 3))
+        return gx, gW, gb
+
+    def _check(self, x, W, b):
+        """Validate the inputs as PyTorch does; return N, C, OC, KH, KW, OH, OW."""
+        if x.ndim != 4:
+            raise ValueError(f"conv2d: expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+        if W.ndim != 4:
+            raise ValueError(f"conv2d: expected a 4-D weight (OC, C / groups, KH, KW), got shape {tuple(W.shape)}")
+        if x.dtype != W.dtype:
+            raise TypeError(f"conv2d: input and weight must have the same dtype, got {x.dtype} and {W.dtype}")
+        N, C, H, W_ = x.shape
+        OC, C_group, KH, KW = W.shape
+        G = self.groups
+        if C != C_group * G:
+            raise ValueError(f"conv2d: input of shape {tuple(x.shape)} has {C} channels, but weight of shape "
+                             f"{tuple(W.shape)} with groups={G} expects {C_group * G}")
+        if OC % G != 0:
+            raise ValueError(f"conv2d: groups={G} must divide the {OC} output channels of weight {tuple(W.shape)}")
+        if b is not None:
+            if tuple(b.shape) != (OC,):
+                raise ValueError(f"conv2d: expected a bias of shape ({OC},) for weight {tuple(W.shape)}, "
+                                 f"got {tuple(b.shape)}")
+            if b.dtype != x.dtype:
+                raise TypeError(f"conv2d: bias must have the input's dtype {x.dtype}, got {b.dtype}")
+        padded = (H + 2 * self.PH, W_ + 2 * self.PW)
+        dilated = (self.DH * (KH - 1) + 1, self.DW * (KW - 1) + 1)
+        if dilated[0] > padded[0] or dilated[1] > padded[1]:
+            raise ValueError(f"conv2d: kernel of size {KH}x{KW} (dilated {dilated[0]}x{dilated[1]}) is larger than "
+                             f"the padded input {padded[0]}x{padded[1]} (input {tuple(x.shape)}, weight "
+                             f"{tuple(W.shape)}, padding {(self.PH, self.PW)}, dilation {(self.DH, self.DW)})")
+        OH = kernels.conv_output_size(H, KH, self.SH, self.PH, self.DH)
+        OW = kernels.conv_output_size(W_, KW, self.SW, self.PW, self.DW)
+        return N, C, OC, KH, KW, OH, OW
+
+
+def _same_padding(weight, dilation, stride):
+    """Padding (top, bottom, left, right) that keeps H and W, as PyTorch's padding='same':
+    the total d*(k-1) is split with the odd one out at the bottom / right."""
+    if stride != (1, 1):
+        raise ValueError(f"conv2d: padding='same' is not supported for strided convolutions, got stride={stride}")
+    if weight.ndim != 4:
+        raise ValueError(f"conv2d: expected a 4-D weight (OC, C / groups, KH, KW), got shape {tuple(weight.shape)}")
+    KH, KW = weight.shape[2:]
+    total_h, total_w = dilation[0] * (KH - 1), dilation[1] * (KW - 1)
+    return total_h // 2, total_h - total_h // 2, total_w // 2, total_w - total_w // 2
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D convolution as torch.nn.functional.conv2d.
+
+    input (N, C, H, W), weight (OC, C / groups, KH, KW), bias (OC,) or None -> (N, OC, OH, OW) with
+    OH = (H + 2 PH - DH (KH - 1) - 1) // SH + 1. stride, padding and dilation are ints or pairs;
+    padding may also be 'valid' (no padding) or 'same' (stride 1 only; output size = input size).
+    """
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = 0
+        elif padding == "same":
+            top, bottom, left, right = _same_padding(weight, _pair("conv2d", "dilation", dilation),
+                                                     _pair("conv2d", "stride", stride))
+            if bottom != top or right != left:
+                # An even total (even dilated kernel) cannot be split evenly: pad the extra row and
+                # column first, so the convolution itself pads symmetrically.
+                input = pad(input, (0, right - left, 0, bottom - top))
+            padding = (top, left)
+        else:
+            raise ValueError(f"conv2d: padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+    return Conv2d(stride, padding, dilation, groups)(input, weight, bias)
+
+
+class Pad(Function):
+    """Constant padding of the last len(pad) // 2 axes; negative amounts crop, as torch.nn.functional.pad."""
+
+    def __init__(self, pad, value):
+        self.pad = pad
+        self.value = value
+
+    def forward(self, x):
+        xp = backend.get_array_module(x)
+        amounts = self._amounts(x)
+        # Positive amounts grow the array with xp.pad; negative ones crop it afterwards.
+        grown = [(max(before, 0), max(after, 0)) for before, after in amounts]
+        y = xp.pad(x, grown, mode="constant", constant_values=self.value) if any(map(any, grown)) else x.copy()
+        crop = tuple(slice(-min(before, 0), y.shape[axis] + min(after, 0))
+                     for axis, (before, after) in enumerate(amounts))
+        self.input_shape = x.shape
+        self.amounts = amounts
+        return y[crop]
+
+    def backward(self, gy):
+        # y is x with slices added or removed at the borders: the gradient of x is gy with the
+        # added borders sliced off, and zeros where x was cropped away.
+        xp = backend.get_array_module(gy)
+        gx = xp.zeros(self.input_shape, dtype=gy.dtype)
+        x_part = tuple(slice(max(-before, 0), size - max(-after, 0))
+                       for (before, after), size in zip(self.amounts, self.input_shape))
+        y_part = tuple(slice(max(before, 0), gy.shape[axis] - max(after, 0))
+                       for axis, (before, after) in enumerate(self.amounts))
+        gx[x_part] = gy[y_part]
+        return gx
+
+    def _amounts(self, x):
+        """(before, after) for every axis of x: torch's pad tuple lists the last axis first."""
+        padded_axes = len(self.pad) // 2
+        if padded_axes > x.ndim:
+            raise ValueError(f"pad: {len(self.pad)} padding values pad {padded_axes} axes, but the input of "
+                             f"shape {tuple(x.shape)} has only {x.ndim}")
+        amounts = [(0, 0)] * (x.ndim - padded_axes)
+        for axis in range(padded_axes):
+            before, after = self.pad[2 * (padded_axes - 1 - axis):2 * (padded_axes - axis)]
+            size = x.shape[x.ndim - padded_axes + axis]
+            if size + min(before, 0) + min(after, 0) < 0:
+                raise ValueError(f"pad: padding {tuple(self.pad)} crops axis {x.ndim - padded_axes + axis} of "
+                                 f"size {size} below zero (input shape {tuple(x.shape)})")
+            amounts.append((before, after))
+        return amounts
+
+
+def pad(input, pad, mode="constant", value=0):
+    """Pad the last axes as torch.nn.functional.pad: pad = (left, right) pads the last axis,
+    (left, right, top, bottom) the last two, and so on. Negative amounts crop, as in PyTorch.
+    Only mode='constant' is implemented (zero padding for convolutions); `value` fills the border."""
+    if mode != "constant":
+        raise ValueError(f"pad: only mode='constant' is implemented, got mode={mode!r}")
+    try:
+        pad = tuple(operator.index(p) for p in pad)
+    except TypeError:
+        raise TypeError(f"pad: expected pad as a sequence of ints, got {pad!r}") from None
+    if len(pad) % 2 != 0:
+        raise ValueError(f"pad: expected an even number of padding values (before, after per axis), got {pad}")
+    return Pad(pad, value)(input)
