@@ -17,10 +17,13 @@ import os
 import numpy
 
 from tinycnn.models.common import _FACTORIES, ModelOutputs, register
-from tinycnn.models.lenet import lenet, lenet5, lenet_d2l
+# Each module's __all__ lists its factories. A factory may share its module's name (`lenet`): the
+# package attribute is then the factory, and `from tinycnn.models.lenet import C3_TABLE` reaches
+# the module.
+from tinycnn.models.lenet import *  # noqa: F401,F403
+from tinycnn.models.resnet import *  # noqa: F401,F403
 
-__all__ = ["ModelOutputs", "create", "lenet", "lenet5", "lenet_d2l", "list", "load_weights", "register",
-           "save_weights"]
+__all__ = ["ModelOutputs", "create", "list", "load_weights", "register", "save_weights"] + sorted(_FACTORIES)
 
 
 def create(name, **kwargs):

@@ -35,6 +35,8 @@ import tinycnn.functional as F
 from tinycnn import nn
 from tinycnn.models.common import register
 
+__all__ = ["lenet", "lenet5", "lenet_d2l"]
+
 # Table I: which S2 maps (rows of the paper's table, here the tuple entries) each of the 16 C3 maps
 # sees. Maps 0-5 see 3 contiguous maps, 6-11 see 4 contiguous, 12-14 see 4 non-contiguous, 15 sees
 # all 6 (60 input maps in all).
