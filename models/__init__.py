@@ -20,8 +20,12 @@ from tinycnn.models.common import _FACTORIES, ModelOutputs, register
 # Each module's __all__ lists its factories. A factory may share its module's name (`lenet`): the
 # package attribute is then the factory, and `from tinycnn.models.lenet import C3_TABLE` reaches
 # the module.
+from tinycnn.models.alexnet import *  # noqa: F401,F403
 from tinycnn.models.lenet import *  # noqa: F401,F403
+from tinycnn.models.nin import *  # noqa: F401,F403
 from tinycnn.models.resnet import *  # noqa: F401,F403
+from tinycnn.models.vgg import *  # noqa: F401,F403
+from tinycnn.models.zfnet import *  # noqa: F401,F403
 
 __all__ = ["ModelOutputs", "create", "list", "load_weights", "register", "save_weights"] + sorted(_FACTORIES)
 
