@@ -44,6 +44,17 @@ def _pool_output_size(op, x, KH, KW, SH, SW, PH, PW, DH, DW, ceil_mode):
     return OH, OW
 
 
+def _check_no_empty_window(op, x, size, kernel, stride, padding, dilation, out, axis):
+    """With dilation, a window starting in the padding can skip over every input pixel: there is
+    nothing to take the max of (PyTorch returns -inf and an index outside the input there)."""
+    for o in range(out):
+        start = o * stride - padding
+        if not any(0 <= start + i * dilation < size for i in range(kernel)):
+            raise ValueError(f"{op}: the window at output {axis} {o} covers only padding (input {tuple(x.shape)}, "
+                             f"kernel {kernel}, stride {stride}, padding {padding}, dilation {dilation} along "
+                             f"the {axis}s); use a smaller padding or dilation")
+
+
 class MaxPool2d(Function):
     """y[n, c, oh, ow] = max of x over the window at (oh, ow); padding never wins (it is -inf)."""
 
@@ -53,8 +64,12 @@ class MaxPool2d(Function):
         self.ceil_mode = ceil_mode
 
     def forward(self, x):
-        _pool_output_size("max_pool2d", x, self.KH, self.KW, self.SH, self.SW, self.PH, self.PW,
-                          self.DH, self.DW, self.ceil_mode)
+        OH, OW = _pool_output_size("max_pool2d", x, self.KH, self.KW, self.SH, self.SW, self.PH, self.PW,
+                                   self.DH, self.DW, self.ceil_mode)
+        if self.DH > 1:  # without dilation, padding <= kernel / 2 already rules out empty windows
+            _check_no_empty_window("max_pool2d", x, x.shape[2], self.KH, self.SH, self.PH, self.DH, OH, "row")
+        if self.DW > 1:
+            _check_no_empty_window("max_pool2d", x, x.shape[3], self.KW, self.SW, self.PW, self.DW, OW, "column")
         y, self.argmax = kernels.max_pool2d_forward(x, self.KH, self.KW, self.SH, self.SW, self.PH, self.PW,
                                                     self.DH, self.DW, self.ceil_mode)
         self.input_size = x.shape[2:]
