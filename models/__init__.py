@@ -22,6 +22,9 @@ from tinycnn.models.common import _FACTORIES, ModelOutputs, register
 # the module.
 from tinycnn.models.alexnet import *  # noqa: F401,F403
 from tinycnn.models.googlenet import *  # noqa: F401,F403
+from tinycnn.models.inception_v2 import *  # noqa: F401,F403
+from tinycnn.models.inception_v3 import *  # noqa: F401,F403
+from tinycnn.models.inception_v4 import *  # noqa: F401,F403
 from tinycnn.models.lenet import *  # noqa: F401,F403
 from tinycnn.models.nin import *  # noqa: F401,F403
 from tinycnn.models.resnet import *  # noqa: F401,F403
