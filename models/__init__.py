@@ -21,6 +21,7 @@ from tinycnn.models.common import _FACTORIES, ModelOutputs, register
 # package attribute is then the factory, and `from tinycnn.models.lenet import C3_TABLE` reaches
 # the module.
 from tinycnn.models.alexnet import *  # noqa: F401,F403
+from tinycnn.models.densenet import *  # noqa: F401,F403
 from tinycnn.models.googlenet import *  # noqa: F401,F403
 from tinycnn.models.inception_v2 import *  # noqa: F401,F403
 from tinycnn.models.inception_v3 import *  # noqa: F401,F403
