@@ -281,5 +281,6 @@ def paper_table_summary(print_table=False):
         print(f"{'row':<16} {'weights':>10} {'paper':>7} {'MACs':>8} {'paper':>6}")
         for r in table:
             mark = "" if r.agrees else "  <- differs from the paper"
-            print(f"{r.row:<16} {r.weights:>10,} {r.paper_params_k:>6}K {r.macs / 1e6:>7.1f}M {r.paper_ops_m:>5}M{mark}")
+            print(f"{r.row:<16} {r.weights:>10,} {r.paper_params_k:>6}K {r.macs / 1e6:>7.1f}M "
+                  f"{r.paper_ops_m:>5}M{mark}")
     return table

@@ -13,7 +13,8 @@ CANONICAL_INPUT = {
     "inception_v3": (3, 299, 299), "inception_v4": (3, 299, 299),
     "inception_resnet_v1": (3, 299, 299), "inception_resnet_v2": (3, 299, 299),
 }
-CIFAR_MODELS = {f"{kind}{depth}" for kind in ("resnet", "plain") for depth in (20, 32, 44, 56, 110)} | {"densenet_bc_100"}
+CIFAR_MODELS = {f"{kind}{depth}" for kind in ("resnet", "plain") for depth in (20, 32, 44, 56, 110)}
+CIFAR_MODELS.add("densenet_bc_100")
 
 
 def canonical_input(name):

@@ -91,8 +91,10 @@ def test_parameter_count(name):
     assert model.num_parameters() == EXPECTED_PARAMS[name]
 
 
-@pytest.mark.parametrize("name, kwargs, expected", EXPECTED_VARIANT_PARAMS,
-                         ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for n, kw, _ in EXPECTED_VARIANT_PARAMS])
+VARIANT_IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for n, kw, _ in EXPECTED_VARIANT_PARAMS]
+
+
+@pytest.mark.parametrize("name, kwargs, expected", EXPECTED_VARIANT_PARAMS, ids=VARIANT_IDS)
 def test_parameter_count_of_variants(name, kwargs, expected):
     with skipped_init():
         model = models.create(name, **kwargs)

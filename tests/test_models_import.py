@@ -122,7 +122,8 @@ class TorchDenseNet(tnn.Module):
         self.features.add_module("pool0", tnn.MaxPool2d(3, 2, 1))
         num_features = num_init_features
         for i, num_layers in enumerate(block_config):
-            self.features.add_module(f"denseblock{i + 1}", TorchDenseBlock(num_layers, num_features, growth_rate, bn_size))
+            block = TorchDenseBlock(num_layers, num_features, growth_rate, bn_size)
+            self.features.add_module(f"denseblock{i + 1}", block)
             num_features += num_layers * growth_rate
             if i != len(block_config) - 1:
                 transition = tnn.Sequential()

@@ -21,7 +21,8 @@ def test_c3_table_has_the_papers_60_connections():
 
 def test_lenet5_parameters_by_layer():
     model = models.lenet5()
-    counts = {name: sum(p.size for p in getattr(model, name).parameters()) for name in ("c1", "s2", "c3", "s4", "c5", "f6")}
+    layers = ("c1", "s2", "c3", "s4", "c5", "f6")
+    counts = {name: sum(p.size for p in getattr(model, name).parameters()) for name in layers}
     assert counts == {"c1": 156, "s2": 12, "c3": 1_516, "s4": 32, "c5": 48_120, "f6": 10_164}
 
 
@@ -69,7 +70,8 @@ def test_rbf_output_is_minus_the_squared_distance_to_fixed_codes():
 def test_lenet5_input_sizes_and_heads():
     x28 = tinycnn.tensor(np.zeros((2, 1, 28, 28), np.float32))
     assert models.lenet5(padding=2)(x28).shape == (2, 10)
-    assert models.lenet5(head="linear", num_classes=7)(tinycnn.tensor(np.zeros((1, 1, 32, 32), np.float32))).shape == (1, 7)
+    x32 = tinycnn.tensor(np.zeros((1, 1, 32, 32), np.float32))
+    assert models.lenet5(head="linear", num_classes=7)(x32).shape == (1, 7)
     assert isinstance(models.lenet5(subsampling_activation="sigmoid").act2, tinycnn.nn.Sigmoid)
     with pytest.raises(ValueError, match="RBF head has codes for the 10 digits"):
         models.lenet5(num_classes=5)
