@@ -21,8 +21,9 @@ Three networks:
       network returns -y_i, so that argmax gives the class and softmax cross-entropy on -y is the
       paper's MAP criterion (eq. 9) without its "rubbish class" constant;
     * `head="linear"` replaces the RBF units by a trainable fc 84 -> num_classes (+850 parameters);
-    * `padding=2` zero-pads a 28x28 MNIST image to the paper's 32x32 field (the paper centres the
-      28x28 images in 32x32 so that strokes reach the centre of C3's receptive fields).
+    * `padding=2` zero-pads a 28x28 MNIST image to the paper's 32x32 input (the paper makes the
+      input larger than the digits so that stroke end-points and corners can fall in the centre
+      of the receptive fields of the highest-level feature detectors).
 - `lenet_d2l()`: Dive into Deep Learning's version (6-16-120-84, sigmoid, average pooling, conv1
   padded by 2 so a 28x28 input works); 61,706 parameters.
 

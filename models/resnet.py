@@ -56,7 +56,11 @@ def conv1x1(in_channels, out_channels, stride=1):
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions; out = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))."""
+    """Two 3x3 convolutions; out = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)).
+
+    groups, base_width and stride_in_1x1 exist so both block types take the same arguments; a
+    basic block has one stride to place and no bottleneck width.
+    """
 
     expansion = 1
 
