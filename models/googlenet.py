@@ -32,7 +32,8 @@ mode, or built with `aux_logits=False`, they return the logits tensor.
 `paper_table_summary()` recomputes Table 1's "params" and "ops" columns on `googlenet_paper` (see
 its docstring for the three rows where the printed figures differ). The source documents' Inception
 snippet applies the pool projection before the pool; here, as in the paper, the 3x3 max pool comes
-first and the 1x1 projection after.
+first and the 1x1 projection after. Another snippet uses a 1x1 convolution where the 5x5 belongs
+and gives every branch the same width; the widths here are Table 1's.
 """
 from collections import OrderedDict, namedtuple
 

@@ -13,7 +13,8 @@ The layout is torchvision's (`models/vgg.py`): state_dict keys `features.<i>.wei
 - initialisation is torchvision's (Kaiming normal for convolutions, N(0, 0.01) for fc layers), not
   the paper's pre-training of deeper nets from configuration A.
 Configuration C (1x1 convolutions in stages 3-5) and A-LRN are not provided. The source
-documents' VGG snippet writes one pooling kernel as (3, 2); the paper's pools are all 2x2 stride 2.
+documents' VGG-16 snippet gives the first convolution of the second stage a (3, 2) kernel; every
+convolution of the paper's configurations A, B, D and E is 3x3.
 """
 import tinycnn.functional as F
 from tinycnn import nn
