@@ -10,7 +10,6 @@ With groups G the channels split into G independent slices, one product per grou
 """
 import operator
 
-
 from tinycnn import backend, kernels
 from tinycnn.autograd import Function
 
