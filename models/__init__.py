@@ -16,7 +16,7 @@ import os
 
 import numpy
 
-from tinycnn.models.common import _FACTORIES, ModelOutputs, register
+from tinycnn.models.common import _FACTORIES, _INPUT_SHAPES, ModelOutputs, register
 # Each module's __all__ lists its factories. A factory may share its module's name (`lenet`): the
 # package attribute is then the factory, and `from tinycnn.models.lenet import C3_TABLE` reaches
 # the module.
@@ -32,7 +32,8 @@ from tinycnn.models.resnet import *  # noqa: F401,F403
 from tinycnn.models.vgg import *  # noqa: F401,F403
 from tinycnn.models.zfnet import *  # noqa: F401,F403
 
-__all__ = ["ModelOutputs", "create", "list", "load_weights", "register", "save_weights"] + sorted(_FACTORIES)
+__all__ = ["ModelOutputs", "create", "default_input_shape", "list", "load_weights", "register",
+           "save_weights"] + sorted(_FACTORIES)
 
 
 def create(name, **kwargs):
@@ -47,6 +48,14 @@ def create(name, **kwargs):
 def list():  # noqa: A001 - the registry's list, as timm.list_models
     """The registered model names, sorted."""
     return sorted(_FACTORIES)
+
+
+def default_input_shape(name):
+    """The (C, H, W) input the network `name` is specified for: (3, 224, 224) for most ImageNet
+    networks, (3, 299, 299) for Inception v3/v4, (3, 32, 32) for the CIFAR ones, (1, 28, 28) for LeNet."""
+    if name not in _INPUT_SHAPES:
+        create(name)  # raises the ValueError that lists close names
+    return _INPUT_SHAPES[name]
 
 
 def _read_state_dict(path):

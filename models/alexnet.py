@@ -118,7 +118,7 @@ class AlexNet(nn.Module):
         return x
 
 
-@register("alexnet_paper")
+@register("alexnet_paper", input_shape=(3, 227, 227))
 def alexnet_paper(**kwargs):
     """AlexNet as published (Caffe's bvlc_alexnet layout), 60,965,224 parameters; input N x 3 x 227 x 227."""
     return AlexNetPaper(**kwargs)

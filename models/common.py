@@ -1,21 +1,25 @@
 """What every model module shares: the registry of factories and the output of multi-head networks.
 
-A factory registers itself under a name with `@register("resnet50")`; `tinycnn.models.create(name)`
-and `tinycnn.models.list()` read the registry.
+A factory registers itself under a name with `@register("resnet50")`, and with the input it is
+specified for when that is not 3 x 224 x 224 (`@register("lenet", input_shape=(1, 28, 28))`);
+`tinycnn.models.create(name)`, `list()` and `default_input_shape(name)` read the registry.
 """
 from collections import namedtuple
 
 from tinycnn import nn
 
 _FACTORIES = {}
+_INPUT_SHAPES = {}
 
 
-def register(name):
-    """Decorator: make `factory` available as tinycnn.models.create(name)."""
+def register(name, input_shape=(3, 224, 224)):
+    """Decorator: make `factory` available as tinycnn.models.create(name); `input_shape` (C, H, W)
+    is the input the network is specified for (what `tinycnn summary NAME` uses by default)."""
     def decorator(factory):
         if name in _FACTORIES:
             raise ValueError(f"models.register: the name {name!r} is taken by {_FACTORIES[name].__module__}")
         _FACTORIES[name] = factory
+        _INPUT_SHAPES[name] = tuple(input_shape)
         return factory
     return decorator
 

@@ -178,7 +178,7 @@ def densenet264(**kwargs):
     return _densenet(264, **kwargs)
 
 
-@register("densenet_bc_100")
+@register("densenet_bc_100", input_shape=(3, 32, 32))
 def densenet_bc_100(num_classes=10, **kwargs):
     """CIFAR DenseNet-BC (L=100, k=12), 769,162 parameters for 10 classes (800,032 for 100);
     input N x 3 x 32 x 32."""

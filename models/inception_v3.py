@@ -264,7 +264,7 @@ class Inception3(nn.Module):
         return x
 
 
-@register("inception_v3")
+@register("inception_v3", input_shape=(3, 299, 299))
 def inception_v3(**kwargs):
     """Inception v3 (torchvision), 27,161,264 parameters with the aux head (23,834,568 with
     aux_logits=False); input N x 3 x 299 x 299."""

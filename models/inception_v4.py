@@ -456,19 +456,19 @@ class InceptionResNetV1(nn.Module):
         return x
 
 
-@register("inception_v4")
+@register("inception_v4", input_shape=(3, 299, 299))
 def inception_v4(**kwargs):
     """Inception-v4 (timm), 42,679,816 parameters; input N x 3 x 299 x 299."""
     return InceptionV4(**kwargs)
 
 
-@register("inception_resnet_v2")
+@register("inception_resnet_v2", input_shape=(3, 299, 299))
 def inception_resnet_v2(**kwargs):
     """Inception-ResNet-v2 (timm), 55,843,464 parameters; input N x 3 x 299 x 299."""
     return InceptionResNetV2(**kwargs)
 
 
-@register("inception_resnet_v1")
+@register("inception_resnet_v1", input_shape=(3, 299, 299))
 def inception_resnet_v1(**kwargs):
     """Inception-ResNet-v1 with a FaceNet-style head (osmr), 23,995,624 parameters; input N x 3 x 299 x 299."""
     return InceptionResNetV1(**kwargs)

@@ -237,19 +237,19 @@ class LeNetD2L(nn.Module):
         return self.net(x)
 
 
-@register("lenet")
+@register("lenet", input_shape=(1, 28, 28))
 def lenet(num_classes=10, in_channels=1, **kwargs):
     """Caffe's MNIST LeNet (20-50-500), 431,080 parameters; input N x 1 x 28 x 28."""
     return LeNet(num_classes=num_classes, in_channels=in_channels, **kwargs)
 
 
-@register("lenet5")
+@register("lenet5", input_shape=(1, 32, 32))
 def lenet5(num_classes=10, in_channels=1, **kwargs):
     """LeNet-5 (1998), 60,000 trainable parameters; input N x 1 x 32 x 32 (padding=2 for 28x28)."""
     return LeNet5(num_classes=num_classes, in_channels=in_channels, **kwargs)
 
 
-@register("lenet_d2l")
+@register("lenet_d2l", input_shape=(1, 28, 28))
 def lenet_d2l(num_classes=10, in_channels=1):
     """d2l's LeNet (6-16-120-84, sigmoid), 61,706 parameters; input N x 1 x 28 x 28."""
     return LeNetD2L(num_classes=num_classes, in_channels=in_channels)

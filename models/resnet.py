@@ -318,7 +318,8 @@ def _register_cifar(depth):
     resnet.__doc__ = f"CIFAR ResNet-{depth} (section 4.2), shortcut option 'A' (default) or 'B'; input N x 3 x 32 x 32."
     plain.__name__ = plain.__qualname__ = f"plain{depth}"
     plain.__doc__ = f"CIFAR plain-{depth}: ResNet-{depth}'s layers without shortcuts (Fig. 6); input N x 3 x 32 x 32."
-    return register(f"resnet{depth}")(resnet), register(f"plain{depth}")(plain)
+    cifar = (3, 32, 32)
+    return register(f"resnet{depth}", cifar)(resnet), register(f"plain{depth}", cifar)(plain)
 
 
 resnet20, plain20 = _register_cifar(20)

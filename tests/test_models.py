@@ -235,10 +235,17 @@ def test_registry_create_and_list():
     assert models.create("lenet").num_parameters() == models.lenet().num_parameters()
 
 
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
+def test_default_input_shape_is_the_canonical_input(name):
+    assert models.default_input_shape(name) == canonical_input(name)
+
+
 def test_unknown_model_name_lists_close_names():
     with pytest.raises(ValueError, match="resnet50") as info:
         models.create("resnet5O")
     assert "unknown model 'resnet5O'" in str(info.value)
+    with pytest.raises(ValueError, match="did you mean lenet"):
+        models.default_input_shape("lenet6")
 
 
 def test_models_take_in_channels():
