@@ -1,10 +1,13 @@
 """Kernel dispatch: one function per primitive, routed by array type and tinycnn.config.kernels.
 
-    NumPy array  -> Numba CPU kernel (tinycnn.kernels.cpu)    unless config.kernels == "numpy"
-    CuPy array   -> CuPy GPU kernel  (tinycnn.kernels.gpu)
-    "numpy"      -> the readable NumPy reference (tinycnn.kernels.reference), on CPU arrays
+    CuPy array                      -> CuPy GPU kernel  (tinycnn.kernels.gpu)
+    NumPy array                     -> Numba CPU kernel (tinycnn.kernels.cpu)
+    NumPy array, kernels == "numpy" -> the readable NumPy reference (tinycnn.kernels.reference)
 
 tinycnn.functional calls only these names, so the maths of an op lives in one place per backend.
+The three implementations take the same arguments and return the same results (the reference is
+the test oracle). kernels.cpu and kernels.gpu are imported on first use: importing Numba costs a
+fraction of a second, CuPy more, and neither is needed to build a model or run the reference.
 """
 from tinycnn import config
 from tinycnn.backend import is_gpu_array
@@ -22,8 +25,13 @@ PRIMITIVES = (
 
 def implementation(name, array):
     """The module whose `name` function handles `array` under the current config."""
-    del name, array
-    return reference
+    if is_gpu_array(array):
+        from tinycnn.kernels import gpu
+        return gpu
+    if config.kernels == "numpy":
+        return reference
+    from tinycnn.kernels import cpu  # "auto" and "numba"
+    return cpu
 
 
 def _dispatcher(name):

@@ -1,0 +1,350 @@
+"""The Numba CPU kernels: the same functions, arguments and results as tinycnn.kernels.reference.
+
+Each public function is a thin wrapper that makes its inputs C-contiguous (so one compiled version
+per dtype serves every call), allocates the output, and calls an `@njit(cache=True)` loop nest.
+Compiled machine code is cached in kernels/__pycache__, so only the first process pays the compile.
+
+Parallel loops (`prange`) run over what each iteration owns, so no two iterations write to the
+same element and no atomics or locks are needed:
+
+    im2col, pooling forward        one (n, c) image plane per iteration
+    col2im, avg_pool2d_backward    one input row (n, c, h) per iteration: it gathers, in tap order,
+                                   every column entry that saw one of its pixels
+    max_pool2d_backward            one (n, c) plane per iteration (its outputs only point into it)
+    batch norm                     one channel c per iteration (its statistics need all of it)
+    LRN                            one (n, c) row per iteration (it reads the neighbouring channels)
+
+Where the reference sums taps in a fixed order (col2im, pooling, LRN's window) the loops here add
+in that same order, so those results are equal to the reference to the last bit; batch norm
+accumulates its statistics in float64 and so differs from the reference by round-off only.
+
+Index maths as in the reference: tap (i, j) of the window at output (oh, ow) reads input pixel
+h = oh*SH - PH + i*DH, w = ow*SW - PW + j*DW.
+"""
+import numpy as np
+from numba import njit, prange
+
+from tinycnn.kernels.reference import avg_pool_divisor, conv_output_size
+
+
+@njit(cache=True, inline="always")
+def _valid_range(k, L, O, S, P, D):
+    """The outputs o in [lo, hi) whose tap k lands inside the input: 0 <= o*S - P + k*D < L."""
+    lo = max(0, -((k * D - P) // S))  # ceil((P - k*D) / S), with Python's floor division
+    hi = min(O, (L - 1 + P - k * D) // S + 1)
+    return lo, max(lo, hi)
+
+
+@njit(cache=True, parallel=True)
+def _im2col(x, col, SH, SW, PH, PW, DH, DW):
+    N, C, H, W = x.shape
+    KH, KW, OH, OW = col.shape[2:]
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        for i in range(KH):
+            oh_lo, oh_hi = _valid_range(i, H, OH, SH, PH, DH)
+            for j in range(KW):
+                ow_lo, ow_hi = _valid_range(j, W, OW, SW, PW, DW)
+                for oh in range(OH):
+                    row = col[n, c, i, j, oh]
+                    if oh < oh_lo or oh >= oh_hi:
+                        row[:] = 0
+                        continue
+                    h = oh * SH - PH + i * DH
+                    row[:ow_lo] = 0
+                    for ow in range(ow_lo, ow_hi):
+                        row[ow] = x[n, c, h, ow * SW - PW + j * DW]
+                    row[ow_hi:] = 0
+
+
+def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW):
+    """(N, C, H, W) -> (N, C, KH, KW, OH, OW): every window of x laid out as a column."""
+    x = np.ascontiguousarray(x)
+    N, C, H, W = x.shape
+    OH = conv_output_size(H, KH, SH, PH, DH)
+    OW = conv_output_size(W, KW, SW, PW, DW)
+    col = np.empty((N, C, KH, KW, OH, OW), dtype=x.dtype)
+    _im2col(x, col, SH, SW, PH, PW, DH, DW)
+    return col
+
+
+@njit(cache=True, parallel=True)
+def _col2im(col, x, SH, SW, PH, PW, DH, DW):
+    N, C, H, W = x.shape
+    KH, KW, OH, OW = col.shape[2:]
+    for nch in prange(N * C * H):
+        n, c, h = nch // (C * H), (nch // H) % C, nch % H
+        row = x[n, c, h]
+        row[:] = 0
+        for i in range(KH):
+            # The output row whose tap i lands on h: oh*SH = h + PH - i*DH, if it divides.
+            oh_times_SH = h + PH - i * DH
+            if oh_times_SH < 0 or oh_times_SH % SH != 0 or oh_times_SH // SH >= OH:
+                continue
+            oh = oh_times_SH // SH
+            for j in range(KW):
+                ow_lo, ow_hi = _valid_range(j, W, OW, SW, PW, DW)
+                for ow in range(ow_lo, ow_hi):
+                    row[ow * SW - PW + j * DW] += col[n, c, i, j, oh, ow]
+
+
+def col2im(col, H, W, SH, SW, PH, PW, DH, DW):
+    """(N, C, KH, KW, OH, OW) -> (N, C, H, W): the adjoint of im2col, summing overlapping taps."""
+    col = np.ascontiguousarray(col)
+    N, C = col.shape[:2]
+    x = np.empty((N, C, H, W), dtype=col.dtype)
+    _col2im(col, x, SH, SW, PH, PW, DH, DW)
+    return x
+
+
+@njit(cache=True, parallel=True)
+def _max_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW):
+    N, C, H, W = x.shape
+    OH, OW = y.shape[2:]
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        for oh in range(OH):
+            for ow in range(OW):
+                # Taps outside the input count as -inf; the first maximum wins, and a NaN, once
+                # met, wins for good (np.argmax's rules, so ties and NaNs match the reference).
+                best = -np.inf
+                best_index = 0
+                for i in range(KH):
+                    h = oh * SH - PH + i * DH
+                    for j in range(KW):
+                        w = ow * SW - PW + j * DW
+                        value = x[n, c, h, w] if 0 <= h < H and 0 <= w < W else -np.inf
+                        if (i == 0 and j == 0) or value > best or (value != value and best == best):
+                            best = value
+                            best_index = h * W + w
+                y[n, c, oh, ow] = best
+                argmax[n, c, oh, ow] = best_index
+
+
+def max_pool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, ceil_mode):
+    """Returns (y, argmax): y (N, C, OH, OW) and, for each output, the flat index h*W + w of the
+    input pixel that won (the first one on ties), as PyTorch's return_indices."""
+    x = np.ascontiguousarray(x)
+    N, C, H, W = x.shape
+    OH = conv_output_size(H, KH, SH, PH, DH, ceil_mode)
+    OW = conv_output_size(W, KW, SW, PW, DW, ceil_mode)
+    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    argmax = np.empty((N, C, OH, OW), dtype=np.int64)
+    _max_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW)
+    return y, argmax
+
+
+@njit(cache=True, parallel=True)
+def _max_pool2d_backward(gy, argmax, gx):
+    # gy, argmax (N*C, OH*OW); gx (N*C, H*W)
+    NC, HW = gx.shape
+    for nc in prange(NC):
+        gx[nc, :] = 0
+        for k in range(gy.shape[1]):
+            index = argmax[nc, k]
+            if 0 <= index < HW:
+                gx[nc, index] += gy[nc, k]
+
+
+def max_pool2d_backward(gy, argmax, H, W):
+    """Route each output gradient to the input pixel that won its window (summing if one pixel
+    won several overlapping windows)."""
+    N, C = gy.shape[:2]
+    gy = np.ascontiguousarray(gy).reshape(N * C, -1)  # (N*C, OH*OW)
+    argmax = np.ascontiguousarray(argmax, dtype=np.int64).reshape(N * C, -1)
+    gx = np.empty((N * C, H * W), dtype=gy.dtype)
+    _max_pool2d_backward(gy, argmax, gx)
+    return gx.reshape(N, C, H, W)
+
+
+@njit(cache=True, parallel=True)
+def _avg_pool2d_forward(x, y, divisor, KH, KW, SH, SW, PH, PW):
+    N, C, H, W = x.shape
+    OH, OW = y.shape[2:]
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        for oh in range(OH):
+            for ow in range(OW):
+                total = x.dtype.type(0)
+                for i in range(KH):
+                    h = oh * SH - PH + i
+                    if 0 <= h < H:
+                        for j in range(KW):
+                            w = ow * SW - PW + j
+                            if 0 <= w < W:
+                                total += x[n, c, h, w]
+                # The division is done in float64 and rounded once, as in the reference.
+                y[n, c, oh, ow] = np.float64(total) / divisor[oh, ow]
+
+
+def avg_pool2d_forward(x, KH, KW, SH, SW, PH, PW, ceil_mode, count_include_pad):
+    x = np.ascontiguousarray(x)
+    N, C, H, W = x.shape
+    OH = conv_output_size(H, KH, SH, PH, 1, ceil_mode)
+    OW = conv_output_size(W, KW, SW, PW, 1, ceil_mode)
+    divisor = avg_pool_divisor(H, W, KH, KW, SH, SW, PH, PW, OH, OW, count_include_pad, np)
+    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    _avg_pool2d_forward(x, y, divisor.astype(np.float64), KH, KW, SH, SW, PH, PW)
+    return y
+
+
+@njit(cache=True, parallel=True)
+def _avg_pool2d_backward(share, gx, KH, KW, SH, SW, PH, PW):
+    N, C, H, W = gx.shape
+    OH, OW = share.shape[2:]
+    for nch in prange(N * C * H):
+        n, c, h = nch // (C * H), (nch // H) % C, nch % H
+        row = gx[n, c, h]
+        row[:] = 0
+        for i in range(KH):
+            oh_times_SH = h + PH - i
+            if oh_times_SH < 0 or oh_times_SH % SH != 0 or oh_times_SH // SH >= OH:
+                continue
+            oh = oh_times_SH // SH
+            for j in range(KW):
+                ow_lo, ow_hi = _valid_range(j, W, OW, SW, PW, 1)
+                for ow in range(ow_lo, ow_hi):
+                    row[ow * SW - PW + j] += share[n, c, oh, ow]
+
+
+def avg_pool2d_backward(gy, H, W, KH, KW, SH, SW, PH, PW, ceil_mode, count_include_pad):
+    """Each input pixel gets gy / divisor from every window that covers it."""
+    N, C, OH, OW = gy.shape
+    divisor = avg_pool_divisor(H, W, KH, KW, SH, SW, PH, PW, OH, OW, count_include_pad, np)
+    share = np.ascontiguousarray((gy / divisor).astype(gy.dtype))  # (N, C, OH, OW)
+    gx = np.empty((N, C, H, W), dtype=gy.dtype)
+    _avg_pool2d_backward(share, gx, KH, KW, SH, SW, PH, PW)
+    return gx
+
+
+def _as_ncl(x):
+    """(N, C, ...) -> contiguous (N, C, L): batch norm and LRN see every trailing axis as one."""
+    x = np.ascontiguousarray(x)
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+@njit(cache=True, parallel=True)
+def _batch_norm_forward_training(x, gamma, beta, eps, y, mean, var, inv_std):
+    # x, y (N, C, L); gamma, beta, mean, var, inv_std (C,)
+    N, C, L = x.shape
+    count = N * L
+    for c in prange(C):
+        total = 0.0
+        for n in range(N):
+            for l in range(L):
+                total += x[n, c, l]
+        m = total / count
+        squares = 0.0
+        for n in range(N):
+            for l in range(L):
+                d = x[n, c, l] - m
+                squares += d * d
+        mean[c] = m
+        var[c] = squares / count
+        inv_std[c] = 1 / np.sqrt(var[c] + eps)
+        # y = gamma * (x - mean) * inv_std + beta, as one multiply-add per element.
+        gain = gamma[c] * inv_std[c]
+        shift = beta[c] - gain * mean[c]
+        for n in range(N):
+            for l in range(L):
+                y[n, c, l] = x[n, c, l] * gain + shift
+
+
+def batch_norm_forward_training(x, gamma, beta, eps):
+    """Normalise x (N, C, ...) per channel with its own batch statistics, then scale and shift.
+
+    Returns (y, mean, var, inv_std), the last three (C,); var is the biased variance.
+    gamma or beta may be None (no scale, no shift).
+    """
+    x3 = _as_ncl(x)  # (N, C, L)
+    C = x3.shape[1]
+    gamma = np.ones(C, x.dtype) if gamma is None else np.ascontiguousarray(gamma, dtype=x.dtype)
+    beta = np.zeros(C, x.dtype) if beta is None else np.ascontiguousarray(beta, dtype=x.dtype)
+    y = np.empty_like(x3)
+    mean, var, inv_std = (np.empty(C, dtype=x.dtype) for _ in range(3))
+    _batch_norm_forward_training(x3, gamma, beta, float(eps), y, mean, var, inv_std)
+    return y.reshape(x.shape), mean, var, inv_std
+
+
+@njit(cache=True, parallel=True)
+def _batch_norm_backward(gy, x, gain, mean, inv_std, gx, ggamma, gbeta):
+    # gy, x, gx (N, C, L); gain = gamma * inv_std, mean, inv_std, ggamma, gbeta (C,)
+    N, C, L = x.shape
+    count = N * L
+    for c in prange(C):
+        sum_gy = 0.0
+        sum_gy_x_hat = 0.0
+        for n in range(N):
+            for l in range(L):
+                sum_gy += gy[n, c, l]
+                sum_gy_x_hat += gy[n, c, l] * ((x[n, c, l] - mean[c]) * inv_std[c])
+        gbeta[c] = sum_gy
+        ggamma[c] = sum_gy_x_hat
+        # gx = gain * (gy - sum(gy)/n - x_hat * sum(gy x_hat)/n)
+        mean_gy = sum_gy / count
+        mean_gy_x_hat = sum_gy_x_hat / count
+        for n in range(N):
+            for l in range(L):
+                x_hat = (x[n, c, l] - mean[c]) * inv_std[c]
+                gx[n, c, l] = gain[c] * (gy[n, c, l] - mean_gy - x_hat * mean_gy_x_hat)
+
+
+def batch_norm_backward(gy, x, gamma, mean, inv_std):
+    """Gradients of batch_norm_forward_training: (gx, ggamma, gbeta), the last two (C,).
+    gamma None counts as 1."""
+    x3, gy3 = _as_ncl(x), _as_ncl(gy).astype(x.dtype, copy=False)  # (N, C, L)
+    C = x3.shape[1]
+    inv_std = np.ascontiguousarray(inv_std, dtype=x.dtype)
+    gain = inv_std if gamma is None else np.ascontiguousarray(gamma * inv_std, dtype=x.dtype)
+    gx = np.empty_like(x3)
+    ggamma, gbeta = np.empty(C, dtype=x.dtype), np.empty(C, dtype=x.dtype)
+    _batch_norm_backward(gy3, x3, gain, np.ascontiguousarray(mean, dtype=x.dtype), inv_std, gx, ggamma, gbeta)
+    return gx.reshape(x.shape), ggamma, gbeta
+
+
+@njit(cache=True, parallel=True)
+def _lrn_forward(x, before, after, alpha, beta, k, y, scale):
+    # x, y, scale (N, C, L); alpha, beta, k have x's dtype, so the arithmetic stays in it.
+    N, C, L = x.shape
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        for l in range(L):
+            total = x.dtype.type(0)
+            for neighbour in range(max(0, c - before), min(C, c + after + 1)):
+                total += x[n, neighbour, l] * x[n, neighbour, l]
+            s = k + alpha * total
+            scale[n, c, l] = s
+            y[n, c, l] = x[n, c, l] * s ** -beta
+
+
+def lrn_forward(x, size, alpha, beta, k):
+    """Local response normalisation across channels of x (N, C, ...). Returns (y, scale), with
+    scale_c = k + alpha * (sum of x_c'^2 over c' in [c - size//2, c + (size - 1)//2])."""
+    x3 = _as_ncl(x)  # (N, C, L)
+    y, scale = np.empty_like(x3), np.empty_like(x3)
+    dtype = x.dtype.type
+    _lrn_forward(x3, size // 2, (size - 1) // 2, dtype(alpha), dtype(beta), dtype(k), y, scale)
+    return y.reshape(x.shape), scale.reshape(x.shape)
+
+
+@njit(cache=True, parallel=True)
+def _lrn_backward(x, y, scale, gy, before, after, beta, two_alpha_beta, gx):
+    # before/after: the mirrored window, c' in [c - before, c + after] sees x_c in its own window.
+    N, C, L = x.shape
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        for l in range(L):
+            back = x.dtype.type(0)
+            for neighbour in range(max(0, c - before), min(C, c + after + 1)):
+                back += gy[n, neighbour, l] * y[n, neighbour, l] / scale[n, neighbour, l]
+            gx[n, c, l] = gy[n, c, l] * scale[n, c, l] ** -beta - two_alpha_beta * x[n, c, l] * back
+
+
+def lrn_backward(x, y, scale, gy, size, alpha, beta):
+    """Gradient of lrn_forward: gx_j = gy_j scale_j^-beta - 2 alpha beta x_j * sum over the
+    channels c whose window holds j of gy_c y_c / scale_c."""
+    x3, y3, scale3, gy3 = (_as_ncl(a).astype(x.dtype, copy=False) for a in (x, y, scale, gy))
+    gx = np.empty_like(x3)
+    dtype = x.dtype.type
+    _lrn_backward(x3, y3, scale3, gy3, (size - 1) // 2, size // 2, dtype(beta), dtype(2 * alpha * beta), gx)
+    return gx.reshape(x.shape)
