@@ -122,7 +122,8 @@ def test_scheduler_exported_from_optim():
 
 
 @pytest.mark.parametrize("make, error, message", [
-    (lambda o: optim.lr_scheduler.LinearLR(o, start_factor=0.0), ValueError, r"LinearLR: start_factor must be in \(0, 1\]"),
+    (lambda o: optim.lr_scheduler.LinearLR(o, start_factor=0.0), ValueError,
+     r"LinearLR: start_factor must be in \(0, 1\]"),
     (lambda o: optim.lr_scheduler.LinearLR(o, end_factor=1.5), ValueError, r"LinearLR: end_factor must be in \[0, 1\]"),
     (lambda o: optim.lr_scheduler.SequentialLR(o, [optim.lr_scheduler.StepLR(o, 2)], milestones=[3]), ValueError,
      "SequentialLR: expected len"),
@@ -140,5 +141,5 @@ def test_sequential_lr_rejects_a_scheduler_of_another_optimizer():
     first = optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1)
     second = optim.SGD([nn.Parameter(np.zeros(2))], lr=0.1)
     with pytest.raises(ValueError, match="scheduler 1 \\(StepLR\\) belongs to another optimizer"):
-        optim.lr_scheduler.SequentialLR(first, [optim.lr_scheduler.StepLR(first, 2), optim.lr_scheduler.StepLR(second, 2)],
-                                        milestones=[3])
+        schedulers = [optim.lr_scheduler.StepLR(first, 2), optim.lr_scheduler.StepLR(second, 2)]
+        optim.lr_scheduler.SequentialLR(first, schedulers, milestones=[3])

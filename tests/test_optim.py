@@ -106,7 +106,8 @@ def test_state_dict_resume_continues_identically(config, rng):
 
 def test_state_dict_format_is_torchs():
     params = [nn.Parameter(np.ones((2, 2))), nn.Parameter(np.ones(3))]
-    twins = [torch.nn.Parameter(torch.ones(2, 2, dtype=torch.float64)), torch.nn.Parameter(torch.ones(3, dtype=torch.float64))]
+    twins = [torch.nn.Parameter(torch.ones(2, 2, dtype=torch.float64)),
+             torch.nn.Parameter(torch.ones(3, dtype=torch.float64))]
     ours, theirs = optim.Adam(params, lr=0.1), torch.optim.Adam(twins, lr=0.1)
     params[0].grad = np.ones((2, 2))
     twins[0].grad = torch.ones(2, 2, dtype=torch.float64)

@@ -1,5 +1,6 @@
 """Conv2d and ZeroPad2d: the convolution layer and the padding layer that often precedes it."""
 import math
+import numbers
 
 import numpy
 
@@ -13,10 +14,13 @@ __all__ = ["Conv2d", "ZeroPad2d"]
 
 def _pair(value, layer, name):
     """(value, value) for an int, the pair itself for a 2-sequence."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value, value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return tuple(value)
+    def is_int(v):
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    if is_int(value):
+        return (int(value), int(value))
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(is_int(v) for v in value):
+        return (int(value[0]), int(value[1]))
     raise TypeError(f"{layer}: expected {name} as an int or a pair of ints, got {value!r}")
 
 

@@ -27,7 +27,9 @@ class MaxPool2d(Module):
 
 
 class AvgPool2d(Module):
-    """Mean over each KH x KW window; count_include_pad=True counts padded zeros in the divisor."""
+    """Mean over each KH x KW window; count_include_pad=True counts padded zeros in the divisor.
+
+    torch's divisor_override is not provided."""
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
         super().__init__()

@@ -58,6 +58,8 @@ class LRScheduler:
         return self._last_lr
 
     def step(self):
+        """Move to the next epoch. torch's deprecated step(epoch) form is not provided (SequentialLR
+        jumps with `_update_lr(epoch)`), nor its warning when called before optimizer.step()."""
         self._step_count += 1
         self._update_lr()
 

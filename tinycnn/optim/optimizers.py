@@ -12,8 +12,6 @@ matters for float32 round-off and for matching torch's trajectories).
 import copy
 import math
 
-import numpy
-
 from tinycnn import backend, config
 from tinycnn.autograd import Tensor
 
