@@ -62,7 +62,7 @@ class AdaptiveAvgPool2d(Module):
 
 
 class GlobalAvgPool2d(Module):
-    """Mean over all of H and W (Network in Network, Lin et al., 2013); see F.global_avg_pool2d.
+    """Mean over all of H and W (Network in Network, Lin et al., 2013): (N, C, H, W) -> (N, C, 1, 1).
 
     Not a torch layer: torch writes AdaptiveAvgPool2d(1), which gives the same values.
     """
