@@ -1,0 +1,212 @@
+"""The Numba kernels (tinycnn.kernels.cpu) against the NumPy reference, and the kernel dispatch.
+
+Gathers and maxima (im2col, col2im, max pooling) must equal the reference exactly; kernels that
+sum (average pooling, batch norm, LRN) within support.TOLERANCES, as their summation order or
+accumulator width may differ. Configurations are drawn by Hypothesis: stride, padding, dilation,
+ceil_mode, count_include_pad, non-square windows and inputs, batch 1, one channel, even LRN sizes.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import tinycnn
+from tinycnn import config
+from tinycnn.kernels import cpu, reference
+
+from support import assert_close
+
+DTYPES = st.sampled_from([np.float32, np.float64])
+
+
+def _array(seed, shape, dtype):
+    return np.random.default_rng(seed).uniform(-1, 1, size=shape).astype(dtype)
+
+
+def _assert_equal(actual, expected, what):
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    np.testing.assert_array_equal(actual, expected, err_msg=what)
+
+
+@st.composite
+def windows(draw, pooling=False, dilation=True):
+    """(N, C, H, W) and a window (KH, KW, SH, SW, PH, PW, DH, DW) with at least one output.
+
+    Pooling windows keep PyTorch's rule that padding is at most half the kernel."""
+    N, C = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    KH, KW = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    SH, SW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    # Dilation up to 3, as far as the dilated window (at most 9 wide) fits the largest input.
+    DH = draw(st.integers(1, min(3, 8 // max(1, KH - 1)))) if dilation else 1
+    DW = draw(st.integers(1, min(3, 8 // max(1, KW - 1)))) if dilation else 1
+    PH = draw(st.integers(0, KH // 2 if pooling else 3))
+    PW = draw(st.integers(0, KW // 2 if pooling else 3))
+    # The smallest input a window (with its padding) fits in, up to 9.
+    H = draw(st.integers(max(1, DH * (KH - 1) + 1 - 2 * PH), 9))
+    W = draw(st.integers(max(1, DW * (KW - 1) + 1 - 2 * PW), 9))
+    return (N, C, H, W), (KH, KW, SH, SW, PH, PW, DH, DW)
+
+
+@given(windows(), DTYPES, st.integers(0, 2**16))
+def test_im2col_equals_reference(shape_window, dtype, seed):
+    shape, window = shape_window
+    x = _array(seed, shape, dtype)
+    _assert_equal(cpu.im2col(x, *window), reference.im2col(x, *window), f"im2col {shape} {window}")
+
+
+@given(windows(), DTYPES, st.integers(0, 2**16))
+def test_col2im_equals_reference(shape_window, dtype, seed):
+    (N, C, H, W), window = shape_window
+    KH, KW, SH, SW, PH, PW, DH, DW = window
+    OH = reference.conv_output_size(H, KH, SH, PH, DH)
+    OW = reference.conv_output_size(W, KW, SW, PW, DW)
+    col = _array(seed, (N, C, KH, KW, OH, OW), dtype)
+    # Both add the overlapping taps in the same (i, j) order, so the sums are equal to the bit.
+    _assert_equal(cpu.col2im(col, H, W, SH, SW, PH, PW, DH, DW),
+                  reference.col2im(col, H, W, SH, SW, PH, PW, DH, DW), f"col2im {(N, C, H, W)} {window}")
+
+
+def test_im2col_of_a_non_contiguous_input():
+    x = _array(0, (2, 3, 7, 6), np.float32).transpose(0, 1, 3, 2)  # (2, 3, 6, 7), not C-contiguous
+    window = (3, 2, 2, 1, 1, 1, 1, 2)
+    _assert_equal(cpu.im2col(x, *window), reference.im2col(x, *window), "im2col of a transposed input")
+
+
+@given(windows(pooling=True), st.booleans(), DTYPES, st.integers(0, 2**16), st.booleans())
+def test_max_pool2d_equals_reference(shape_window, ceil_mode, dtype, seed, ties):
+    (N, C, H, W), window = shape_window
+    x = _array(seed, (N, C, H, W), dtype)
+    if ties:  # few distinct values, so windows hold equal maxima: the first one must win
+        x = np.round(x * 2).astype(dtype)
+    y, argmax = cpu.max_pool2d_forward(x, *window, ceil_mode)
+    y_ref, argmax_ref = reference.max_pool2d_forward(x, *window, ceil_mode)
+    what = f"max_pool2d {(N, C, H, W)} {window} ceil_mode={ceil_mode}"
+    _assert_equal(y, y_ref, what)
+    _assert_equal(argmax, argmax_ref, what + " argmax")
+    gy = _array(seed + 1, y.shape, dtype)
+    # One pixel may win several overlapping windows; both sum its gradients in output order.
+    _assert_equal(cpu.max_pool2d_backward(gy, argmax, H, W),
+                  reference.max_pool2d_backward(gy, argmax_ref, H, W), what + " backward")
+
+
+def test_max_pool2d_propagates_nan_as_the_reference():
+    x = _array(0, (1, 2, 5, 5), np.float64)
+    x[0, 0, 1, 1] = np.nan
+    x[0, 1, 3, 4] = np.nan
+    y, argmax = cpu.max_pool2d_forward(x, 3, 3, 2, 2, 1, 1, 1, 1, True)
+    y_ref, argmax_ref = reference.max_pool2d_forward(x, 3, 3, 2, 2, 1, 1, 1, 1, True)
+    _assert_equal(y, y_ref, "max_pool2d with NaN")
+    _assert_equal(argmax, argmax_ref, "max_pool2d argmax with NaN")
+
+
+@given(windows(pooling=True, dilation=False), st.booleans(), st.booleans(), DTYPES, st.integers(0, 2**16))
+def test_avg_pool2d_equals_reference(shape_window, ceil_mode, count_include_pad, dtype, seed):
+    (N, C, H, W), (KH, KW, SH, SW, PH, PW, _, _) = shape_window
+    options = (KH, KW, SH, SW, PH, PW, ceil_mode, count_include_pad)
+    x = _array(seed, (N, C, H, W), dtype)
+    y = cpu.avg_pool2d_forward(x, *options)
+    what = f"avg_pool2d {(N, C, H, W)} {options}"
+    assert y.dtype == dtype, what
+    assert_close(y, reference.avg_pool2d_forward(x, *options), dtype, what)
+    gy = _array(seed + 1, y.shape, dtype)
+    gx = cpu.avg_pool2d_backward(gy, H, W, *options)
+    assert gx.dtype == dtype, what
+    assert_close(gx, reference.avg_pool2d_backward(gy, H, W, *options), dtype, what + " backward")
+
+
+@st.composite
+def normalization_inputs(draw):
+    """(N, C, ...) with 0, 1 or 2 trailing axes: batch norm and LRN see them as one."""
+    N, C = draw(st.integers(1, 3)), draw(st.integers(1, 5))
+    trailing = draw(st.lists(st.integers(1, 5), min_size=0, max_size=2))
+    return (N, C, *trailing)
+
+
+@given(normalization_inputs(), st.booleans(), DTYPES, st.integers(0, 2**16))
+def test_batch_norm_equals_reference(shape, affine, dtype, seed):
+    if shape[0] * int(np.prod(shape[2:])) == 1:
+        shape = (2,) + shape[1:]  # one value per channel has no variance to normalise by
+    x = _array(seed, shape, dtype) * 3 + 1
+    C = shape[1]
+    gamma = _array(seed + 1, (C,), dtype) if affine else None
+    beta = _array(seed + 2, (C,), dtype) if affine else None
+    what = f"batch_norm {shape} affine={affine}"
+    outputs = cpu.batch_norm_forward_training(x, gamma, beta, 1e-5)
+    expected = reference.batch_norm_forward_training(x, gamma, beta, 1e-5)
+    for name, actual, oracle in zip(("y", "mean", "var", "inv_std"), outputs, expected):
+        assert actual.dtype == dtype, f"{what} {name}: dtype {actual.dtype}"
+        assert_close(actual, oracle, dtype, f"{what} {name}")
+    _, mean, _, inv_std = expected
+    gy = _array(seed + 3, shape, dtype)
+    grads = cpu.batch_norm_backward(gy, x, gamma, mean, inv_std)
+    for name, actual, oracle in zip(("gx", "ggamma", "gbeta"), grads,
+                                    reference.batch_norm_backward(gy, x, gamma, mean, inv_std)):
+        assert actual.dtype == dtype, f"{what} {name}: dtype {actual.dtype}"
+        assert_close(actual, oracle, dtype, f"{what} {name}")
+
+
+@given(normalization_inputs(), st.integers(1, 6), DTYPES, st.integers(0, 2**16))
+def test_lrn_equals_reference(shape, size, dtype, seed):
+    # Even sizes make the window lopsided ([c - size//2, c + (size-1)//2]) and the backward
+    # window its mirror image, which a symmetric implementation would get wrong.
+    alpha, beta, k = 0.3, 0.75, 2.0
+    x = _array(seed, shape, dtype) * 2
+    what = f"lrn {shape} size={size}"
+    y, scale = cpu.lrn_forward(x, size, alpha, beta, k)
+    y_ref, scale_ref = reference.lrn_forward(x, size, alpha, beta, k)
+    assert y.dtype == scale.dtype == dtype, what
+    assert_close(y, y_ref, dtype, what + " y")
+    assert_close(scale, scale_ref, dtype, what + " scale")
+    gy = _array(seed + 1, shape, dtype)
+    gx = cpu.lrn_backward(x, y_ref, scale_ref, gy, size, alpha, beta)
+    assert gx.dtype == dtype, what
+    assert_close(gx, reference.lrn_backward(x, y_ref, scale_ref, gy, size, alpha, beta), dtype, what + " backward")
+
+
+def test_dispatch_routes_numpy_arrays_by_config():
+    x = np.zeros((1, 1, 3, 3))
+    for name in tinycnn.kernels.PRIMITIVES:
+        with config.using(kernels="auto"):
+            assert tinycnn.kernels.implementation(name, x) is cpu, name
+        with config.using(kernels="numba"):
+            assert tinycnn.kernels.implementation(name, x) is cpu, name
+        with config.using(kernels="numpy"):
+            assert tinycnn.kernels.implementation(name, x) is reference, name
+        assert callable(getattr(cpu, name)) and callable(getattr(reference, name)), name
+
+
+def test_dispatch_calls_the_chosen_implementation():
+    # A max-pool on a strided view: the dispatcher must hand the call to cpu or reference, whose
+    # results agree, and the numpy setting must not load anything else.
+    x = _array(3, (2, 3, 8, 8), np.float32)[:, :, ::2, 1::2]  # (2, 3, 4, 4) view
+    with config.using(kernels="numpy"):
+        y_numpy, argmax_numpy = tinycnn.kernels.max_pool2d_forward(x, 2, 2, 1, 1, 1, 0, 1, 1, False)
+    with config.using(kernels="auto"):
+        y_auto, argmax_auto = tinycnn.kernels.max_pool2d_forward(x, 2, 2, 1, 1, 1, 0, 1, 1, False)
+    _assert_equal(y_auto, y_numpy, "dispatch max_pool2d")
+    _assert_equal(argmax_auto, argmax_numpy, "dispatch max_pool2d argmax")
+
+
+def test_set_kernels_rejects_an_unknown_name():
+    with pytest.raises(ValueError, match="kernels"):
+        config.set_kernels("fortran")
+    with pytest.raises(ValueError, match="kernels"):
+        with config.using(kernels="cuda"):
+            pass
+
+
+def test_conv_pool_network_same_through_numba_and_reference():
+    # End to end, through tinycnn.functional: the ops reach the kernels only via the dispatcher.
+    import tinycnn.functional as F
+
+    x = _array(0, (2, 1, 9, 9), np.float64)
+    W = _array(1, (3, 1, 3, 3), np.float64)
+    results = {}
+    for kernels in ("numpy", "numba"):
+        with config.using(kernels=kernels):
+            xt, Wt = tinycnn.tensor(x, requires_grad=True), tinycnn.tensor(W, requires_grad=True)
+            h = F.max_pool2d(F.conv2d(xt, Wt, padding=1, stride=2), 2, ceil_mode=True)
+            loss = (F.avg_pool2d(h, 2, padding=1) * 1.5).sum()
+            loss.backward()
+            results[kernels] = (loss.numpy(), xt.grad, Wt.grad)
+    for name, numba_value, numpy_value in zip(("loss", "gx", "gW"), results["numba"], results["numpy"]):
+        assert_close(numba_value, numpy_value, np.float64, name)
