@@ -77,6 +77,67 @@ def test_trajectory_matches_torch(xp, config, dtype, rng):
             assert_close(p.data, expected[step][i], dtype, f"{config} step {step} parameter {i}")
 
 
+# name -> (defaults, options of three param groups): each group its own lr, the last one option more.
+GROUPS = {
+    "SGD": (dict(momentum=0.9, weight_decay=0.01), [dict(lr=0.1), dict(lr=0.01), dict(lr=0.05, dampening=0.5)]),
+    "Adam": (dict(weight_decay=0.01), [dict(lr=0.01), dict(lr=0.1), dict(lr=0.003, amsgrad=True)]),
+    "AdamW": (dict(betas=(0.8, 0.95)), [dict(lr=0.01), dict(lr=0.1), dict(lr=0.003, weight_decay=0.5)]),
+    "RMSprop": (dict(momentum=0.5), [dict(lr=0.01), dict(lr=0.001), dict(lr=0.02, centered=True)]),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", sorted(GROUPS))
+def test_param_groups_trajectory_matches_torch(name, dtype, rng):
+    defaults, options = GROUPS[name]
+    initial, gradients = draws(rng, dtype)
+    # A fourth parameter, in the second group, has a gradient on even steps only: both libraries
+    # must skip it on odd steps (no weight decay, no momentum or moment update).
+    initial.append(rng.normal(size=2).astype(dtype))
+    for step, grads in enumerate(gradients):
+        grads.append(rng.normal(size=2).astype(dtype) if step % 2 == 0 else None)
+
+    def groups(p):
+        return [dict(options[0], params=[p[0]]), dict(options[1], params=[p[1], p[3]]), dict(options[2], params=[p[2]])]
+
+    params = [nn.Parameter(x.copy()) for x in initial]
+    twins = [torch.nn.Parameter(torch.tensor(x)) for x in initial]
+    ours = getattr(optim, name)(groups(params), **defaults)
+    theirs = getattr(torch.optim, name)(groups(twins), **defaults)
+    for step, grads in enumerate(gradients):
+        for p, twin, g in zip(params, twins, grads):
+            p.grad = None if g is None else g.copy()
+            twin.grad = None if g is None else torch.tensor(g)
+        ours.step()
+        theirs.step()
+        for i, (p, twin) in enumerate(zip(params, twins)):
+            assert_close(p.data, twin, dtype, f"{name} step {step} parameter {i}")
+    assert [group["lr"] for group in ours.param_groups] == [group["lr"] for group in theirs.param_groups]
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_torchs_state_dict_loads_and_continues_torchs_trajectory(config, rng):
+    name, kwargs = CONFIGS[config]
+    initial, gradients = draws(rng, np.float64)
+    twins = [torch.nn.Parameter(torch.tensor(x)) for x in initial]
+    theirs = getattr(torch.optim, name)(twins, **kwargs)
+    for grads in gradients[:10]:
+        for twin, g in zip(twins, grads):
+            twin.grad = torch.tensor(g)
+        theirs.step()
+
+    params = [nn.Parameter(twin.detach().numpy().copy()) for twin in twins]
+    ours = getattr(optim, name)(params)
+    ours.load_state_dict(theirs.state_dict())  # torch tensors, and torch's float step counts
+    for step, grads in enumerate(gradients[10:], 10):
+        for p, twin, g in zip(params, twins, grads):
+            p.grad, twin.grad = g.copy(), torch.tensor(g)
+        ours.step()
+        theirs.step()
+        for i, (p, twin) in enumerate(zip(params, twins)):
+            assert_close(p.data, twin, np.float64, f"{config} step {step} parameter {i}")
+
+
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 def test_state_dict_resume_continues_identically(config, rng):
     name, kwargs = CONFIGS[config]
@@ -144,23 +205,35 @@ def test_load_state_dict_rejects_other_layouts():
         optim.SGD([{"params": [nn.Parameter(np.ones(2))]}, {"params": [nn.Parameter(np.ones(2))]}],
                   lr=0.1).load_state_dict(state)
 
+# Every optimizer with weight decay, which would move a parameter even with a zero gradient.
+DECAYING = [
+    lambda params: optim.SGD(params, lr=0.5, momentum=0.9, weight_decay=0.1),
+    lambda params: optim.Adam(params, lr=0.1, weight_decay=0.1),
+    lambda params: optim.AdamW(params, lr=0.1, weight_decay=0.1, amsgrad=True),
+    lambda params: optim.RMSprop(params, lr=0.1, weight_decay=0.1, momentum=0.5, centered=True),
+]
+DECAYING_IDS = ["SGD", "Adam", "AdamW", "RMSprop"]
 
-def test_parameters_without_gradient_are_skipped():
+
+@pytest.mark.parametrize("make", DECAYING, ids=DECAYING_IDS)
+def test_parameters_without_gradient_are_skipped(make):
     used, unused = nn.Parameter(np.ones(2)), nn.Parameter(np.ones(2))
-    optimizer = optim.Adam([used, unused], lr=0.1, weight_decay=0.1)
+    optimizer = make([used, unused])
     used.grad = np.ones(2)
+    optimizer.step()
     optimizer.step()
     np.testing.assert_array_equal(unused.data, np.ones(2))  # not even weight decay touches it
     assert unused not in optimizer.state and not np.array_equal(used.data, np.ones(2))
 
 
-def test_frozen_layer_is_unchanged_while_the_head_trains(rng):
+@pytest.mark.parametrize("make", DECAYING, ids=DECAYING_IDS)
+def test_frozen_layer_is_unchanged_while_the_head_trains(make, rng):
     tinycnn.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
     net[0].requires_grad_(False)
     frozen = {key: value for key, value in net.state_dict().items() if key.startswith("0.")}
     head = net[3].weight.data.copy()
-    optimizer = optim.SGD(net.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1)
+    optimizer = make(net.parameters())
     x = tinycnn.tensor(rng.normal(size=(4, 1, 4, 4)).astype(np.float32))
     target = tinycnn.Tensor(np.array([0, 1, 2, 1]))
     for _ in range(3):
@@ -209,6 +282,16 @@ def test_step_with_closure_returns_the_loss():
 
 @pytest.mark.parametrize("make, message", [
     (lambda p: optim.SGD(p, lr=-0.1), "SGD: invalid lr: expected >= 0, got -0.1"),
+    (lambda p: optim.Adam(p, lr=-0.001), "Adam: invalid lr: expected >= 0, got -0.001"),
+    (lambda p: optim.AdamW(p, lr=-1.0), "AdamW: invalid lr: expected >= 0, got -1.0"),
+    (lambda p: optim.RMSprop(p, lr=-0.01), "RMSprop: invalid lr: expected >= 0, got -0.01"),
+    (lambda p: optim.SGD(p, lr=0.1, momentum=-0.9), "SGD: invalid momentum: expected >= 0, got -0.9"),
+    (lambda p: optim.SGD(p, lr=0.1, weight_decay=-0.1), "SGD: invalid weight_decay: expected >= 0, got -0.1"),
+    (lambda p: optim.Adam(p, betas=(-0.1, 0.999)),
+     r"Adam: invalid beta parameter at index 0: expected 0 <= beta < 1, got -0.1"),
+    (lambda p: optim.AdamW(p, betas=(1.0, 0.999)), "AdamW: invalid beta parameter at index 0: .*got 1.0"),
+    (lambda p: optim.AdamW(p, betas=(0.9, -0.5)), "AdamW: invalid beta parameter at index 1: .*got -0.5"),
+    (lambda p: optim.RMSprop(p, alpha=-0.99), "RMSprop: invalid alpha: expected >= 0, got -0.99"),
     (lambda p: optim.SGD(p, lr=0.1, nesterov=True), "SGD: Nesterov momentum requires a momentum > 0"),
     (lambda p: optim.SGD(p, lr=0.1, momentum=0.9, dampening=0.1, nesterov=True), "zero dampening"),
     (lambda p: optim.Adam(p, betas=(0.9, 1.0)), "Adam: invalid beta parameter at index 1"),

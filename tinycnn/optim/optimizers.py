@@ -128,7 +128,10 @@ class Optimizer:
             p = by_index[index]
             state = {}
             for key, value in saved_state.items():
-                if hasattr(value, "shape") and key != "step":
+                if key == "step":
+                    # torch keeps the step count in a float tensor; the updates here want an int.
+                    state[key] = int(value)
+                elif hasattr(value, "shape"):
                     array = value.detach().cpu().numpy() if hasattr(value, "detach") else backend.to_cpu(value)
                     if tuple(array.shape) != p.shape:
                         raise ValueError(f"{name}.load_state_dict: state {key!r} of parameter {index} has shape "
