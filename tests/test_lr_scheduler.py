@@ -1,5 +1,6 @@
 """Learning-rate schedulers: 30 steps of learning rates equal torch's, and a resume from
 state_dict continues identically."""
+import math
 import pickle
 
 import numpy as np
@@ -83,6 +84,50 @@ def test_learning_rates_match_torch(name):
 
     history = train(*ours(name), STEPS)
     np.testing.assert_allclose(history, expected, rtol=0, atol=1e-12, err_msg=name)
+
+
+def test_two_schedulers_on_one_optimizer_compose_as_torchs():
+    """The recursive rules let a StepLR and a LinearLR warm-up both act on one optimizer."""
+    def chain(m, o):
+        first, second = m.StepLR(o, step_size=5, gamma=0.5), m.LinearLR(o, start_factor=0.2, total_iters=4)
+
+        class Both:  # what a training loop that steps two schedulers does
+            def step(self):
+                first.step()
+                second.step()
+
+            def get_last_lr(self):
+                return second.get_last_lr()
+        return Both()
+
+    torch_params = [torch.nn.Parameter(torch.zeros(2)) for _ in LRS]
+    torch_optimizer = torch.optim.SGD(groups(torch_params), lr=1.0)
+    torch_scheduler = chain(torch.optim.lr_scheduler, torch_optimizer)
+    expected = []
+    for _ in range(20):
+        expected.append([group["lr"] for group in torch_optimizer.param_groups])
+        torch_optimizer.step()
+        torch_scheduler.step()
+
+    params = [nn.Parameter(np.zeros(2)) for _ in LRS]
+    optimizer = optim.SGD(groups(params), lr=1.0)
+    np.testing.assert_allclose(train(params, optimizer, chain(optim.lr_scheduler, optimizer), 20), expected,
+                               rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name, formula", [
+    ("step_gamma", lambda lr, e: lr * 0.5 ** (e // 3)),
+    ("cosine_eta_min_past_t_max", lambda lr, e: 1e-3 + (lr - 1e-3) * (1 + math.cos(math.pi * e / 7)) / 2),
+    ("linear_warmup", lambda lr, e: lr * (0.1 + 0.9 * min(e, 6) / 6)),
+    ("warmup_cosine", lambda lr, e: lr * (0.01 + 0.99 * e / 5) if e < 5
+     else 1e-4 + (lr - 1e-4) * (1 + math.cos(math.pi * (e - 5) / 25)) / 2),
+])
+def test_learning_rates_equal_the_closed_forms(name, formula):
+    """Independent of torch: the formulas in the schedulers' docstrings, which the recursive rules
+    reach up to round-off."""
+    history = train(*ours(name), STEPS)
+    expected = [[formula(lr, epoch) for lr in LRS] for epoch in range(STEPS)]
+    np.testing.assert_allclose(history, expected, rtol=1e-12, atol=0, err_msg=name)
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
