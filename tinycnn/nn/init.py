@@ -153,6 +153,20 @@ def kaiming_uniform_(tensor, a=0.0, mode="fan_in", nonlinearity="leaky_relu"):
     return uniform_(tensor, -bound, bound)
 
 
+def _default_layer_init_(weight, bias=None):
+    """PyTorch's default initialisation of Linear and Conv2d, shared by their reset_parameters().
+
+    weight: kaiming_uniform_(a=sqrt(5)), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)); bias: the same
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)), so a unit's output starts at the same scale whatever its
+    fan-in; a layer without inputs (fan_in 0) gets a zero bias.
+    """
+    kaiming_uniform_(weight, a=math.sqrt(5))
+    if bias is not None:
+        fan_in, _ = _calculate_fan_in_and_fan_out(weight)
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+        uniform_(bias, -bound, bound)
+
+
 def kaiming_normal_(tensor, a=0.0, mode="fan_in", nonlinearity="leaky_relu"):
     """Fill with N(0, std^2), std = gain / sqrt(fan) (He et al., 2015)."""
     if 0 in _data(tensor).shape:
