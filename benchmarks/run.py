@@ -1,0 +1,475 @@
+"""tinycnn against PyTorch, side by side in one process:
+
+    python -m benchmarks.run [--only a,b,c,d,gpu,compile] [--steps N] [--repeat R]
+                             [--kernels auto,numpy] [--json out.json]
+
+Each part builds the same network in both frameworks with the same weights (benchmarks/twins.py),
+checks that both compute the same output, then times them in alternating rounds (tinycnn, torch,
+torch, tinycnn, ...) after a warm-up, so a change in the machine's load hits both alike. A row
+gives the median over the rounds of the mean time per step, and the ratio tinycnn / torch (below 1:
+tinycnn is faster).
+
+    a        the seed's LeNet (models.create("lenet"): 20-50-500, 1x28x28) training with SGD +
+             momentum 0.9 at batch 64: seconds per MNIST epoch = time per step x 938 (60,000 / 64)
+    b        d2l's LeNet-5 shape 6-16-120-84 (models.create("lenet_d2l")) training at batch 64 and
+             128: seconds per epoch (938 and 469 steps) and milliseconds per step
+    c        ResNet-18 (models.create("resnet18", num_classes=10): torchvision's layout with its 7x7
+             stride-2 stem and max pool) on 3x32x32, forward + cross-entropy + backward, batch 32
+    d        single convolutions, forward and backward timed separately, in GFLOP/s, beside this
+             machine's measured sgemm GFLOP/s (NumPy float32 matmul)
+    gpu      (a) on the GPU, and ResNet-50 at 224x224 batch 64 training: images/s and peak memory
+             (needs CuPy and a CUDA device; prints "skipped: no GPU" otherwise)
+    compile  Numba's compile cost: a fresh `python -c` that imports tinycnn and runs one LeNet
+             forward + backward, with an empty NUMBA_CACHE_DIR (cold) and again with it filled (warm)
+
+Data: one random batch per case (float32 N(0, 1), uniform labels), or for LeNet the first images of
+the real MNIST training set when $TINYCNN_DATA is set; the timings do not depend on the values.
+tinycnn is imported before NumPy and torch, so its thread settings (tinycnn/_threading.py) are in
+force for both frameworks; torch keeps its default thread count (printed in the header).
+"""
+import argparse
+import itertools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import tinycnn  # first: its thread settings must precede loading NumPy's BLAS, Numba and torch
+
+import numpy as np
+import torch
+
+import tinycnn.functional as F
+import tinycnn.models
+from benchmarks import twins as torch_twins
+from tinycnn import backend
+
+PARTS = ("a", "b", "c", "d", "gpu", "compile")
+# The names the first draft of this script used, still accepted.
+PART_ALIASES = {"lenet": "a", "lenet5": "b", "resnet18": "c", "conv": "d"}
+MNIST_TRAIN_IMAGES = 60000
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n", 4)[4])
+    parser.add_argument("--only", "--parts", dest="only", default="a,b,c,d,gpu,compile",
+                        help="comma-separated parts to run (default: all of a,b,c,d,gpu,compile)")
+    parser.add_argument("--steps", type=int, default=10, help="steps timed per round (default 10)")
+    parser.add_argument("--repeat", "--rounds", dest="repeat", type=int, default=5,
+                        help="alternating timing rounds per framework; the median is reported (default 5)")
+    parser.add_argument("--kernels", default="auto",
+                        help="comma-separated tinycnn kernel choices to time, from auto, numba, numpy "
+                             "(default auto: Numba on the CPU; numpy: the NumPy reference kernels)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    args.only = [PART_ALIASES.get(p.strip(), p.strip()) for p in args.only.split(",") if p.strip()]
+    unknown = [p for p in args.only if p not in PARTS]
+    if unknown:
+        parser.error(f"--only: unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
+    args.kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    bad = [k for k in args.kernels if k not in ("auto", "numba", "numpy")]
+    if bad:
+        parser.error(f"--kernels: expected auto, numba or numpy, got {bad}")
+    if args.steps < 1 or args.repeat < 1:
+        parser.error(f"--steps and --repeat must be at least 1, got {args.steps} and {args.repeat}")
+    return args
+
+
+def interleaved(runs, rounds, steps, warmup=2):
+    """Time each entry of `runs` ({label: step} or {label: (prepare, step)}) `steps` times per round,
+    alternating the entries round by round (the order reversed every other round); return
+    {label: median over the rounds of the mean seconds per step}.
+
+    With a (prepare, step) pair only step is timed: step(prepare()) (e.g. a backward pass that
+    needs a fresh forward).
+    """
+    runs = {label: run if isinstance(run, tuple) else (None, run) for label, run in runs.items()}
+
+    def timed(prepare, step):
+        argument = prepare() if prepare else None
+        start = time.perf_counter()
+        step(argument) if prepare else step()
+        return time.perf_counter() - start
+
+    for prepare, step in runs.values():
+        for _ in range(warmup):
+            timed(prepare, step)
+    times = {label: [] for label in runs}
+    labels = list(runs)
+    for round_ in range(rounds):
+        for label in (labels if round_ % 2 == 0 else labels[::-1]):
+            times[label].append(sum(timed(*runs[label]) for _ in range(steps)) / steps)
+    return {label: statistics.median(t) for label, t in times.items()}
+
+
+def sgemm_gflops(n=2048, repeats=5):
+    """This machine's float32 matrix product through NumPy's BLAS: (median, best) GFLOP/s of n^3."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    a @ b
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        seconds.append(time.perf_counter() - start)
+    return 2 * n ** 3 / statistics.median(seconds) / 1e9, 2 * n ** 3 / min(seconds) / 1e9
+
+
+def mnist_batch(batch, seed=0):
+    """One (x, t) NumPy batch of MNIST-shaped data: the first real MNIST training images when
+    $TINYCNN_DATA is set, else float32 N(0, 1) images and uniform labels."""
+    if os.environ.get("TINYCNN_DATA"):
+        from tinycnn.data.mnist import load_mnist
+        images, labels = load_mnist(train=True, download=False)
+        x = (images[:batch].astype(np.float32) / 255.0 - 0.1307) / 0.3081  # the usual normalisation
+        return x, labels[:batch].copy()
+    return random_batch(batch, (1, 28, 28), 10, seed)
+
+
+def random_batch(batch, shape, classes, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((batch,) + shape, dtype=np.float32), rng.integers(0, classes, size=batch)
+
+
+def build_twins(name, device="cpu", **kwargs):
+    """(tinycnn model from the registry, its torch twin with the same weights), in training mode."""
+    tinycnn.manual_seed(0)
+    tiny_model = tinycnn.models.create(name, **kwargs)
+    torch_model = torch_twins.TWINS[name](**kwargs)
+    torch_twins.copy_weights(tiny_model, torch_model)
+    if device == "gpu":
+        tiny_model.to("gpu")
+        torch_model.cuda()
+    return tiny_model.train(), torch_model.train()
+
+
+def output_difference(tiny_model, torch_model, tiny_x, torch_x):
+    """max |tinycnn - torch| / max(1, max |torch|) of the two outputs on one batch."""
+    tiny_y = backend.to_cpu(tiny_model(tiny_x).data)
+    torch_y = torch_model(torch_x).detach().cpu().numpy()
+    difference = float(np.abs(tiny_y - torch_y).max()) / max(1.0, float(np.abs(torch_y).max()))
+    if difference > 1e-3:
+        raise AssertionError(f"tinycnn and torch outputs differ by {difference:.2e} (relative): "
+                             "the twins do not compute the same thing, so their timings would not compare")
+    return difference
+
+
+def with_kernels(kernels, step):
+    """`step` run under tinycnn.config.using(kernels=...)."""
+    def run(*args):
+        with tinycnn.config.using(kernels=kernels):
+            return step(*args)
+    return run
+
+
+def training_step(framework, model, x, t, momentum=0.9, lr=0.01, sync=None):
+    """A closure running one SGD step (zero_grad, forward, cross-entropy, backward, update) on the
+    framework's tensors (x, t); `sync` waits for the GPU."""
+    if framework == "tinycnn":
+        from tinycnn import functional as loss_functions, optim
+    else:
+        from torch import optim
+        from torch.nn import functional as loss_functions
+    optimizer = optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+
+    def step():
+        optimizer.zero_grad()
+        loss = loss_functions.cross_entropy(model(x), t)
+        loss.backward()
+        optimizer.step()
+        if sync:
+            sync()
+        return loss
+
+    return step
+
+
+def forward_backward(framework, model, x, t):
+    """A closure running forward, cross-entropy and backward (no update) on (x, t)."""
+    loss_functions = F if framework == "tinycnn" else torch.nn.functional
+
+    def step():
+        model.zero_grad()
+        loss = loss_functions.cross_entropy(model(x), t)
+        loss.backward()
+        return loss
+
+    return step
+
+
+def twins(build, input_shape, labels=None, device="cpu", seed=0):
+    """(tinycnn model, torch model, tinycnn input, torch input, tinycnn labels, torch labels) for a
+    builder of benchmarks/networks.py, with equal weights and data ('cpu' or 'cuda')."""
+    from benchmarks.networks import copy_weights
+
+    tinycnn.manual_seed(seed)
+    tiny_model = build(tinycnn.nn)
+    torch_model = build(torch.nn)
+    copy_weights(tiny_model, torch_model)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(input_shape, dtype=np.float32)
+    tiny_device = "gpu" if device == "cuda" else "cpu"
+    tiny_x, torch_x = tinycnn.tensor(x, device=tiny_device), torch.from_numpy(x).to(device)
+    tiny_t = torch_t = None
+    if labels is not None:
+        t = rng.integers(0, labels, size=input_shape[0])
+        tiny_t, torch_t = tinycnn.tensor(t, device=tiny_device), torch.from_numpy(t).to(device)
+    if device == "cuda":
+        tiny_model.to("gpu")
+        torch_model.to(device)
+    return tiny_model, torch_model, tiny_x, torch_x, tiny_t, torch_t
+
+
+class Results:
+    """Rows of measurements, printed as they come and as one table at the end."""
+
+    def __init__(self):
+        self.rows = []
+
+    def add(self, part, case, kernels, tiny, torch_, unit, note=""):
+        row = dict(part=part, case=case, kernels=kernels, tinycnn=tiny, torch=torch_,
+                   ratio=tiny / torch_, unit=unit, note=note)
+        self.rows.append(row)
+        print("  " + self.format(row), flush=True)
+        return row
+
+    @staticmethod
+    def format(row):
+        return (f"{row['part']:4s} {row['case']:42s} {row['kernels']:6s} {row['tinycnn']:10.4g} "
+                f"{row['torch']:10.4g} {row['unit']:10s} {row['ratio']:6.2f}  {row['note']}")
+
+    def table(self):
+        header = (f"{'part':4s} {'case':42s} {'kernel':6s} {'tinycnn':>10s} {'torch':>10s} {'unit':10s} "
+                  f"{'ratio':>6s}  note")
+        return "\n".join([header, "-" * len(header)] + [self.format(row) for row in self.rows])
+
+
+def time_training(results, args, part, case, name, x, t, steps_per_epoch, kwargs=None, device="cpu",
+                  sync_tiny=None, sync_torch=None):
+    """Time SGD training of the registry network `name` against its torch twin; add per-epoch rows."""
+    tiny_model, torch_model = build_twins(name, device, **(kwargs or {}))
+    tiny_x, tiny_t = tinycnn.tensor(x, device=device), tinycnn.tensor(t, device=device)
+    torch_device = "cuda" if device == "gpu" else "cpu"
+    torch_x, torch_t = torch.from_numpy(x).to(torch_device), torch.from_numpy(t).to(torch_device)
+    difference = output_difference(tiny_model, torch_model, tiny_x, torch_x)
+    runs = {f"tinycnn {k}": with_kernels(k, training_step("tinycnn", tiny_model, tiny_x, tiny_t, sync=sync_tiny))
+            for k in (args.kernels if device == "cpu" else ["auto"])}
+    runs["torch"] = training_step("torch", torch_model, torch_x, torch_t, sync=sync_torch)
+    times = interleaved(runs, args.repeat, args.steps)
+    for label, seconds in times.items():
+        if label != "torch":
+            results.add(part, case, label.split()[1], seconds * steps_per_epoch, times["torch"] * steps_per_epoch,
+                        "s/epoch", f"{seconds * 1e3:.1f} vs {times['torch'] * 1e3:.1f} ms/step; "
+                        f"outputs agree to {difference:.0e}")
+    return times
+
+
+def part_a(results, args):
+    steps = -(-MNIST_TRAIN_IMAGES // 64)
+    source = "real MNIST ($TINYCNN_DATA)" if os.environ.get("TINYCNN_DATA") else "random MNIST-shaped data"
+    print(f"(a) LeNet 20-50-500 training, SGD momentum 0.9, batch 64, {source}; "
+          f"s/epoch = time per step x {steps}", flush=True)
+    time_training(results, args, "a", "LeNet 20-50-500 train, batch 64", "lenet", *mnist_batch(64), steps)
+
+
+def part_b(results, args):
+    print("(b) d2l LeNet-5 shape 6-16-120-84 (sigmoid, avg pool) training, SGD momentum 0.9", flush=True)
+    for batch in (64, 128):
+        steps = -(-MNIST_TRAIN_IMAGES // batch)
+        time_training(results, args, "b", f"LeNet-5 6-16-120-84 train, batch {batch}", "lenet_d2l", *mnist_batch(batch),
+                      steps)
+
+
+def part_c(results, args):
+    print("(c) ResNet-18 (torchvision layout: 7x7/2 stem + max pool) on 3x32x32, forward + backward, "
+          "batch 32, BatchNorm in training mode", flush=True)
+    tiny_model, torch_model = build_twins("resnet18", num_classes=10)
+    x, t = random_batch(32, (3, 32, 32), 10)
+    tiny_x, tiny_t, torch_x, torch_t = tinycnn.tensor(x), tinycnn.tensor(t), torch.from_numpy(x), torch.from_numpy(t)
+    difference = output_difference(tiny_model, torch_model, tiny_x, torch_x)
+    runs = {f"tinycnn {k}": with_kernels(k, forward_backward("tinycnn", tiny_model, tiny_x, tiny_t))
+            for k in args.kernels}
+    runs["torch"] = forward_backward("torch", torch_model, torch_x, torch_t)
+    times = interleaved(runs, args.repeat, args.steps)
+    for label, seconds in times.items():
+        if label != "torch":
+            results.add("c", "ResNet-18 32x32 fwd+bwd, batch 32", label.split()[1], seconds * 1e3,
+                        times["torch"] * 1e3, "ms/step", f"{32 / seconds:.0f} vs {32 / times['torch']:.0f} "
+                        f"images/s; outputs agree to {difference:.0e}")
+
+
+CONV_LAYERS = (
+    # (case, N, C, OC, H, K, padding)
+    ("conv 3x3 64->64, 56x56, batch 8", 8, 64, 64, 56, 3, 1),
+    ("conv 1x1 256->64, 56x56, batch 8", 8, 256, 64, 56, 1, 0),
+    ("conv 5x5 20->50, 12x12, batch 64", 64, 20, 50, 12, 5, 0),
+)
+
+
+def part_d(results, args):
+    sgemm, sgemm_best = sgemm_gflops()
+    results.sgemm_gflops = sgemm
+    print(f"(d) single convolutions (with bias), float32; this machine's sgemm (NumPy, 2048^3): median "
+          f"{sgemm:.1f} GFLOP/s (best {sgemm_best:.1f}); '% sgemm' uses the median", flush=True)
+    rng = np.random.default_rng(0)
+    for case, N, C, OC, H, K, P in CONV_LAYERS:
+        OH = H + 2 * P - K + 1
+        x = rng.standard_normal((N, C, H, H), dtype=np.float32)
+        W = rng.standard_normal((OC, C, K, K), dtype=np.float32) * 0.1
+        b = rng.standard_normal(OC, dtype=np.float32)
+        gy = rng.standard_normal((N, OC, OH, OH), dtype=np.float32)
+        # Forward: 2 N OC OH OW C KH KW multiply-adds; backward computes gx and gW, each as many
+        # (gb is a sum, ignored).
+        flops = 2 * N * OC * OH * OH * C * K * K
+        tiny = [tinycnn.tensor(a, requires_grad=True) for a in (x, W, b)]
+        torch_ = [torch.tensor(a, requires_grad=True) for a in (x, W, b)]
+        torch_gy = torch.from_numpy(gy)
+        difference = float(np.abs(F.conv2d(*tiny, padding=P).data
+                                  - torch.nn.functional.conv2d(*torch_, padding=P).detach().numpy()).max())
+
+        def tiny_forward():
+            return F.conv2d(*tiny, padding=P)
+
+        def torch_forward():
+            return torch.nn.functional.conv2d(*torch_, padding=P)
+
+        def fresh_forward(forward, leaves):
+            def prepare():
+                for leaf in leaves:
+                    leaf.grad = None
+                return forward()
+            return prepare
+
+        runs = {}
+        for k in args.kernels:
+            runs[f"tinycnn {k} forward"] = with_kernels(k, tiny_forward)
+            runs[f"tinycnn {k} backward"] = (with_kernels(k, fresh_forward(tiny_forward, tiny)),
+                                             with_kernels(k, lambda y: y.backward(gy)))
+        runs["torch forward"] = torch_forward
+        runs["torch backward"] = (fresh_forward(torch_forward, torch_), lambda y: y.backward(torch_gy))
+        times = interleaved(runs, args.repeat, args.steps)
+        for k in args.kernels:
+            for pass_, pass_flops in (("forward", flops), ("backward", 2 * flops)):
+                tiny_s, torch_s = times[f"tinycnn {k} {pass_}"], times[f"torch {pass_}"]
+                tiny_gflops, torch_gflops = pass_flops / tiny_s / 1e9, pass_flops / torch_s / 1e9
+                row = results.add("d", f"{case} {pass_}", k, tiny_s * 1e3, torch_s * 1e3, "ms",
+                                  f"{tiny_gflops:.1f} vs {torch_gflops:.1f} GFLOP/s = {tiny_gflops / sgemm:.0%} "
+                                  f"vs {torch_gflops / sgemm:.0%} of sgemm; agree to {difference:.0e}")
+                row.update(tinycnn_gflops=tiny_gflops, torch_gflops=torch_gflops, sgemm_gflops=sgemm)
+
+
+def part_gpu(results, args):
+    print("(gpu) LeNet training and ResNet-50 224x224 batch 64 training on the GPU, float32 on both, "
+          "TF32 off in torch, cudnn.benchmark on", flush=True)
+    if not (backend.gpu_available() and torch.cuda.is_available()):
+        reason = "CuPy is not installed" if backend.cupy is None else "no CUDA device"
+        print(f"  skipped: no GPU ({reason}{'' if torch.cuda.is_available() else '; torch sees no CUDA device'})")
+        results.gpu_skipped = True
+        return
+    import cupy
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    sync_tiny = cupy.cuda.Device().synchronize
+    sync_torch = torch.cuda.synchronize
+    steps = -(-MNIST_TRAIN_IMAGES // 64)
+    time_training(results, args, "gpu", "LeNet 20-50-500 train, batch 64, GPU", "lenet", *mnist_batch(64),
+                  steps, device="gpu", sync_tiny=sync_tiny, sync_torch=sync_torch)
+
+    pool = cupy.get_default_memory_pool()
+    pool.free_all_blocks()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    times = time_training(results, args, "gpu", "ResNet-50 224x224 train, batch 64, GPU", "resnet50",
+                          *random_batch(64, (3, 224, 224), 1000), 1, device="gpu", sync_tiny=sync_tiny, sync_torch=sync_torch)
+    row = results.rows[-1]
+    row.update(unit="s/step", note=f"{64 / times['tinycnn auto']:.0f} vs {64 / times['torch']:.0f} images/s")
+    # CuPy's pool keeps every block it has held until free_all_blocks, so its size is tinycnn's peak.
+    peak = f"peak GPU memory: tinycnn {pool.total_bytes() / 2**30:.2f} GiB (CuPy pool), " \
+           f"torch {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (max_memory_allocated)"
+    row["note"] += "; " + peak
+    print("  " + Results.format(row), flush=True)
+
+
+COMPILE_PROBE = """
+import time
+start = time.perf_counter()
+import numpy as np
+import tinycnn, tinycnn.models, tinycnn.functional as F
+imported = time.perf_counter()
+net = tinycnn.models.create("lenet")
+x = tinycnn.tensor(np.zeros((64, 1, 28, 28), np.float32))
+F.cross_entropy(net(x), tinycnn.tensor(np.zeros(64, np.int64))).backward()
+done = time.perf_counter()
+print(imported - start, done - imported)
+"""
+
+
+def part_compile(results, args):
+    print("(compile) fresh `python -c`: import tinycnn + one LeNet forward/backward at batch 64; "
+          "Numba's cache in a new NUMBA_CACHE_DIR: cold (empty), then warm (filled by the cold run)", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tinycnn-numba-cache-") as cache:
+        for label, kernels in (("cold", "auto"), ("warm", "auto"), ("numpy", "numpy")):
+            environment = dict(os.environ, NUMBA_CACHE_DIR=cache, TINYCNN_KERNELS=kernels)
+            start = time.perf_counter()
+            output = subprocess.run([sys.executable, "-c", COMPILE_PROBE], env=environment, check=True,
+                                    capture_output=True, text=True).stdout
+            total = time.perf_counter() - start
+            import_s, first_step_s = (float(v) for v in output.split())
+            rows.append(dict(label=label, total=total, import_s=import_s, first_step=first_step_s))
+            print(f"  {label:5s} ({'reference kernels' if kernels == 'numpy' else 'Numba kernels'}): "
+                  f"process {total:.2f} s = import {import_s:.2f} s + first forward/backward "
+                  f"{first_step_s:.2f} s + interpreter start/exit", flush=True)
+    results.compile = rows
+
+
+def machine():
+    info = dict(python=platform.python_version(), numpy=np.__version__, torch=torch.__version__,
+                torch_threads=torch.get_num_threads(), cpus=os.cpu_count(), tinycnn=tinycnn.__version__)
+    try:
+        import numba
+        info["numba"] = numba.__version__
+    except ImportError:
+        info["numba"] = None
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+        with open("/proc/meminfo") as meminfo:
+            info["memory_gib"] = round(int(meminfo.readline().split()[1]) / 2**20, 1)
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor() or platform.machine()
+    info["threads"] = {name: value for name, value in tinycnn._threading.report().items()}
+    return info
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    results = Results()
+    info = machine()
+    command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(f"{command}\n{info['cpu']}, {info['cpus']} CPUs, {info.get('memory_gib')} GiB; Python {info['python']}, "
+          f"numpy {info['numpy']}, numba {info['numba']}, torch {info['torch']} ({info['torch_threads']} threads), "
+          f"tinycnn {info['tinycnn']}\ntimed: {args.repeat} alternating rounds x {args.steps} steps after 2 warm-up "
+          f"steps; median of the rounds; tinycnn kernels {args.kernels}", flush=True)
+    for part in args.only:
+        globals()[f"part_{part}"](results, args)
+    info["threads"] = tinycnn._threading.report()  # now with Numba's threading layer, if it started
+    print(f"\nthread settings: {info['threads']}\n\n{results.table()}")
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(dict(command=command, machine=info, rows=results.rows,
+                           sgemm_gflops=getattr(results, "sgemm_gflops", None),
+                           compile=getattr(results, "compile", None),
+                           gpu_skipped=getattr(results, "gpu_skipped", None)), file, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
