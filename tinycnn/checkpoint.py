@@ -31,7 +31,7 @@ class CheckpointError(ValueError):
 # What the restricted unpickler may build: containers, and NumPy arrays, scalars and dtypes (under
 # both the NumPy 1 and NumPy 2 module names, as pickles name them).
 _ALLOWED = {
-    ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"),
+    ("collections", "OrderedDict"), ("collections", "Counter"), ("builtins", "set"), ("builtins", "frozenset"),
     ("builtins", "slice"), ("builtins", "complex"),
     ("_codecs", "encode"),  # how a protocol-2 pickle written by Python 3 stores bytes
     ("numpy", "ndarray"), ("numpy", "dtype"),
