@@ -1,0 +1,351 @@
+"""The CuPy GPU kernels: the same functions, arguments and results as tinycnn.kernels.reference.
+
+Every kernel is a cupy.ElementwiseKernel whose CUDA body is one string below: CuPy runs the body
+once per element of the output (index `i`), compiles it the first time it meets a dtype, and
+keeps the binary in memory and in its on-disk cache (~/.cupy/kernel_cache), so each kernel is
+compiled once per machine. Inputs read at computed positions are declared `raw` and indexed by
+hand; they are made C-contiguous first, so the flat index is the C-order one.
+
+One thread per output element means each thread owns what it writes, so no atomics are needed:
+
+    im2col, pooling forward, LRN      one thread per output element
+    col2im, avg_pool2d_backward       one thread per input pixel: it gathers, in tap order, every
+                                      column entry that saw it (the gather of Chainer's col2im)
+    batch norm                        CuPy reductions per channel, then one thread per element
+
+The exception is max_pool2d_backward: with only argmax at hand, an output cannot know which other
+outputs picked the same pixel, so it adds its gradient with atomicAdd. Windows that do not overlap
+(stride >= kernel, the usual case) never collide; where they do, the order of the additions, and so
+the last bit of the sum, may vary from run to run.
+
+Index maths and names as in kernels/cpu.py, except that `i` is CuPy's element index here, so the
+kernel taps are (ki, kj): tap (ki, kj) of the window at output (oh, ow) reads input pixel
+h = oh*SH - PH + ki*DH, w = ow*SW - PW + kj*DW.
+"""
+from tinycnn.backend import cupy
+from tinycnn.kernels.reference import avg_pool_divisor, conv_output_size
+
+_IM2COL = cupy.ElementwiseKernel(
+    "raw T x, int64 C, int64 H, int64 W, int64 KH, int64 KW, int64 OH, int64 OW, "
+    "int64 SH, int64 SW, int64 PH, int64 PW, int64 DH, int64 DW",
+    "T col",
+    """
+    // i runs over col (N, C, KH, KW, OH, OW) in C order.
+    const long long ow = i % OW;
+    const long long oh = i / OW % OH;
+    const long long kj = i / (OW * OH) % KW;
+    const long long ki = i / (OW * OH * KW) % KH;
+    const long long nc = i / (OW * OH * KW * KH);  // n * C + c
+    const long long h = oh * SH - PH + ki * DH;
+    const long long w = ow * SW - PW + kj * DW;
+    col = (0 <= h && h < H && 0 <= w && w < W) ? x[(nc * H + h) * W + w] : (T)0;
+    """,
+    "tinycnn_im2col")
+
+
+def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW):
+    """(N, C, H, W) -> (N, C, KH, KW, OH, OW): every window of x laid out as a column."""
+    x = cupy.ascontiguousarray(x)
+    N, C, H, W = x.shape
+    OH = conv_output_size(H, KH, SH, PH, DH)
+    OW = conv_output_size(W, KW, SW, PW, DW)
+    col = cupy.empty((N, C, KH, KW, OH, OW), dtype=x.dtype)
+    _IM2COL(x, C, H, W, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW, col)
+    return col
+
+
+_COL2IM = cupy.ElementwiseKernel(
+    "raw T col, int64 H, int64 W, int64 KH, int64 KW, int64 OH, int64 OW, "
+    "int64 SH, int64 SW, int64 PH, int64 PW, int64 DH, int64 DW",
+    "T x",
+    """
+    // i runs over x (N, C, H, W): this thread sums every column entry that saw pixel (h, w).
+    const long long w = i % W;
+    const long long h = i / W % H;
+    const long long nc = i / (W * H);
+    T total = 0;
+    for (long long ki = 0; ki < KH; ++ki) {
+        // The output row whose tap ki lands on h: oh*SH = h + PH - ki*DH, if it divides.
+        const long long oh_times_SH = h + PH - ki * DH;
+        if (oh_times_SH < 0 || oh_times_SH % SH != 0 || oh_times_SH / SH >= OH) continue;
+        const long long oh = oh_times_SH / SH;
+        for (long long kj = 0; kj < KW; ++kj) {
+            const long long ow_times_SW = w + PW - kj * DW;
+            if (ow_times_SW < 0 || ow_times_SW % SW != 0 || ow_times_SW / SW >= OW) continue;
+            const long long ow = ow_times_SW / SW;
+            total += col[(((nc * KH + ki) * KW + kj) * OH + oh) * OW + ow];
+        }
+    }
+    x = total;
+    """,
+    "tinycnn_col2im")
+
+
+def col2im(col, H, W, SH, SW, PH, PW, DH, DW):
+    """(N, C, KH, KW, OH, OW) -> (N, C, H, W): the adjoint of im2col, summing overlapping taps."""
+    col = cupy.ascontiguousarray(col)
+    N, C, KH, KW, OH, OW = col.shape
+    x = cupy.empty((N, C, H, W), dtype=col.dtype)
+    _COL2IM(col, H, W, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW, x)
+    return x
+
+
+_MAX_POOL2D_FORWARD = cupy.ElementwiseKernel(
+    "raw T x, int64 H, int64 W, int64 KH, int64 KW, int64 OH, int64 OW, "
+    "int64 SH, int64 SW, int64 PH, int64 PW, int64 DH, int64 DW",
+    "T y, int64 argmax",
+    """
+    // i runs over y (N, C, OH, OW).
+    const long long ow = i % OW;
+    const long long oh = i / OW % OH;
+    const long long nc = i / (OW * OH);
+    // Taps outside the input count as -inf; the first maximum wins, and a NaN, once met, wins
+    // for good (np.argmax's rules, so ties and NaNs match the reference).
+    T best = -INFINITY;
+    long long best_index = 0;
+    for (long long ki = 0; ki < KH; ++ki) {
+        const long long h = oh * SH - PH + ki * DH;
+        for (long long kj = 0; kj < KW; ++kj) {
+            const long long w = ow * SW - PW + kj * DW;
+            const T value = (0 <= h && h < H && 0 <= w && w < W) ? x[(nc * H + h) * W + w] : (T)-INFINITY;
+            if ((ki == 0 && kj == 0) || value > best || (isnan(value) && !isnan(best))) {
+                best = value;
+                best_index = h * W + w;
+            }
+        }
+    }
+    y = best;
+    argmax = best_index;
+    """,
+    "tinycnn_max_pool2d_forward")
+
+
+def max_pool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, ceil_mode):
+    """Returns (y, argmax): y (N, C, OH, OW) and, for each output, the flat index h*W + w of the
+    input pixel that won (the first one on ties), as PyTorch's return_indices."""
+    x = cupy.ascontiguousarray(x)
+    N, C, H, W = x.shape
+    OH = conv_output_size(H, KH, SH, PH, DH, ceil_mode)
+    OW = conv_output_size(W, KW, SW, PW, DW, ceil_mode)
+    y = cupy.empty((N, C, OH, OW), dtype=x.dtype)
+    argmax = cupy.empty((N, C, OH, OW), dtype=cupy.int64)
+    _MAX_POOL2D_FORWARD(x, H, W, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW, y, argmax)
+    return y, argmax
+
+
+_MAX_POOL2D_BACKWARD = cupy.ElementwiseKernel(
+    "T gy, int64 argmax, int64 OHOW, int64 HW",
+    "raw T gx",
+    """
+    // i runs over gy (N*C, OH*OW); the winner of output i is pixel argmax of plane i / (OH*OW).
+    if (0 <= argmax && argmax < HW) {
+        atomicAdd(&gx[i / OHOW * HW + argmax], gy);
+    }
+    """,
+    "tinycnn_max_pool2d_backward")
+
+
+def max_pool2d_backward(gy, argmax, H, W):
+    """Route each output gradient to the input pixel that won its window (summing if one pixel
+    won several overlapping windows)."""
+    N, C, OH, OW = gy.shape
+    gy = cupy.ascontiguousarray(gy)
+    argmax = cupy.ascontiguousarray(argmax, dtype=cupy.int64)
+    gx = cupy.zeros((N, C, H, W), dtype=gy.dtype)
+    _MAX_POOL2D_BACKWARD(gy, argmax, OH * OW, H * W, gx)
+    return gx
+
+
+_AVG_POOL2D_FORWARD = cupy.ElementwiseKernel(
+    "raw T x, raw float64 divisor, int64 H, int64 W, int64 KH, int64 KW, int64 OH, int64 OW, "
+    "int64 SH, int64 SW, int64 PH, int64 PW",
+    "T y",
+    """
+    // i runs over y (N, C, OH, OW); taps outside the input add nothing (zero padding).
+    const long long ow = i % OW;
+    const long long oh = i / OW % OH;
+    const long long nc = i / (OW * OH);
+    T total = 0;
+    for (long long ki = 0; ki < KH; ++ki) {
+        const long long h = oh * SH - PH + ki;
+        if (h < 0 || h >= H) continue;
+        for (long long kj = 0; kj < KW; ++kj) {
+            const long long w = ow * SW - PW + kj;
+            if (0 <= w && w < W) total += x[(nc * H + h) * W + w];
+        }
+    }
+    // The division is done in float64 and rounded once, as in the reference.
+    y = (T)((double)total / divisor[oh * OW + ow]);
+    """,
+    "tinycnn_avg_pool2d_forward")
+
+
+def avg_pool2d_forward(x, KH, KW, SH, SW, PH, PW, ceil_mode, count_include_pad):
+    x = cupy.ascontiguousarray(x)
+    N, C, H, W = x.shape
+    OH = conv_output_size(H, KH, SH, PH, 1, ceil_mode)
+    OW = conv_output_size(W, KW, SW, PW, 1, ceil_mode)
+    divisor = avg_pool_divisor(H, W, KH, KW, SH, SW, PH, PW, OH, OW, count_include_pad, cupy)
+    y = cupy.empty((N, C, OH, OW), dtype=x.dtype)
+    _AVG_POOL2D_FORWARD(x, cupy.ascontiguousarray(divisor, dtype=cupy.float64), H, W, KH, KW, OH, OW,
+                        SH, SW, PH, PW, y)
+    return y
+
+
+_AVG_POOL2D_BACKWARD = cupy.ElementwiseKernel(
+    "raw T share, int64 H, int64 W, int64 KH, int64 KW, int64 OH, int64 OW, int64 SH, int64 SW, int64 PH, int64 PW",
+    "T gx",
+    """
+    // i runs over gx (N, C, H, W): this thread sums the share of every window that covers it.
+    const long long w = i % W;
+    const long long h = i / W % H;
+    const long long nc = i / (W * H);
+    T total = 0;
+    for (long long ki = 0; ki < KH; ++ki) {
+        const long long oh_times_SH = h + PH - ki;
+        if (oh_times_SH < 0 || oh_times_SH % SH != 0 || oh_times_SH / SH >= OH) continue;
+        const long long oh = oh_times_SH / SH;
+        for (long long kj = 0; kj < KW; ++kj) {
+            const long long ow_times_SW = w + PW - kj;
+            if (ow_times_SW < 0 || ow_times_SW % SW != 0 || ow_times_SW / SW >= OW) continue;
+            total += share[(nc * OH + oh) * OW + ow_times_SW / SW];
+        }
+    }
+    gx = total;
+    """,
+    "tinycnn_avg_pool2d_backward")
+
+
+def avg_pool2d_backward(gy, H, W, KH, KW, SH, SW, PH, PW, ceil_mode, count_include_pad):
+    """Each input pixel gets gy / divisor from every window that covers it."""
+    N, C, OH, OW = gy.shape
+    divisor = avg_pool_divisor(H, W, KH, KW, SH, SW, PH, PW, OH, OW, count_include_pad, cupy)
+    share = cupy.ascontiguousarray((gy / divisor).astype(gy.dtype))  # (N, C, OH, OW)
+    gx = cupy.empty((N, C, H, W), dtype=gy.dtype)
+    _AVG_POOL2D_BACKWARD(share, H, W, KH, KW, OH, OW, SH, SW, PH, PW, gx)
+    return gx
+
+
+def _as_ncl(x):
+    """(N, C, ...) -> contiguous (N, C, L): batch norm and LRN see every trailing axis as one."""
+    x = cupy.ascontiguousarray(x)
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+# Sum over (N, L) of (x - mean)^2 per channel, accumulated in float64 as kernels/cpu.py does.
+_CENTERED_SQUARES = cupy.ReductionKernel(
+    "T x, float64 mean", "float64 total",
+    "((double)x - mean) * ((double)x - mean)", "a + b", "total = a", "0",
+    "tinycnn_centered_squares")
+
+# y = x * gain + shift, gain and shift broadcast per channel: the affine form of batch norm.
+_SCALE_SHIFT = cupy.ElementwiseKernel(
+    "T x, T gain, T shift", "T y", "y = x * gain + shift", "tinycnn_scale_shift")
+
+
+def batch_norm_forward_training(x, gamma, beta, eps):
+    """Normalise x (N, C, ...) per channel with its own batch statistics, then scale and shift.
+
+    Returns (y, mean, var, inv_std), the last three (C,); var is the biased variance.
+    gamma or beta may be None (no scale, no shift).
+    """
+    x3 = _as_ncl(x)  # (N, C, L)
+    N, C, L = x3.shape
+    mean64 = x3.sum(axis=(0, 2), dtype=cupy.float64) / (N * L)  # (C,)
+    var64 = _CENTERED_SQUARES(x3, mean64.reshape(1, C, 1), axis=(0, 2)) / (N * L)
+    mean, var = mean64.astype(x.dtype), var64.astype(x.dtype)
+    inv_std = (1 / cupy.sqrt(var.astype(cupy.float64) + eps)).astype(x.dtype)
+    gain = inv_std if gamma is None else gamma * inv_std
+    shift = -gain * mean if beta is None else beta - gain * mean
+    y = _SCALE_SHIFT(x3, gain.reshape(1, C, 1), shift.reshape(1, C, 1))
+    return y.reshape(x.shape), mean, var, inv_std
+
+
+# Per channel: sum of gy * x_hat with x_hat = (x - mean) * inv_std, in float64.
+_SUM_GY_X_HAT = cupy.ReductionKernel(
+    "T gy, T x, T mean, T inv_std", "float64 total",
+    "(double)gy * (double)((x - mean) * inv_std)", "a + b", "total = a", "0",
+    "tinycnn_sum_gy_x_hat")
+
+# gx = gain * (gy - sum(gy)/n - x_hat * sum(gy x_hat)/n), all but gy, x broadcast per channel.
+_BATCH_NORM_GX = cupy.ElementwiseKernel(
+    "T gy, T x, T mean, T inv_std, T gain, float64 mean_gy, float64 mean_gy_x_hat", "T gx",
+    """
+    const T x_hat = (x - mean) * inv_std;
+    gx = gain * (gy - mean_gy - x_hat * mean_gy_x_hat);
+    """,
+    "tinycnn_batch_norm_gx")
+
+
+def batch_norm_backward(gy, x, gamma, mean, inv_std):
+    """Gradients of batch_norm_forward_training: (gx, ggamma, gbeta), the last two (C,).
+    gamma None counts as 1."""
+    x3, gy3 = _as_ncl(x), _as_ncl(gy).astype(x.dtype, copy=False)  # (N, C, L)
+    N, C, L = x3.shape
+    mean3, inv_std3 = mean.astype(x.dtype).reshape(1, C, 1), inv_std.astype(x.dtype).reshape(1, C, 1)
+    gbeta64 = gy3.sum(axis=(0, 2), dtype=cupy.float64)  # (C,)
+    ggamma64 = _SUM_GY_X_HAT(gy3, x3, mean3, inv_std3, axis=(0, 2))
+    gain = inv_std if gamma is None else gamma * inv_std
+    gx = _BATCH_NORM_GX(gy3, x3, mean3, inv_std3, gain.astype(x.dtype).reshape(1, C, 1),
+                        (gbeta64 / (N * L)).reshape(1, C, 1), (ggamma64 / (N * L)).reshape(1, C, 1))
+    return gx.reshape(x.shape), ggamma64.astype(x.dtype), gbeta64.astype(x.dtype)
+
+
+_LRN_FORWARD = cupy.ElementwiseKernel(
+    "raw T x, int64 C, int64 L, int64 before, int64 after, T alpha, T beta, T k",
+    "T y, T scale",
+    """
+    // i runs over (N, C, L); the window of channel c is [c - before, c + after], cut at 0 and C.
+    const long long l = i % L;
+    const long long c = i / L % C;
+    const long long n = i / (L * C);
+    T total = 0;
+    for (long long neighbour = max(0LL, c - before); neighbour < min(C, c + after + 1); ++neighbour) {
+        const T value = x[(n * C + neighbour) * L + l];
+        total += value * value;
+    }
+    const T s = k + alpha * total;
+    scale = s;
+    y = x[i] * pow(s, -beta);
+    """,
+    "tinycnn_lrn_forward")
+
+
+def lrn_forward(x, size, alpha, beta, k):
+    """Local response normalisation across channels of x (N, C, ...). Returns (y, scale), with
+    scale_c = k + alpha * (sum of x_c'^2 over c' in [c - size//2, c + (size - 1)//2])."""
+    x3 = _as_ncl(x)  # (N, C, L)
+    N, C, L = x3.shape
+    y, scale = cupy.empty_like(x3), cupy.empty_like(x3)
+    dtype = x.dtype.type
+    _LRN_FORWARD(x3, C, L, size // 2, (size - 1) // 2, dtype(alpha), dtype(beta), dtype(k), y, scale)
+    return y.reshape(x.shape), scale.reshape(x.shape)
+
+
+_LRN_BACKWARD = cupy.ElementwiseKernel(
+    "T x, raw T y, raw T scale, raw T gy, int64 C, int64 L, int64 before, int64 after, T beta, T two_alpha_beta",
+    "T gx",
+    """
+    // before/after: the mirrored window, c' in [c - before, c + after] sees x_c in its own window.
+    const long long l = i % L;
+    const long long c = i / L % C;
+    const long long n = i / (L * C);
+    T back = 0;
+    for (long long neighbour = max(0LL, c - before); neighbour < min(C, c + after + 1); ++neighbour) {
+        const long long j = (n * C + neighbour) * L + l;
+        back += gy[j] * y[j] / scale[j];
+    }
+    gx = gy[i] * pow(scale[i], -beta) - two_alpha_beta * x * back;
+    """,
+    "tinycnn_lrn_backward")
+
+
+def lrn_backward(x, y, scale, gy, size, alpha, beta):
+    """Gradient of lrn_forward: gx_j = gy_j scale_j^-beta - 2 alpha beta x_j * sum over the
+    channels c whose window holds j of gy_c y_c / scale_c."""
+    x3, y3, scale3, gy3 = (_as_ncl(a).astype(x.dtype, copy=False) for a in (x, y, scale, gy))
+    N, C, L = x3.shape
+    dtype = x.dtype.type
+    gx = _LRN_BACKWARD(x3, y3, scale3, gy3, C, L, (size - 1) // 2, size // 2, dtype(beta),
+                       dtype(2 * alpha * beta))
+    return gx.reshape(x.shape)
