@@ -6,17 +6,16 @@ keeps the binary in memory and in its on-disk cache (~/.cupy/kernel_cache), so e
 compiled once per machine. Inputs read at computed positions are declared `raw` and indexed by
 hand; they are made C-contiguous first, so the flat index is the C-order one.
 
-One thread per output element means each thread owns what it writes, so no atomics are needed:
+Each thread owns what it writes, so no atomics are needed and the sums add in the reference's
+order:
 
     im2col, pooling forward, LRN      one thread per output element
     col2im, avg_pool2d_backward       one thread per input pixel: it gathers, in tap order, every
                                       column entry that saw it (the gather of Chainer's col2im)
+    max_pool2d_backward               one thread per (n, c) plane: with only argmax at hand, an
+                                      output cannot know which others picked the same pixel, but
+                                      they all lie in its plane (fewer threads, still no atomics)
     batch norm                        CuPy reductions per channel, then one thread per element
-
-The exception is max_pool2d_backward: with only argmax at hand, an output cannot know which other
-outputs picked the same pixel, so it adds its gradient with atomicAdd. Windows that do not overlap
-(stride >= kernel, the usual case) never collide; where they do, the order of the additions, and so
-the last bit of the sum, may vary from run to run.
 
 Index maths and names as in kernels/cpu.py, except that `i` is CuPy's element index here, so the
 kernel taps are (ki, kj): tap (ki, kj) of the window at output (oh, ow) reads input pixel
@@ -134,12 +133,14 @@ def max_pool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, ceil_mode):
 
 
 _MAX_POOL2D_BACKWARD = cupy.ElementwiseKernel(
-    "T gy, int64 argmax, int64 OHOW, int64 HW",
+    "raw T gy, raw int64 argmax, int64 OHOW, int64 HW",
     "raw T gx",
     """
-    // i runs over gy (N*C, OH*OW); the winner of output i is pixel argmax of plane i / (OH*OW).
-    if (0 <= argmax && argmax < HW) {
-        atomicAdd(&gx[i / OHOW * HW + argmax], gy);
+    // i runs over the N*C planes: this thread owns plane i of gx, and only outputs of plane i
+    // point into it, so it adds them in the reference's order with no other thread writing there.
+    for (long long k = i * OHOW; k < (i + 1) * OHOW; ++k) {
+        const long long index = argmax[k];
+        if (0 <= index && index < HW) gx[i * HW + index] += gy[k];
     }
     """,
     "tinycnn_max_pool2d_backward")
@@ -152,7 +153,7 @@ def max_pool2d_backward(gy, argmax, H, W):
     gy = cupy.ascontiguousarray(gy)
     argmax = cupy.ascontiguousarray(argmax, dtype=cupy.int64)
     gx = cupy.zeros((N, C, H, W), dtype=gy.dtype)
-    _MAX_POOL2D_BACKWARD(gy, argmax, OH * OW, H * W, gx)
+    _MAX_POOL2D_BACKWARD(gy, argmax, OH * OW, H * W, gx, size=N * C)
     return gx
 
 
