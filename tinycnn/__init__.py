@@ -4,6 +4,7 @@
     import tinycnn.functional as F
     from tinycnn import nn, optim
 """
+from tinycnn import _threading  # noqa: F401 - first: thread settings must precede loading NumPy
 from tinycnn import config
 from tinycnn.autograd import Function, Parameter, Tensor, tensor
 from tinycnn import arithmetic  # noqa: F401 - attaches operators and methods to Tensor

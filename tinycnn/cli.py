@@ -32,7 +32,8 @@ SCHEDULERS = ("none", "step", "cosine")
 
 # What a resumed run takes from its command line; everything else comes from the checkpoint, so
 # the continuation is built exactly like the run that wrote it.
-RESUME_OVERRIDES = ("epochs", "out", "data_dir", "no_progress", "plots", "device", "resume", "limit_test")
+RESUME_OVERRIDES = ("epochs", "out", "data_dir", "no_download", "no_progress", "plots", "device", "resume",
+                    "limit_test")
 
 
 class UsageError(Exception):
@@ -42,7 +43,7 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         # argparse prints the usage and exits; we want the one-line error of every other failure.
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(f"{self.prog}: error: {message}")
 
 
 def _positive_int(text):
@@ -126,6 +127,7 @@ def build_parser():
     t.add_argument("--resume", metavar="CKPT", help="continue the run saved in this checkpoint")
     t.add_argument("--plots", action="store_true", help="write PNG figures into the run directory")
     t.add_argument("--data-dir", help="where the data set's files are (default: $TINYCNN_DATA)")
+    t.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data files")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--limit-train", type=_positive_int, help="use only the first N training images")
     t.add_argument("--limit-test", type=_positive_int, help="use only the first N test images")
@@ -134,6 +136,7 @@ def build_parser():
     e = commands.add_parser("eval", help="evaluate a checkpoint on its data set's test images")
     e.add_argument("checkpoint")
     e.add_argument("--data-dir")
+    e.add_argument("--no-download", action="store_true")
     e.add_argument("--limit-test", type=_positive_int)
     e.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     e.add_argument("--no-progress", action="store_true")
@@ -146,14 +149,15 @@ def build_parser():
     p = commands.add_parser("plot", help="(re)draw the figures of a run directory")
     p.add_argument("run_dir")
     p.add_argument("--data-dir")
+    p.add_argument("--no-download", action="store_true")
 
     commands.add_parser("list-models", help="list the registered networks")
     return parser
 
 
-def load_dataset(name, train, data_dir, limit=None):
+def load_dataset(name, train, data_dir, limit=None, download=True):
     cls, _, _, (mean, std) = DATASETS[name]
-    dataset = cls(root=data_dir, train=train, transform=transforms.Normalize(mean, std))
+    dataset = cls(root=data_dir, train=train, transform=transforms.Normalize(mean, std), download=download)
     if limit is not None and limit < len(dataset):
         dataset = data.Subset(dataset, range(limit))
     return dataset
@@ -194,8 +198,8 @@ def build_scheduler(settings, optimizer):
         main = optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0) if warmup else None
     if not warmup:
         return main
-    # A scheduler applies its factor at construction: build the warm-up last so the first epoch
-    # starts at lr/10 (SequentialLR resets to the first scheduler's value, as torch does).
+    # SequentialLR undoes the constructors' first steps and starts the warm-up at lr/10; at the
+    # milestone the main schedule starts from its own epoch 0 (the full lr).
     warm = optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, end_factor=1.0, total_iters=warmup)
     return optim.lr_scheduler.SequentialLR(optimizer, [warm, main], milestones=[warmup])
 
@@ -203,6 +207,7 @@ def build_scheduler(settings, optimizer):
 def train_command(args):
     settings = {key: value for key, value in vars(args).items() if key != "command"}
     settings["model_args"] = dict(settings.pop("model_arg"))
+    models.default_input_shape(args.model)  # an unknown name fails here, before any data is read
     state = None
     if args.resume:
         state = checkpoint.load(args.resume)
@@ -218,8 +223,9 @@ def train_command(args):
             raise ValueError(f"--epochs {settings['epochs']} differs from the {saved['epochs']} epochs the "
                              f"{settings['scheduler']} schedule of {args.resume} was built for")
 
-    train_set = load_dataset(settings["dataset"], True, settings["data_dir"], settings["limit_train"])
-    test_set = load_dataset(settings["dataset"], False, settings["data_dir"], settings["limit_test"])
+    download = not settings.get("no_download", False)
+    train_set = load_dataset(settings["dataset"], True, settings["data_dir"], settings["limit_train"], download)
+    test_set = load_dataset(settings["dataset"], False, settings["data_dir"], settings["limit_test"], download)
 
     tinycnn.manual_seed(settings["seed"])
     model = build_model(settings)
@@ -272,7 +278,7 @@ def eval_command(args):
     if args.device == "gpu":
         model.to("gpu")
     data_dir = args.data_dir if args.data_dir is not None else settings.get("data_dir")
-    test_set = load_dataset(settings["dataset"], False, data_dir, args.limit_test)
+    test_set = load_dataset(settings["dataset"], False, data_dir, args.limit_test, not args.no_download)
     loader = data.DataLoader(test_set, batch_size=500)
     result = training.evaluate(model, loader, args.device, progress=False if args.no_progress else None)
     print(f"{settings['model']} after {state['epoch']} epochs on {len(test_set)} {settings['dataset']} test "
@@ -285,7 +291,7 @@ def plot_command(args):
     path = os.path.join(args.run_dir, "last.ckpt")
     state, settings, model = _model_from_checkpoint(path)
     data_dir = args.data_dir if args.data_dir is not None else settings.get("data_dir")
-    test_set = load_dataset(settings["dataset"], False, data_dir, settings.get("limit_test"))
+    test_set = load_dataset(settings["dataset"], False, data_dir, settings.get("limit_test"), not args.no_download)
     for written in plots.plot_run(args.run_dir, model, state["history"], test_set):
         print(f"wrote {written}")
     return 0

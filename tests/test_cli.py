@@ -1,0 +1,152 @@
+"""The tinycnn command (tinycnn.cli) end to end on slices of the real MNIST files, and the examples.
+
+Data: $TINYCNN_DATA (CI sets it to ../shared/data), else ../shared/data next to the repository.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tinycnn.models as models
+from tinycnn import checkpoint, cli
+from tinycnn import train as training
+from tinycnn.train import read_history_csv
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.environ.get("TINYCNN_DATA") or os.path.join(REPOSITORY, "..", "shared", "data")
+TINY = ["--dataset", "mnist", "--data-dir", DATA, "--limit-train", "96", "--limit-test", "64", "--batch-size", "32",
+        "--no-progress", "--no-download"]
+PLOTS = ("curves.png", "filters.png", "feature_maps.png", "confusion.png")
+
+
+def run(*args, env=None):
+    """`python -m tinycnn ARGS` in a fresh process: (exit status, stdout, stderr)."""
+    environment = dict(os.environ, **(env or {}))
+    done = subprocess.run([sys.executable, "-m", "tinycnn", *args], capture_output=True, text=True, timeout=120,
+                          cwd=REPOSITORY, env=environment)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_train_writes_checkpoint_history_and_plots_and_eval_reads_them(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "lenet", "--epochs", "2", "--lr", "0.01", "--out", str(out), "--plots", *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "epoch 2/2" in printed and "test accuracy" in printed
+
+    history = json.loads((out / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    rows = read_history_csv(out / "history.csv")
+    assert len(rows) == 2
+    for row, saved in zip(rows, history):
+        for key, value in row.items():
+            assert value == pytest.approx(saved[key], rel=1e-12), key
+    for name in PLOTS:
+        import matplotlib.image
+        image = matplotlib.image.imread(out / name)
+        assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100, name
+        assert image[..., :3].std() > 0.01, f"{name} is blank"
+
+    state = checkpoint.load(out / "last.ckpt")
+    assert state["epoch"] == 2 and state["settings"]["model"] == "lenet"
+    model = models.create("lenet")
+    model.load_state_dict(state["model"])
+
+    assert cli.main(["eval", str(out / "last.ckpt"), "--limit-test", "64", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"top-1 {history[-1]['test_top1']:.2%}" in printed, printed
+
+
+def _interrupt_after_first_epoch(monkeypatch):
+    real_fit = training.fit
+
+    def fit(*args, **kwargs):
+        def stop(row):
+            if row["epoch"] == 1:
+                raise KeyboardInterrupt  # as Ctrl-C right after epoch 1's checkpoint
+        return real_fit(*args, **kwargs, on_epoch_end=stop)
+    monkeypatch.setattr(training, "fit", fit)
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch, capsys):
+    command = ["train", "lenet", "--epochs", "3", "--optimizer", "sgd", "--lr", "0.02", "--momentum", "0.9",
+               "--weight-decay", "1e-4", "--scheduler", "cosine", "--warmup-epochs", "1", "--label-smoothing", "0.1",
+               "--seed", "3", *TINY]
+    assert cli.main(command + ["--out", str(tmp_path / "whole")]) == 0
+
+    with monkeypatch.context() as patch:
+        _interrupt_after_first_epoch(patch)
+        assert cli.main(command + ["--out", str(tmp_path / "parts")]) == 130
+    assert checkpoint.load(tmp_path / "parts" / "last.ckpt")["epoch"] == 1
+    np.random.default_rng().normal(size=10)
+    assert cli.main(command + ["--out", str(tmp_path / "parts"), "--resume", str(tmp_path / "parts" / "last.ckpt")]) == 0
+    assert "resuming" in capsys.readouterr().out
+
+    whole, parts = (checkpoint.load(tmp_path / name / "last.ckpt") for name in ("whole", "parts"))
+    assert parts["epoch"] == whole["epoch"] == 3
+    assert whole["model"].keys() == parts["model"].keys()
+    for key in whole["model"]:
+        np.testing.assert_array_equal(parts["model"][key], whole["model"][key], err_msg=key)
+    for a, b in zip(whole["history"], parts["history"]):
+        for key in ("lr", "train_loss", "train_top1", "test_loss", "test_top1"):
+            assert a[key] == b[key], (key, a, b)
+    lrs = [row["lr"] for row in whole["history"]]
+    assert lrs[0] == pytest.approx(0.002) and lrs[1] == pytest.approx(0.02)  # warm-up from lr/10, then cosine
+
+
+def test_resume_refuses_a_finished_run_and_another_model(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "lenet", "--epochs", "1", "--out", str(out), *TINY]) == 0
+    ckpt = str(out / "last.ckpt")
+    assert cli.main(["train", "lenet", "--epochs", "1", "--out", str(out), "--resume", ckpt, *TINY]) == 1
+    assert "already has 1 epochs" in capsys.readouterr().err
+    assert cli.main(["train", "lenet5", "--epochs", "2", "--out", str(out), "--resume", ckpt, *TINY]) == 1
+    assert "checkpoint of 'lenet'" in capsys.readouterr().err
+
+
+def _one_line_error(status, stderr, *words):
+    assert status != 0
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    _one_line_error(*run("train", "lenett", "--out", str(tmp_path / "a"))[::2], "unknown model 'lenett'",
+                    "did you mean lenet")
+    _one_line_error(*run("train", "lenet", "--out", str(tmp_path / "b"), "--data-dir", str(tmp_path / "nowhere"),
+                         "--no-download")[::2], "not found in", "nowhere")
+    _one_line_error(*run("train", "lenet", "--epochs", "0", "--out", str(tmp_path / "c"))[::2], "--epochs")
+    (tmp_path / "broken.ckpt").write_bytes(checkpoint.MAGIC + b"\0\0\0\1" + b"x" * 40)
+    _one_line_error(*run("eval", str(tmp_path / "broken.ckpt"))[::2], "corrupted")
+    _one_line_error(*run("eval", str(tmp_path / "missing.ckpt"))[::2], "does not exist")
+    _one_line_error(*run("summary", "lenet", "--input", "1,28")[::2], "C,H,W")
+
+
+def test_summary_and_list_models(capsys):
+    assert cli.main(["summary", "lenet"]) == 0
+    table = capsys.readouterr().out
+    assert "Total params: 431,080" in table and "Input shape: 1x1x28x28" in table
+    assert cli.main(["summary", "lenet5", "--input", "1,32,32"]) == 0
+    assert "Input shape: 1x1x32x32" in capsys.readouterr().out
+    assert cli.main(["list-models"]) == 0
+    assert capsys.readouterr().out.split() == models.list()
+    status, out, err = run("list-models")
+    assert status == 0 and out.split() == models.list() and err == ""
+
+
+@pytest.mark.parametrize("script, expected", [
+    ("train_lenet_mnist.py", "final test accuracy"),
+    ("transfer_learning.py", "on the 0-4 body"),
+])
+def test_examples_run_in_quick_mode(script, expected):
+    done = subprocess.run([sys.executable, os.path.join(REPOSITORY, "examples", script), "--quick"],
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ, TINYCNN_DATA=DATA))
+    assert done.returncode == 0, done.stderr
+    assert expected in done.stdout, done.stdout
+    accuracies = [float(word.rstrip("%")) for word in done.stdout.split() if word.endswith("%")]
+    assert accuracies and min(accuracies) > 50, done.stdout  # far above chance (10% or 20%)

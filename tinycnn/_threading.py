@@ -1,0 +1,80 @@
+"""Thread-pool settings, applied on `import tinycnn` before NumPy, Numba or PyTorch load their pools.
+
+A CPU training step alternates between two thread pools: Numba's parallel loops (im2col, pooling,
+batch norm) and OpenBLAS's matrix products. With the libraries' defaults, each pool keeps its
+threads spinning for a while after its work is done, waiting for more, and on a machine with few
+cores those spinning threads take the cores away from the other pool's threads: a LeNet training
+step on 2 cores ran 5x slower than with the settings below (benchmarks/RESULTS.md has the figures).
+
+    NUMBA_THREADING_LAYER=workqueue
+                                 Numba's own thread pool: its workers sleep on a condition variable
+                                 between parallel loops and never spin. (The "omp" layer, Numba's
+                                 default where TBB is missing, ran 3-10x slower than workqueue here
+                                 when other processes shared the cores, even with the passive policy;
+                                 workqueue is also safe across fork(), which GNU OpenMP is not.)
+    OMP_WAIT_POLICY=PASSIVE      GNU OpenMP threads (PyTorch's pool, when it is loaded in the same
+                                 process, e.g. in the tests and benchmarks) sleep as soon as a
+                                 parallel region ends instead of spinning for it.
+    OPENBLAS_THREAD_TIMEOUT=...  OpenBLAS worker threads go to sleep after 2**N cycles without work
+                                 (the default, N = 28, is about 0.1 s of spinning after every call).
+
+Each is set only where the user has not set it, so a value the user exported wins; TINYCNN_NO_THREAD_SETTINGS=1
+turns all of them off. The libraries read these
+variables once, when their shared library is loaded, so the settings take effect only for
+libraries not loaded yet when tinycnn is imported:
+
+- `import tinycnn` first (or before `import numpy`): everything applies.
+- NumPy imported before tinycnn: OpenBLAS has already read its timeout; its threads keep spinning
+  after each call. Numba's choice of threading layer still applies (Numba picks the layer on the
+  first parallel kernel call, and this module also sets it on numba.config if Numba is loaded), and
+  so does the OpenMP policy unless an OpenMP library (Numba's omp layer, PyTorch) is already loaded.
+  Export the variables in the shell to be sure.
+
+`report()` says which values are in force and where they came from.
+"""
+import os
+import sys
+
+SETTINGS = {
+    "NUMBA_THREADING_LAYER": "workqueue",
+    "OMP_WAIT_POLICY": "PASSIVE",
+    # 2**20 cycles is about 0.4 ms: long enough that the per-sample products of one batched matmul
+    # find the workers awake, short enough that they are asleep when a Numba loop starts.
+    "OPENBLAS_THREAD_TIMEOUT": "20",
+}
+
+# Which variables the user had set, and which libraries were loaded, before tinycnn could act.
+user_settings = {name: os.environ[name] for name in SETTINGS if name in os.environ}
+if "NUMBA_THREADING_LAYER_PRIORITY" in os.environ:  # the user's own layer preference wins as well
+    user_settings.setdefault("NUMBA_THREADING_LAYER", os.environ.get("NUMBA_THREADING_LAYER", "default"))
+loaded_before = tuple(name for name in ("numpy", "numba", "torch") if name in sys.modules)
+
+# TINYCNN_NO_THREAD_SETTINGS=1 leaves every library at its own defaults (for comparisons).
+enabled = os.environ.get("TINYCNN_NO_THREAD_SETTINGS", "") in ("", "0")
+
+if enabled:
+    for _name, _value in SETTINGS.items():
+        if _name not in user_settings:
+            os.environ[_name] = _value
+
+if enabled and "numba" in sys.modules and "NUMBA_THREADING_LAYER" not in user_settings:
+    # numba.config has already read the environment; the layer is chosen on the first parallel
+    # call, so setting the parsed value here still counts unless a parallel kernel has run.
+    sys.modules["numba"].config.THREADING_LAYER = SETTINGS["NUMBA_THREADING_LAYER"]
+
+
+def report():
+    """A dict of the thread settings in force: each variable's value and whether tinycnn or the
+    user set it, the libraries loaded before tinycnn, and Numba's threading layer if it has started."""
+    info = {name: (os.environ.get(name), "user" if name in user_settings else "tinycnn" if enabled else "unset")
+            for name in SETTINGS}
+    info["loaded_before_tinycnn"] = loaded_before
+    numba = sys.modules.get("numba")
+    layer = None
+    if numba is not None:
+        try:
+            layer = numba.threading_layer()
+        except ValueError:  # no parallel kernel has run yet, so no layer is chosen
+            layer = None
+    info["numba_threading_layer"] = layer
+    return info
