@@ -3,8 +3,10 @@
 A CPU training step alternates between two thread pools: Numba's parallel loops (im2col, pooling,
 batch norm) and OpenBLAS's matrix products. With the libraries' defaults, each pool keeps its
 threads spinning for a while after its work is done, waiting for more, and on a machine with few
-cores those spinning threads take the cores away from the other pool's threads: a LeNet training
-step on 2 cores ran 5x slower than with the settings below (benchmarks/RESULTS.md has the figures).
+cores those spinning threads take the cores away from the other pool's threads. On this project's
+2-core machine a LeNet-like step (im2col, matmul, pooling, col2im) took 1.7x as long with the
+defaults as with the settings below on an idle machine, and 3-40x as long while other processes
+shared the cores (benchmarks/RESULTS.md).
 
     NUMBA_THREADING_LAYER=workqueue
                                  Numba's own thread pool: its workers sleep on a condition variable
@@ -18,17 +20,21 @@ step on 2 cores ran 5x slower than with the settings below (benchmarks/RESULTS.m
     OPENBLAS_THREAD_TIMEOUT=...  OpenBLAS worker threads go to sleep after 2**N cycles without work
                                  (the default, N = 28, is about 0.1 s of spinning after every call).
 
-Each is set only where the user has not set it, so a value the user exported wins; TINYCNN_NO_THREAD_SETTINGS=1
-turns all of them off. The libraries read these
-variables once, when their shared library is loaded, so the settings take effect only for
-libraries not loaded yet when tinycnn is imported:
+Each is set only where the user has not set it, so a value the user exported wins;
+TINYCNN_NO_THREAD_SETTINGS=1 turns all of them off. The libraries read these variables once, when
+their shared library is loaded, so the settings take effect only for libraries not loaded yet when
+tinycnn is imported:
 
 - `import tinycnn` first (or before `import numpy`): everything applies.
 - NumPy imported before tinycnn: OpenBLAS has already read its timeout; its threads keep spinning
-  after each call. Numba's choice of threading layer still applies (Numba picks the layer on the
-  first parallel kernel call, and this module also sets it on numba.config if Numba is loaded), and
-  so does the OpenMP policy unless an OpenMP library (Numba's omp layer, PyTorch) is already loaded.
+  for about 0.1 s after each call. Numba's threading layer still applies (Numba picks the layer on
+  its first parallel kernel call, and this module also sets numba.config if Numba is loaded), and
+  so does the OpenMP policy unless PyTorch (whose GNU OpenMP reads it on loading) came first.
   Export the variables in the shell to be sure.
+
+The workqueue layer must not be entered by two Python threads at once (Numba then aborts the
+process): tinycnn calls its kernels only from the thread that runs the model; the DataLoader's
+prefetch thread does NumPy work only.
 
 `report()` says which values are in force and where they came from.
 """

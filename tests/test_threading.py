@@ -1,0 +1,61 @@
+"""The thread-pool settings of tinycnn._threading, checked in fresh processes: they are applied on
+`import tinycnn`, so only a new interpreter shows what a user gets. Each child runs one parallel
+Numba kernel, after which Numba has chosen its threading layer for good."""
+import json
+import os
+import subprocess
+import sys
+
+from tinycnn import _threading
+
+# The child prints the settings in force after one parallel kernel (im2col) has run.
+CHILD = """
+import json, os, sys
+{before}
+import tinycnn
+import numpy, numba
+tinycnn.kernels.im2col(numpy.ones((2, 3, 8, 8)), 3, 3, 1, 1, 1, 1, 1, 1)
+with tinycnn.config.using(kernels="numba"):
+    tinycnn.kernels.max_pool2d_forward(numpy.ones((1, 2, 4, 4)), 2, 2, 2, 2, 0, 0, 1, 1, False)
+print(json.dumps(dict(environ={{name: os.environ.get(name) for name in tinycnn._threading.SETTINGS}},
+                      layer=numba.threading_layer(), report=tinycnn._threading.report())))
+"""
+
+
+def _run_child(before="", **environ):
+    env = {name: value for name, value in os.environ.items()
+           if name not in _threading.SETTINGS and not name.startswith(("NUMBA_THREADING", "TINYCNN_"))}
+    env.update(environ)
+    result = subprocess.run([sys.executable, "-c", CHILD.format(before=before)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_import_tinycnn_sets_every_thread_setting():
+    child = _run_child()
+    assert child["environ"] == _threading.SETTINGS
+    # workqueue's workers sleep between loops; omp or tbb here means the spinning pools are back.
+    assert child["layer"] == "workqueue"
+    assert child["report"]["numba_threading_layer"] == "workqueue"
+    assert all(child["report"][name][1] == "tinycnn" for name in _threading.SETTINGS)
+    assert child["report"]["loaded_before_tinycnn"] == []
+
+
+def test_numba_layer_still_applies_when_numpy_and_numba_were_imported_first():
+    child = _run_child(before="import numpy, numba")
+    assert child["layer"] == "workqueue"
+    assert set(child["report"]["loaded_before_tinycnn"]) == {"numpy", "numba"}
+
+
+def test_user_settings_win():
+    child = _run_child(OPENBLAS_THREAD_TIMEOUT="4", NUMBA_THREADING_LAYER="omp", OMP_WAIT_POLICY="ACTIVE")
+    assert child["environ"] == dict(OPENBLAS_THREAD_TIMEOUT="4", NUMBA_THREADING_LAYER="omp", OMP_WAIT_POLICY="ACTIVE")
+    assert child["layer"] == "omp"
+    assert all(child["report"][name][1] == "user" for name in _threading.SETTINGS)
+
+
+def test_settings_can_be_turned_off():
+    child = _run_child(TINYCNN_NO_THREAD_SETTINGS="1")
+    assert child["environ"] == {name: None for name in _threading.SETTINGS}
+    assert all(child["report"][name] == [None, "unset"] for name in _threading.SETTINGS)
