@@ -66,6 +66,10 @@ def parse_args(argv=None):
     parser.add_argument("--kernels", default="auto",
                         help="comma-separated tinycnn kernel choices to time, from auto, numba, numpy "
                              "(default auto: Numba on the CPU; numpy: the NumPy reference kernels)")
+    parser.add_argument("--torch-threads", type=int, metavar="N",
+                        help="torch.set_num_threads(N) (default: torch's own choice, printed in the header); "
+                             "tinycnn's thread counts come from OPENBLAS_NUM_THREADS and NUMBA_NUM_THREADS, "
+                             "which must be set in the environment before Python starts")
     parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     args.only = [PART_ALIASES.get(p.strip(), p.strip()) for p in args.only.split(",") if p.strip()]
@@ -81,13 +85,13 @@ def parse_args(argv=None):
     return args
 
 
-def interleaved(runs, rounds, steps, warmup=2):
+def interleaved_rounds(runs, rounds, steps, warmup=2):
     """Time each entry of `runs` ({label: step} or {label: (prepare, step)}) `steps` times per round,
     alternating the entries round by round (the order reversed every other round); return
-    {label: median over the rounds of the mean seconds per step}.
+    {label: [mean seconds per step in each round]}.
 
-    With a (prepare, step) pair only step is timed: step(prepare()) (e.g. a backward pass that
-    needs a fresh forward).
+    With a (prepare, step) pair only the step is timed, as step(prepare()): a backward pass that
+    needs a fresh forward, say.
     """
     runs = {label: run if isinstance(run, tuple) else (None, run) for label, run in runs.items()}
 
@@ -105,7 +109,17 @@ def interleaved(runs, rounds, steps, warmup=2):
     for round_ in range(rounds):
         for label in (labels if round_ % 2 == 0 else labels[::-1]):
             times[label].append(sum(timed(*runs[label]) for _ in range(steps)) / steps)
-    return {label: statistics.median(t) for label, t in times.items()}
+    return times
+
+
+def interleaved(runs, rounds, steps, warmup=2):
+    """{label: median over the rounds of the mean seconds per step} (see interleaved_rounds)."""
+    return {label: statistics.median(t) for label, t in interleaved_rounds(runs, rounds, steps, warmup).items()}
+
+
+def summarise(times):
+    """{label: (median, best)} of interleaved_rounds' per-round times."""
+    return {label: (statistics.median(t), min(t)) for label, t in times.items()}
 
 
 def sgemm_gflops(n=2048, repeats=5):
@@ -232,9 +246,13 @@ class Results:
     def __init__(self):
         self.rows = []
 
-    def add(self, part, case, kernels, tiny, torch_, unit, note=""):
+    def add(self, part, case, kernels, tiny, torch_, unit, note="", best=None):
+        """tiny and torch_ are medians over the rounds; best = (tinycnn, torch) of their fastest rounds."""
         row = dict(part=part, case=case, kernels=kernels, tinycnn=tiny, torch=torch_,
                    ratio=tiny / torch_, unit=unit, note=note)
+        if best is not None:
+            row.update(tinycnn_best=best[0], torch_best=best[1], best_ratio=best[0] / best[1])
+            row["note"] = f"best rounds' ratio {row['best_ratio']:.2f}; " + note
         self.rows.append(row)
         print("  " + self.format(row), flush=True)
         return row
@@ -261,13 +279,14 @@ def time_training(results, args, part, case, name, x, t, steps_per_epoch, kwargs
     runs = {f"tinycnn {k}": with_kernels(k, training_step("tinycnn", tiny_model, tiny_x, tiny_t, sync=sync_tiny))
             for k in (args.kernels if device == "cpu" else ["auto"])}
     runs["torch"] = training_step("torch", torch_model, torch_x, torch_t, sync=sync_torch)
-    times = interleaved(runs, args.repeat, args.steps)
-    for label, seconds in times.items():
+    times = summarise(interleaved_rounds(runs, args.repeat, args.steps))
+    (torch_s, torch_best) = times["torch"]
+    for label, (seconds, best) in times.items():
         if label != "torch":
-            results.add(part, case, label.split()[1], seconds * steps_per_epoch, times["torch"] * steps_per_epoch,
-                        "s/epoch", f"{seconds * 1e3:.1f} vs {times['torch'] * 1e3:.1f} ms/step; "
-                        f"outputs agree to {difference:.0e}")
-    return times
+            results.add(part, case, label.split()[1], seconds * steps_per_epoch, torch_s * steps_per_epoch,
+                        "s/epoch", f"{seconds * 1e3:.1f} vs {torch_s * 1e3:.1f} ms/step; "
+                        f"outputs agree to {difference:.0e}", best=(best, torch_best))
+    return {label: median for label, (median, _) in times.items()}
 
 
 def part_a(results, args):
@@ -296,12 +315,13 @@ def part_c(results, args):
     runs = {f"tinycnn {k}": with_kernels(k, forward_backward("tinycnn", tiny_model, tiny_x, tiny_t))
             for k in args.kernels}
     runs["torch"] = forward_backward("torch", torch_model, torch_x, torch_t)
-    times = interleaved(runs, args.repeat, args.steps)
-    for label, seconds in times.items():
+    times = summarise(interleaved_rounds(runs, args.repeat, args.steps))
+    (torch_s, torch_best) = times["torch"]
+    for label, (seconds, best) in times.items():
         if label != "torch":
             results.add("c", "ResNet-18 32x32 fwd+bwd, batch 32", label.split()[1], seconds * 1e3,
-                        times["torch"] * 1e3, "ms/step", f"{32 / seconds:.0f} vs {32 / times['torch']:.0f} "
-                        f"images/s; outputs agree to {difference:.0e}")
+                        torch_s * 1e3, "ms/step", f"{32 / seconds:.0f} vs {32 / torch_s:.0f} "
+                        f"images/s; outputs agree to {difference:.0e}", best=(best, torch_best))
 
 
 CONV_LAYERS = (
@@ -315,8 +335,12 @@ CONV_LAYERS = (
 def part_d(results, args):
     sgemm, sgemm_best = sgemm_gflops()
     results.sgemm_gflops = sgemm
-    print(f"(d) single convolutions (with bias), float32; this machine's sgemm (NumPy, 2048^3): median "
-          f"{sgemm:.1f} GFLOP/s (best {sgemm_best:.1f}); '% sgemm' uses the median", flush=True)
+    print(f"(d) single convolutions (with bias), float32. This machine's sgemm (NumPy float32 matmul "
+          f"2048^3): median {sgemm:.1f} GFLOP/s, best {sgemm_best:.1f}. Because the load changes, each layer's "
+          f"'% of sgemm' divides by an sgemm (1024^3) timed in the same alternating rounds", flush=True)
+    n = 1024
+    a = np.random.default_rng(2).standard_normal((n, n), dtype=np.float32)
+    b_ = np.random.default_rng(3).standard_normal((n, n), dtype=np.float32)
     rng = np.random.default_rng(0)
     for case, N, C, OC, H, K, P in CONV_LAYERS:
         OH = H + 2 * P - K + 1
@@ -353,15 +377,19 @@ def part_d(results, args):
                                              with_kernels(k, lambda y: y.backward(gy)))
         runs["torch forward"] = torch_forward
         runs["torch backward"] = (fresh_forward(torch_forward, torch_), lambda y: y.backward(torch_gy))
-        times = interleaved(runs, args.repeat, args.steps)
+        runs["sgemm"] = lambda: a @ b_
+        times = summarise(interleaved_rounds(runs, args.repeat, args.steps))
+        sgemm_here = 2 * n ** 3 / times["sgemm"][0] / 1e9
         for k in args.kernels:
             for pass_, pass_flops in (("forward", flops), ("backward", 2 * flops)):
-                tiny_s, torch_s = times[f"tinycnn {k} {pass_}"], times[f"torch {pass_}"]
+                (tiny_s, tiny_best), (torch_s, torch_best) = times[f"tinycnn {k} {pass_}"], times[f"torch {pass_}"]
                 tiny_gflops, torch_gflops = pass_flops / tiny_s / 1e9, pass_flops / torch_s / 1e9
                 row = results.add("d", f"{case} {pass_}", k, tiny_s * 1e3, torch_s * 1e3, "ms",
-                                  f"{tiny_gflops:.1f} vs {torch_gflops:.1f} GFLOP/s = {tiny_gflops / sgemm:.0%} "
-                                  f"vs {torch_gflops / sgemm:.0%} of sgemm; agree to {difference:.0e}")
-                row.update(tinycnn_gflops=tiny_gflops, torch_gflops=torch_gflops, sgemm_gflops=sgemm)
+                                  f"{tiny_gflops:.1f} vs {torch_gflops:.1f} GFLOP/s = {tiny_gflops / sgemm_here:.0%} "
+                                  f"vs {torch_gflops / sgemm_here:.0%} of sgemm {sgemm_here:.0f}; "
+                                  f"agree to {difference:.0e}", best=(tiny_best, torch_best))
+                row.update(tinycnn_gflops=tiny_gflops, torch_gflops=torch_gflops, sgemm_gflops=sgemm_here,
+                           tinycnn_sgemm_fraction=tiny_gflops / sgemm_here)
 
 
 def part_gpu(results, args):
@@ -446,18 +474,22 @@ def machine():
             info["memory_gib"] = round(int(meminfo.readline().split()[1]) / 2**20, 1)
     except (OSError, StopIteration):
         info["cpu"] = platform.processor() or platform.machine()
-    info["threads"] = {name: value for name, value in tinycnn._threading.report().items()}
+    info["threads"] = tinycnn._threading.report()
+    info["thread_counts"] = {name: os.environ.get(name) for name in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS",
+                                                                     "OMP_NUM_THREADS")}
     return info
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     results = Results()
     info = machine()
     command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"{command}\n{info['cpu']}, {info['cpus']} CPUs, {info.get('memory_gib')} GiB; Python {info['python']}, "
           f"numpy {info['numpy']}, numba {info['numba']}, torch {info['torch']} ({info['torch_threads']} threads), "
-          f"tinycnn {info['tinycnn']}\ntimed: {args.repeat} alternating rounds x {args.steps} steps after 2 warm-up "
+          f"tinycnn {info['tinycnn']}; thread counts {info['thread_counts']}\ntimed: {args.repeat} alternating rounds x {args.steps} steps after 2 warm-up "
           f"steps; median of the rounds; tinycnn kernels {args.kernels}", flush=True)
     for part in args.only:
         globals()[f"part_{part}"](results, args)
