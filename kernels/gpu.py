@@ -299,10 +299,10 @@ _LRN_FORWARD = cupy.ElementwiseKernel(
     // i runs over (N, C, L); the window of channel c is [c - before, c + after], cut at 0 and C.
     const long long l = i % L;
     const long long c = i / L % C;
-    const long long n = i / (L * C);
+    const long long sample = i / (L * C);  // n, which CuPy reserves
     T total = 0;
     for (long long neighbour = max(0LL, c - before); neighbour < min(C, c + after + 1); ++neighbour) {
-        const T value = x[(n * C + neighbour) * L + l];
+        const T value = x[(sample * C + neighbour) * L + l];
         total += value * value;
     }
     const T s = k + alpha * total;
@@ -330,10 +330,10 @@ _LRN_BACKWARD = cupy.ElementwiseKernel(
     // before/after: the mirrored window, c' in [c - before, c + after] sees x_c in its own window.
     const long long l = i % L;
     const long long c = i / L % C;
-    const long long n = i / (L * C);
+    const long long sample = i / (L * C);  // n, which CuPy reserves
     T back = 0;
     for (long long neighbour = max(0LL, c - before); neighbour < min(C, c + after + 1); ++neighbour) {
-        const long long j = (n * C + neighbour) * L + l;
+        const long long j = (sample * C + neighbour) * L + l;
         back += gy[j] * y[j] / scale[j];
     }
     gx = gy[i] * pow(scale[i], -beta) - two_alpha_beta * x * back;
