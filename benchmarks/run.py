@@ -416,7 +416,8 @@ def part_gpu(results, args):
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     times = time_training(results, args, "gpu", "ResNet-50 224x224 train, batch 64, GPU", "resnet50",
-                          *random_batch(64, (3, 224, 224), 1000), 1, device="gpu", sync_tiny=sync_tiny, sync_torch=sync_torch)
+                          *random_batch(64, (3, 224, 224), 1000), 1, device="gpu",
+                          sync_tiny=sync_tiny, sync_torch=sync_torch)
     row = results.rows[-1]
     row.update(unit="s/step", note=f"{64 / times['tinycnn auto']:.0f} vs {64 / times['torch']:.0f} images/s")
     # CuPy's pool keeps every block it has held until free_all_blocks, so its size is tinycnn's peak.
@@ -489,8 +490,9 @@ def main(argv=None):
     command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"{command}\n{info['cpu']}, {info['cpus']} CPUs, {info.get('memory_gib')} GiB; Python {info['python']}, "
           f"numpy {info['numpy']}, numba {info['numba']}, torch {info['torch']} ({info['torch_threads']} threads), "
-          f"tinycnn {info['tinycnn']}; thread counts {info['thread_counts']}\ntimed: {args.repeat} alternating rounds x {args.steps} steps after 2 warm-up "
-          f"steps; median of the rounds; tinycnn kernels {args.kernels}", flush=True)
+          f"tinycnn {info['tinycnn']}; thread counts {info['thread_counts']}\n"
+          f"timed: {args.repeat} alternating rounds x {args.steps} steps after 2 warm-up steps; median of the "
+          f"rounds; tinycnn kernels {args.kernels}", flush=True)
     for part in args.only:
         globals()[f"part_{part}"](results, args)
     info["threads"] = tinycnn._threading.report()  # now with Numba's threading layer, if it started
