@@ -212,3 +212,20 @@ def test_missing_checkpoint_and_wrong_model_are_named(tmp_path):
     state = checkpoint.training_state(model, 1, optimizer, scheduler, loader)
     with pytest.raises(checkpoint.CheckpointError, match="does not fit this model"):
         checkpoint.restore(state, models.create("lenet"))
+
+
+def test_evaluate_scores_ten_crop_batches_by_the_mean_softmax_over_crops():
+    from tinycnn.data import TensorDataset
+    tinycnn.manual_seed(2)
+    model = models.create("lenet", widths=(3, 4, 8))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 10, 1, 28, 28)).astype(np.float32)  # (B, crops, C, H, W), as TenCrop makes
+    y = rng.integers(0, 10, 6)
+    result = evaluate(model, DataLoader(TensorDataset(x, y), batch_size=4), progress=False, num_classes=10)
+    model.eval()
+    logits = torch.from_numpy(model(Tensor(x.reshape(60, 1, 28, 28))).data.astype(np.float64))
+    probabilities = torch.softmax(logits, dim=1).reshape(6, 10, 10).mean(dim=1)  # (B, K)
+    expected = torch.nn.functional.nll_loss(probabilities.log(), torch.from_numpy(y)).item()
+    assert result["loss"] == pytest.approx(expected, rel=1e-4)
+    assert result["top1"] == pytest.approx(np.mean(probabilities.argmax(1).numpy() == y))
+    assert result["confusion"].sum() == 6
