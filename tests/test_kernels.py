@@ -7,7 +7,7 @@ ceil_mode, count_include_pad, non-square windows and inputs, batch 1, one channe
 """
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 import tinycnn
 from tinycnn import config
@@ -47,6 +47,8 @@ def windows(draw, pooling=False, dilation=True):
 
 
 @given(windows(), DTYPES, st.integers(0, 2**16))
+@example(((1, 1, 1, 1), (1, 1, 1, 1, 0, 0, 1, 1)), np.float32, 0)  # batch 1, one channel, one pixel
+@example(((1, 2, 5, 7), (3, 2, 2, 3, 3, 1, 2, 1)), np.float64, 1)  # padding wider than the window
 def test_im2col_equals_reference(shape_window, dtype, seed):
     shape, window = shape_window
     x = _array(seed, shape, dtype)
@@ -54,6 +56,7 @@ def test_im2col_equals_reference(shape_window, dtype, seed):
 
 
 @given(windows(), DTYPES, st.integers(0, 2**16))
+@example(((1, 1, 7, 6), (3, 3, 1, 2, 1, 2, 2, 1)), np.float32, 0)  # overlapping dilated windows
 def test_col2im_equals_reference(shape_window, dtype, seed):
     (N, C, H, W), window = shape_window
     KH, KW, SH, SW, PH, PW, DH, DW = window
@@ -72,6 +75,8 @@ def test_im2col_of_a_non_contiguous_input():
 
 
 @given(windows(pooling=True), st.booleans(), DTYPES, st.integers(0, 2**16), st.booleans())
+# ceil_mode: the rows keep a last partial window; the columns drop one that would start in the padding
+@example(((1, 1, 6, 5), (3, 2, 3, 2, 1, 1, 1, 1)), True, np.float32, 0, True)
 def test_max_pool2d_equals_reference(shape_window, ceil_mode, dtype, seed, ties):
     (N, C, H, W), window = shape_window
     x = _array(seed, (N, C, H, W), dtype)
@@ -99,6 +104,7 @@ def test_max_pool2d_propagates_nan_as_the_reference():
 
 
 @given(windows(pooling=True, dilation=False), st.booleans(), st.booleans(), DTYPES, st.integers(0, 2**16))
+@example(((1, 1, 5, 4), (3, 2, 2, 3, 1, 1, 1, 1)), True, False, np.float32, 0)  # partial windows
 def test_avg_pool2d_equals_reference(shape_window, ceil_mode, count_include_pad, dtype, seed):
     (N, C, H, W), (KH, KW, SH, SW, PH, PW, _, _) = shape_window
     options = (KH, KW, SH, SW, PH, PW, ceil_mode, count_include_pad)
