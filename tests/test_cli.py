@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tinycnn.models as models
-from tinycnn import checkpoint, cli
+from tinycnn import backend, checkpoint, cli
 from tinycnn import train as training
 from tinycnn.train import read_history_csv
 
@@ -125,6 +125,8 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     _one_line_error(*run("eval", str(tmp_path / "broken.ckpt"))[::2], "corrupted")
     _one_line_error(*run("eval", str(tmp_path / "missing.ckpt"))[::2], "does not exist")
     _one_line_error(*run("summary", "lenet", "--input", "1,28")[::2], "C,H,W")
+    if not backend.gpu_available():
+        _one_line_error(*run("train", "lenet", "--device", "gpu", "--out", str(tmp_path / "d"))[::2], "no GPU")
 
 
 def test_summary_and_list_models(capsys):

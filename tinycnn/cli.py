@@ -17,7 +17,7 @@ import sys
 import time
 
 import tinycnn
-from tinycnn import checkpoint, data, optim
+from tinycnn import backend, checkpoint, data, optim
 from tinycnn.data import transforms
 import tinycnn.models as models
 from tinycnn import train as training
@@ -163,6 +163,11 @@ def load_dataset(name, train, data_dir, limit=None, download=True):
     return dataset
 
 
+def check_device(device):
+    if device == "gpu" and not backend.gpu_available():
+        raise ValueError("--device gpu: no GPU available (it needs CuPy and a CUDA device); use --device cpu")
+
+
 def build_model(settings):
     """The network of a run's settings, built the way `train` builds it (so weights fit)."""
     _, channels, classes, _ = DATASETS[settings["dataset"]]
@@ -223,6 +228,7 @@ def train_command(args):
             raise ValueError(f"--epochs {settings['epochs']} differs from the {saved['epochs']} epochs the "
                              f"{settings['scheduler']} schedule of {args.resume} was built for")
 
+    check_device(settings["device"])
     download = not settings.get("no_download", False)
     train_set = load_dataset(settings["dataset"], True, settings["data_dir"], settings["limit_train"], download)
     test_set = load_dataset(settings["dataset"], False, settings["data_dir"], settings["limit_test"], download)
@@ -274,6 +280,7 @@ def _model_from_checkpoint(path):
 
 
 def eval_command(args):
+    check_device(args.device)
     state, settings, model = _model_from_checkpoint(args.checkpoint)
     if args.device == "gpu":
         model.to("gpu")
