@@ -1,7 +1,7 @@
 """tinycnn against PyTorch, side by side in one process:
 
     python -m benchmarks.run [--only a,b,c,d,gpu,compile] [--steps N] [--repeat R]
-                             [--kernels auto,numpy] [--json out.json]
+                             [--kernels auto,numpy] [--torch-threads N] [--profile] [--json out.json]
 
 Each part builds the same network in both frameworks with the same weights (benchmarks/twins.py),
 checks that both compute the same output, then times them in alternating rounds (tinycnn, torch,
@@ -70,6 +70,9 @@ def parse_args(argv=None):
                         help="torch.set_num_threads(N) (default: torch's own choice, printed in the header); "
                              "tinycnn's thread counts come from OPENBLAS_NUM_THREADS and NUMBA_NUM_THREADS, "
                              "which must be set in the environment before Python starts")
+    parser.add_argument("--profile", action="store_true",
+                        help="after timing (a), (b) and (c), cProfile --steps tinycnn steps and print "
+                             "where the time goes")
     parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     args.only = [PART_ALIASES.get(p.strip(), p.strip()) for p in args.only.split(",") if p.strip()]
@@ -172,6 +175,29 @@ def output_difference(tiny_model, torch_model, tiny_x, torch_x):
         raise AssertionError(f"tinycnn and torch outputs differ by {difference:.2e} (relative): "
                              "the twins do not compute the same thing, so their timings would not compare")
     return difference
+
+
+def profile(label, step, steps, top=8):
+    """cProfile `steps` calls of `step` and print the functions with the most own time (a NumPy
+    operator such as `@` counts towards the Python function that calls it)."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    for _ in range(steps):
+        step()
+    profiler.disable()
+    wall = time.perf_counter() - start
+    stats = pstats.Stats(profiler)
+    print(f"  cProfile of {label}: {wall / steps * 1e3:.1f} ms/step over {steps} steps (profiled)")
+    rows = sorted(((own, total, calls, function) for function, (_, calls, own, total, _) in stats.stats.items()),
+                  reverse=True)
+    for own, total, calls, (path, line, name) in rows[:top]:
+        where = f"{os.path.relpath(path) if path.startswith(os.sep) else path}:{line}({name})"
+        print(f"    {own / stats.total_tt:4.0%} own, {total / stats.total_tt:4.0%} with callees, "
+              f"{calls:5d} calls  {where}")
 
 
 def with_kernels(kernels, step):
@@ -280,6 +306,10 @@ def time_training(results, args, part, case, name, x, t, steps_per_epoch, kwargs
             for k in (args.kernels if device == "cpu" else ["auto"])}
     runs["torch"] = training_step("torch", torch_model, torch_x, torch_t, sync=sync_torch)
     times = summarise(interleaved_rounds(runs, args.repeat, args.steps))
+    if args.profile:
+        for label, step in runs.items():
+            if label != "torch":
+                profile(f"{case}, {label}", step, args.steps)
     (torch_s, torch_best) = times["torch"]
     for label, (seconds, best) in times.items():
         if label != "torch":
@@ -316,6 +346,10 @@ def part_c(results, args):
             for k in args.kernels}
     runs["torch"] = forward_backward("torch", torch_model, torch_x, torch_t)
     times = summarise(interleaved_rounds(runs, args.repeat, args.steps))
+    if args.profile:
+        for label, step in runs.items():
+            if label != "torch":
+                profile(f"ResNet-18, {label}", step, args.steps)
     (torch_s, torch_best) = times["torch"]
     for label, (seconds, best) in times.items():
         if label != "torch":
