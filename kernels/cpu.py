@@ -37,45 +37,57 @@ def _valid_range(k, L, O, S, P, D):
 
 @njit(cache=True, parallel=True)
 def _im2col(x, col, SH, SW, PH, PW, DH, DW):
+    # col is the channel-major array (C, KH, KW, N, OH, OW). Plain element indexing throughout: a
+    # slice such as col[c, i, j, n, oh] would be a new array object per row, whose reference
+    # counting costs more than copying the row.
     N, C, H, W = x.shape
-    KH, KW, OH, OW = col.shape[2:]
-    for nc in prange(N * C):
-        n, c = nc // C, nc % C
+    KH, KW, _, OH, OW = col.shape[1:]
+    for cn in prange(C * N):
+        c, n = cn // N, cn % N
         for i in range(KH):
-            oh_lo, oh_hi = _valid_range(i, H, OH, SH, PH, DH)
             for j in range(KW):
                 ow_lo, ow_hi = _valid_range(j, W, OW, SW, PW, DW)
                 for oh in range(OH):
-                    row = col[n, c, i, j, oh]
-                    if oh < oh_lo or oh >= oh_hi:
-                        row[:] = 0
-                        continue
                     h = oh * SH - PH + i * DH
-                    row[:ow_lo] = 0
-                    for ow in range(ow_lo, ow_hi):
-                        row[ow] = x[n, c, h, ow * SW - PW + j * DW]
-                    row[ow_hi:] = 0
+                    if h < 0 or h >= H:
+                        ow_lo_h, ow_hi_h = 0, 0  # the whole row falls in the padding
+                    else:
+                        ow_lo_h, ow_hi_h = ow_lo, ow_hi
+                    for ow in range(ow_lo_h):
+                        col[c, i, j, n, oh, ow] = 0
+                    for ow in range(ow_lo_h, ow_hi_h):
+                        col[c, i, j, n, oh, ow] = x[n, c, h, ow * SW - PW + j * DW]
+                    for ow in range(max(ow_lo_h, ow_hi_h), OW):
+                        col[c, i, j, n, oh, ow] = 0
 
 
 def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW):
-    """(N, C, H, W) -> (N, C, KH, KW, OH, OW): every window of x laid out as a column."""
+    """(N, C, H, W) -> (N, C, KH, KW, OH, OW): every window of x laid out as a column.
+
+    The values are the reference's; the memory is channel-major, (C, KH, KW, N, OH, OW), and the
+    array returned a transposed view of it. conv2d then sees col as one (C*KH*KW, N*OH*OW) matrix
+    without a copy, and multiplies it by the weight in one product for the whole batch, which on
+    2 cores measured up to several times faster than N products of (C*KH*KW, OH*OW), most of all
+    where OH*OW is small (the last stages of a ResNet); see benchmarks/RESULTS.md.
+    """
     x = np.ascontiguousarray(x)
     N, C, H, W = x.shape
     OH = conv_output_size(H, KH, SH, PH, DH)
     OW = conv_output_size(W, KW, SW, PW, DW)
-    col = np.empty((N, C, KH, KW, OH, OW), dtype=x.dtype)
+    col = np.empty((C, KH, KW, N, OH, OW), dtype=x.dtype)
     _im2col(x, col, SH, SW, PH, PW, DH, DW)
-    return col
+    return col.transpose(3, 0, 1, 2, 4, 5)  # (N, C, KH, KW, OH, OW), a view
 
 
 @njit(cache=True, parallel=True)
 def _col2im(col, x, SH, SW, PH, PW, DH, DW):
+    # col is channel-major, (C, KH, KW, N, OH, OW).
     N, C, H, W = x.shape
-    KH, KW, OH, OW = col.shape[2:]
+    KH, KW, _, OH, OW = col.shape[1:]
     for nch in prange(N * C * H):
         n, c, h = nch // (C * H), (nch // H) % C, nch % H
-        row = x[n, c, h]
-        row[:] = 0
+        for w in range(W):
+            x[n, c, h, w] = 0
         for i in range(KH):
             # The output row whose tap i lands on h: oh*SH = h + PH - i*DH, if it divides.
             oh_times_SH = h + PH - i * DH
@@ -85,15 +97,17 @@ def _col2im(col, x, SH, SW, PH, PW, DH, DW):
             for j in range(KW):
                 ow_lo, ow_hi = _valid_range(j, W, OW, SW, PW, DW)
                 for ow in range(ow_lo, ow_hi):
-                    row[ow * SW - PW + j * DW] += col[n, c, i, j, oh, ow]
+                    x[n, c, h, ow * SW - PW + j * DW] += col[c, i, j, n, oh, ow]
 
 
 def col2im(col, H, W, SH, SW, PH, PW, DH, DW):
-    """(N, C, KH, KW, OH, OW) -> (N, C, H, W): the adjoint of im2col, summing overlapping taps."""
-    col = np.ascontiguousarray(col)
+    """(N, C, KH, KW, OH, OW) -> (N, C, H, W): the adjoint of im2col, summing overlapping taps.
+    Fastest when col's memory is channel-major, as im2col returns it and conv2d's backward
+    produces it; any other layout is copied to it first."""
     N, C = col.shape[:2]
+    col_channel_major = np.ascontiguousarray(col.transpose(1, 2, 3, 0, 4, 5))  # (C, KH, KW, N, OH, OW)
     x = np.empty((N, C, H, W), dtype=col.dtype)
-    _col2im(col, x, SH, SW, PH, PW, DH, DW)
+    _col2im(col_channel_major, x, SH, SW, PH, PW, DH, DW)
     return x
 
 
@@ -104,21 +118,52 @@ def _max_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW):
     for nc in prange(N * C):
         n, c = nc // C, nc % C
         for oh in range(OH):
+            h0 = oh * SH - PH  # the window's first row and column
             for ow in range(OW):
-                # Taps outside the input count as -inf; the first maximum wins, and a NaN, once
-                # met, wins for good (np.argmax's rules, so ties and NaNs match the reference).
-                best = -np.inf
-                best_index = 0
-                for i in range(KH):
-                    h = oh * SH - PH + i * DH
-                    for j in range(KW):
-                        w = ow * SW - PW + j * DW
-                        value = x[n, c, h, w] if 0 <= h < H and 0 <= w < W else -np.inf
-                        if (i == 0 and j == 0) or value > best or (value != value and best == best):
-                            best = value
-                            best_index = h * W + w
+                w0 = ow * SW - PW
+                if h0 >= 0 and w0 >= 0 and h0 + (KH - 1) * DH < H and w0 + (KW - 1) * DW < W:
+                    best, best_index = _window_max_inside(x, n, c, h0, w0, KH, KW, DH, DW)
+                else:
+                    best, best_index = _window_max_at_border(x, n, c, h0, w0, KH, KW, DH, DW)
                 y[n, c, oh, ow] = best
                 argmax[n, c, oh, ow] = best_index
+
+
+@njit(cache=True, inline="always")
+def _window_max_inside(x, n, c, h0, w0, KH, KW, DH, DW):
+    """The maximum of a window wholly inside plane x[n, c] and its flat index h*W + w: the first
+    one on ties, the first NaN if there is one (np.argmax's rules)."""
+    W = x.shape[3]
+    best = x[n, c, h0, w0]
+    best_index = h0 * W + w0
+    for i in range(KH):
+        h = h0 + i * DH
+        for j in range(KW):
+            value = x[n, c, h, w0 + j * DW]
+            # `not value <= best` is value > best, or value is NaN; `best == best` is false once
+            # best is a NaN, which then stays. Two comparisons, no early exit: a fast loop.
+            if not value <= best and best == best:
+                best = value
+                best_index = h * W + w0 + j * DW
+    return best, best_index
+
+
+@njit(cache=True, inline="always")
+def _window_max_at_border(x, n, c, h0, w0, KH, KW, DH, DW):
+    """As _window_max_inside, for a window that reaches into the padding: taps outside the plane
+    count as -inf (so a window of padding only gives -inf at its first tap, as the reference)."""
+    H, W = x.shape[2:]
+    best = -np.inf
+    best_index = 0
+    for i in range(KH):
+        h = h0 + i * DH
+        for j in range(KW):
+            w = w0 + j * DW
+            value = x[n, c, h, w] if 0 <= h < H and 0 <= w < W else -np.inf
+            if (i == 0 and j == 0) or value > best or (value != value and best == best):
+                best = value
+                best_index = h * W + w
+    return best, best_index
 
 
 def max_pool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, ceil_mode):
@@ -194,8 +239,8 @@ def _avg_pool2d_backward(share, gx, KH, KW, SH, SW, PH, PW):
     OH, OW = share.shape[2:]
     for nch in prange(N * C * H):
         n, c, h = nch // (C * H), (nch // H) % C, nch % H
-        row = gx[n, c, h]
-        row[:] = 0
+        for w in range(W):
+            gx[n, c, h, w] = 0
         for i in range(KH):
             oh_times_SH = h + PH - i
             if oh_times_SH < 0 or oh_times_SH % SH != 0 or oh_times_SH // SH >= OH:
@@ -204,7 +249,7 @@ def _avg_pool2d_backward(share, gx, KH, KW, SH, SW, PH, PW):
             for j in range(KW):
                 ow_lo, ow_hi = _valid_range(j, W, OW, SW, PW, 1)
                 for ow in range(ow_lo, ow_hi):
-                    row[ow * SW - PW + j] += share[n, c, oh, ow]
+                    gx[n, c, h, ow * SW - PW + j] += share[n, c, oh, ow]
 
 
 def avg_pool2d_backward(gy, H, W, KH, KW, SH, SW, PH, PW, ceil_mode, count_include_pad):
