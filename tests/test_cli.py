@@ -152,3 +152,21 @@ def test_examples_run_in_quick_mode(script, expected):
     assert expected in done.stdout, done.stdout
     accuracies = [float(word.rstrip("%")) for word in done.stdout.split() if word.endswith("%")]
     assert accuracies and min(accuracies) > 50, done.stdout  # far above chance (10% or 20%)
+
+
+def test_augment_shifts_mnist_training_images_without_losing_ink():
+    plain = cli.load_dataset("mnist", True, DATA, limit=64, download=False)
+    shifted = cli.load_dataset("mnist", True, DATA, limit=64, download=False, augment=True)
+    indices = np.arange(64)
+    x, y = plain.get_batch(indices, np.random.default_rng(0))
+    xa, ya = shifted.get_batch(indices, np.random.default_rng(0))
+    np.testing.assert_array_equal(y, ya)
+    assert xa.shape == x.shape and xa.dtype == x.dtype
+    assert (np.abs(xa - x).reshape(64, -1).max(axis=1) > 0).mean() > 0.5  # most images moved
+    # MNIST digits are centred by their centre of mass in a 20x20 box, so a shift of at most 2 pixels
+    # keeps the strokes of nearly every digit (one of these 64 touches the border and loses some);
+    # the padding brings in blank pixels only.
+    ink = [(batch.astype(np.float64) * 0.3081 + 0.1307).sum(axis=(1, 2, 3)) for batch in (x, xa)]  # un-normalized
+    assert np.isclose(ink[1], ink[0], rtol=1e-5).sum() >= 60
+    assert np.all(ink[1] <= ink[0] + 1e-3)
+    assert cli.load_dataset("mnist", False, DATA, limit=8, download=False, augment=False).transform is not None

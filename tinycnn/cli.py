@@ -22,6 +22,12 @@ from tinycnn.data import transforms
 import tinycnn.models as models
 from tinycnn import train as training
 
+# --augment, training images only: random shifts of up to 2 pixels for MNIST (zero padding, then a
+# random 28x28 window), the usual 4-pixel-padded random crop and horizontal flip for CIFAR-10.
+AUGMENTATIONS = {
+    "mnist": lambda: [transforms.RandomCrop(28, padding=2)],
+    "cifar10": lambda: [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()],
+}
 DATASETS = {
     # name: (class, channels, classes, normalization)
     "mnist": (data.MNIST, 1, 10, (transforms.MNIST_MEAN, transforms.MNIST_STD)),
@@ -120,6 +126,8 @@ def build_parser():
     t.add_argument("--warmup-epochs", type=_non_negative_int, default=0,
                    help="linear warm-up from lr/10 over this many epochs, then the scheduler")
     t.add_argument("--label-smoothing", type=_non_negative_float, default=0.0)
+    t.add_argument("--augment", action="store_true",
+                   help="random training-image shifts (MNIST: up to 2 px; CIFAR-10: 4-px crop and flip)")
     t.add_argument("--model-arg", type=_model_arg, action="append", default=[], metavar="KEY=VALUE",
                    help="keyword argument of the model's factory, e.g. padding=2 for lenet5 on MNIST")
     t.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
@@ -155,9 +163,12 @@ def build_parser():
     return parser
 
 
-def load_dataset(name, train, data_dir, limit=None, download=True):
+def load_dataset(name, train, data_dir, limit=None, download=True, augment=False):
     cls, _, _, (mean, std) = DATASETS[name]
-    dataset = cls(root=data_dir, train=train, transform=transforms.Normalize(mean, std), download=download)
+    transform = transforms.Normalize(mean, std)  # uint8 -> float32; augmentations work on the uint8 images
+    if augment:
+        transform = transforms.Compose(AUGMENTATIONS[name]() + [transform])
+    dataset = cls(root=data_dir, train=train, transform=transform, download=download)
     if limit is not None and limit < len(dataset):
         dataset = data.Subset(dataset, range(limit))
     return dataset
@@ -230,7 +241,8 @@ def train_command(args):
 
     check_device(settings["device"])
     download = not settings.get("no_download", False)
-    train_set = load_dataset(settings["dataset"], True, settings["data_dir"], settings["limit_train"], download)
+    train_set = load_dataset(settings["dataset"], True, settings["data_dir"], settings["limit_train"], download,
+                             settings.get("augment", False))
     test_set = load_dataset(settings["dataset"], False, settings["data_dir"], settings["limit_test"], download)
 
     tinycnn.manual_seed(settings["seed"])
