@@ -115,7 +115,7 @@ def build_parser():
     t.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
     t.add_argument("--epochs", type=_positive_int, default=8)
     t.add_argument("--batch-size", type=_positive_int, default=64)
-    t.add_argument("--lr", type=_non_negative_float, default=0.05)
+    t.add_argument("--lr", type=_non_negative_float, default=0.01)
     t.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
     t.add_argument("--momentum", type=_non_negative_float, default=0.9, help="SGD and RMSprop momentum")
     t.add_argument("--weight-decay", type=_non_negative_float, default=0.0)

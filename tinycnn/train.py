@@ -1,7 +1,7 @@
 """The training loop: fit() runs epochs of mini-batch descent, evaluate() measures a model.
 
     model = tinycnn.models.create("lenet")
-    optimizer = tinycnn.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    optimizer = tinycnn.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     history = fit(model, optimizer, train_loader, epochs=5, test_loader=test_loader)
 
 One step is the whole of backprop in four lines: forward, loss, backward, update (see train_epoch).
