@@ -49,8 +49,11 @@ def test_numba_layer_still_applies_when_numpy_and_numba_were_imported_first():
 
 
 def test_user_settings_win():
-    child = _run_child(OPENBLAS_THREAD_TIMEOUT="4", NUMBA_THREADING_LAYER="omp", OMP_WAIT_POLICY="ACTIVE")
-    assert child["environ"] == dict(OPENBLAS_THREAD_TIMEOUT="4", NUMBA_THREADING_LAYER="omp", OMP_WAIT_POLICY="ACTIVE")
+    users = dict(OPENBLAS_THREAD_TIMEOUT="4", NUMBA_THREADING_LAYER="omp", OMP_WAIT_POLICY="ACTIVE",
+                 OPENBLAS_NUM_THREADS="2")
+    assert set(users) == set(_threading.SETTINGS)
+    child = _run_child(**users)
+    assert child["environ"] == users
     assert child["layer"] == "omp"
     assert all(child["report"][name][1] == "user" for name in _threading.SETTINGS)
 

@@ -17,8 +17,16 @@ shared the cores (benchmarks/RESULTS.md).
     OMP_WAIT_POLICY=PASSIVE      GNU OpenMP threads (PyTorch's pool, when it is loaded in the same
                                  process, e.g. in the tests and benchmarks) sleep as soon as a
                                  parallel region ends instead of spinning for it.
-    OPENBLAS_THREAD_TIMEOUT=...  OpenBLAS worker threads go to sleep after 2**N cycles without work
-                                 (the default, N = 28, is about 0.1 s of spinning after every call).
+    OPENBLAS_NUM_THREADS=1       NumPy's matrix products on one thread. A two-thread OpenBLAS product
+                                 waits for its second thread at every step; while another process
+                                 holds the other core, that thread runs only now and then, and the
+                                 products measured 10-60x slower than on one thread (a 64x800x500
+                                 product: 0.38 ms on one thread, 11-23 ms on two, whatever the
+                                 timeout below). On an idle machine two threads would make large
+                                 products up to 2x faster; the Numba kernels still use every core.
+    OPENBLAS_THREAD_TIMEOUT=20   Where the user sets more OpenBLAS threads: they go to sleep after
+                                 2**20 cycles without work (the default, 2**28, is about 0.1 s of
+                                 spinning after every call).
 
 Each is set only where the user has not set it, so a value the user exported wins;
 TINYCNN_NO_THREAD_SETTINGS=1 turns all of them off. The libraries read these variables once, when
@@ -26,8 +34,8 @@ their shared library is loaded, so the settings take effect only for libraries n
 tinycnn is imported:
 
 - `import tinycnn` first (or before `import numpy`): everything applies.
-- NumPy imported before tinycnn: OpenBLAS has already read its timeout; its threads keep spinning
-  for about 0.1 s after each call. Numba's threading layer still applies (Numba picks the layer on
+- NumPy imported before tinycnn: OpenBLAS has already read its thread count and timeout, so its
+  products use every core, with threads spinning for about 0.1 s after each call. Numba's threading layer still applies (Numba picks the layer on
   its first parallel kernel call, and this module also sets numba.config if Numba is loaded), and
   so does the OpenMP policy unless PyTorch (whose GNU OpenMP reads it on loading) came first.
   Export the variables in the shell to be sure.
@@ -44,8 +52,9 @@ import sys
 SETTINGS = {
     "NUMBA_THREADING_LAYER": "workqueue",
     "OMP_WAIT_POLICY": "PASSIVE",
-    # 2**20 cycles is about 0.4 ms: long enough that the per-sample products of one batched matmul
-    # find the workers awake, short enough that they are asleep when a Numba loop starts.
+    "OPENBLAS_NUM_THREADS": "1",
+    # For a user who asks for more OpenBLAS threads: 2**20 cycles (about 0.4 ms) of waiting for
+    # the next product before sleeping, short enough that they are asleep when a Numba loop starts.
     "OPENBLAS_THREAD_TIMEOUT": "20",
 }
 
