@@ -79,24 +79,39 @@ def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW):
     return col.transpose(3, 0, 1, 2, 4, 5)  # (N, C, KH, KW, OH, OW), a view
 
 
+@njit(cache=True)
+def _tap_tables(H, W, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW):
+    """For col2im's gather: source_row[h, i], the output row oh whose tap i lands on input row h
+    (oh*SH = h + PH - i*DH), or -1 if none; and ow_range[j] = (lo, hi), the outputs ow whose tap j
+    lands inside the input. Made once per call, so the loops below do no integer division."""
+    source_row = np.full((H, KH), -1, dtype=np.int64)
+    for h in range(H):
+        for i in range(KH):
+            oh_times_SH = h + PH - i * DH
+            if oh_times_SH >= 0 and oh_times_SH % SH == 0 and oh_times_SH // SH < OH:
+                source_row[h, i] = oh_times_SH // SH
+    ow_range = np.empty((KW, 2), dtype=np.int64)
+    for j in range(KW):
+        ow_range[j, 0], ow_range[j, 1] = _valid_range(j, W, OW, SW, PW, DW)
+    return source_row, ow_range
+
+
 @njit(cache=True, parallel=True)
 def _col2im(col, x, SH, SW, PH, PW, DH, DW):
     # col is channel-major, (C, KH, KW, N, OH, OW).
     N, C, H, W = x.shape
     KH, KW, _, OH, OW = col.shape[1:]
+    source_row, ow_range = _tap_tables(H, W, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW)
     for nch in prange(N * C * H):
         n, c, h = nch // (C * H), (nch // H) % C, nch % H
         for w in range(W):
             x[n, c, h, w] = 0
         for i in range(KH):
-            # The output row whose tap i lands on h: oh*SH = h + PH - i*DH, if it divides.
-            oh_times_SH = h + PH - i * DH
-            if oh_times_SH < 0 or oh_times_SH % SH != 0 or oh_times_SH // SH >= OH:
+            oh = source_row[h, i]
+            if oh < 0:
                 continue
-            oh = oh_times_SH // SH
             for j in range(KW):
-                ow_lo, ow_hi = _valid_range(j, W, OW, SW, PW, DW)
-                for ow in range(ow_lo, ow_hi):
+                for ow in range(ow_range[j, 0], ow_range[j, 1]):
                     x[n, c, h, ow * SW - PW + j * DW] += col[c, i, j, n, oh, ow]
 
 
@@ -235,20 +250,20 @@ def avg_pool2d_forward(x, KH, KW, SH, SW, PH, PW, ceil_mode, count_include_pad):
 
 @njit(cache=True, parallel=True)
 def _avg_pool2d_backward(share, gx, KH, KW, SH, SW, PH, PW):
+    # col2im's gather, with every tap of window (oh, ow) holding share[oh, ow].
     N, C, H, W = gx.shape
     OH, OW = share.shape[2:]
+    source_row, ow_range = _tap_tables(H, W, KH, KW, OH, OW, SH, SW, PH, PW, 1, 1)
     for nch in prange(N * C * H):
         n, c, h = nch // (C * H), (nch // H) % C, nch % H
         for w in range(W):
             gx[n, c, h, w] = 0
         for i in range(KH):
-            oh_times_SH = h + PH - i
-            if oh_times_SH < 0 or oh_times_SH % SH != 0 or oh_times_SH // SH >= OH:
+            oh = source_row[h, i]
+            if oh < 0:
                 continue
-            oh = oh_times_SH // SH
             for j in range(KW):
-                ow_lo, ow_hi = _valid_range(j, W, OW, SW, PW, 1)
-                for ow in range(ow_lo, ow_hi):
+                for ow in range(ow_range[j, 0], ow_range[j, 1]):
                     gx[n, c, h, ow * SW - PW + j] += share[n, c, oh, ow]
 
 
