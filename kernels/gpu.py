@@ -25,43 +25,49 @@ from tinycnn.backend import cupy
 from tinycnn.kernels.reference import avg_pool_divisor, conv_output_size
 
 _IM2COL = cupy.ElementwiseKernel(
-    "raw T x, int64 C, int64 H, int64 W, int64 KH, int64 KW, int64 OH, int64 OW, "
+    "raw T x, int64 N, int64 C, int64 H, int64 W, int64 KH, int64 KW, int64 OH, int64 OW, "
     "int64 SH, int64 SW, int64 PH, int64 PW, int64 DH, int64 DW",
     "T col",
     """
-    // i runs over col (N, C, KH, KW, OH, OW) in C order.
+    // i runs over col's channel-major memory (C, KH, KW, N, OH, OW) in C order
+    // (sample is n, a name CuPy reserves).
     const long long ow = i % OW;
     const long long oh = i / OW % OH;
-    const long long kj = i / (OW * OH) % KW;
-    const long long ki = i / (OW * OH * KW) % KH;
-    const long long nc = i / (OW * OH * KW * KH);  // n * C + c
+    const long long sample = i / (OW * OH) % N;
+    const long long kj = i / (OW * OH * N) % KW;
+    const long long ki = i / (OW * OH * N * KW) % KH;
+    const long long c = i / (OW * OH * N * KW * KH);
     const long long h = oh * SH - PH + ki * DH;
     const long long w = ow * SW - PW + kj * DW;
-    col = (0 <= h && h < H && 0 <= w && w < W) ? x[(nc * H + h) * W + w] : (T)0;
+    col = (0 <= h && h < H && 0 <= w && w < W) ? x[((sample * C + c) * H + h) * W + w] : (T)0;
     """,
     "tinycnn_im2col")
 
 
 def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW):
-    """(N, C, H, W) -> (N, C, KH, KW, OH, OW): every window of x laid out as a column."""
+    """(N, C, H, W) -> (N, C, KH, KW, OH, OW): every window of x laid out as a column.
+    As in kernels/cpu.py, the memory is channel-major, (C, KH, KW, N, OH, OW), and the array a
+    transposed view of it, so conv2d multiplies the weight by all of the batch's columns at once."""
     x = cupy.ascontiguousarray(x)
     N, C, H, W = x.shape
     OH = conv_output_size(H, KH, SH, PH, DH)
     OW = conv_output_size(W, KW, SW, PW, DW)
-    col = cupy.empty((N, C, KH, KW, OH, OW), dtype=x.dtype)
-    _IM2COL(x, C, H, W, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW, col)
-    return col
+    col = cupy.empty((C, KH, KW, N, OH, OW), dtype=x.dtype)
+    _IM2COL(x, N, C, H, W, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW, col)
+    return col.transpose(3, 0, 1, 2, 4, 5)  # (N, C, KH, KW, OH, OW), a view
 
 
 _COL2IM = cupy.ElementwiseKernel(
-    "raw T col, int64 H, int64 W, int64 KH, int64 KW, int64 OH, int64 OW, "
+    "raw T col, int64 N, int64 C, int64 H, int64 W, int64 KH, int64 KW, int64 OH, int64 OW, "
     "int64 SH, int64 SW, int64 PH, int64 PW, int64 DH, int64 DW",
     "T x",
     """
-    // i runs over x (N, C, H, W): this thread sums every column entry that saw pixel (h, w).
+    // i runs over x (N, C, H, W): this thread sums every column entry that saw pixel (h, w);
+    // col is channel-major, (C, KH, KW, N, OH, OW).
     const long long w = i % W;
     const long long h = i / W % H;
-    const long long nc = i / (W * H);
+    const long long c = i / (W * H) % C;
+    const long long sample = i / (W * H * C);
     T total = 0;
     for (long long ki = 0; ki < KH; ++ki) {
         // The output row whose tap ki lands on h: oh*SH = h + PH - ki*DH, if it divides.
@@ -72,7 +78,7 @@ _COL2IM = cupy.ElementwiseKernel(
             const long long ow_times_SW = w + PW - kj * DW;
             if (ow_times_SW < 0 || ow_times_SW % SW != 0 || ow_times_SW / SW >= OW) continue;
             const long long ow = ow_times_SW / SW;
-            total += col[(((nc * KH + ki) * KW + kj) * OH + oh) * OW + ow];
+            total += col[((((c * KH + ki) * KW + kj) * N + sample) * OH + oh) * OW + ow];
         }
     }
     x = total;
@@ -81,11 +87,12 @@ _COL2IM = cupy.ElementwiseKernel(
 
 
 def col2im(col, H, W, SH, SW, PH, PW, DH, DW):
-    """(N, C, KH, KW, OH, OW) -> (N, C, H, W): the adjoint of im2col, summing overlapping taps."""
-    col = cupy.ascontiguousarray(col)
+    """(N, C, KH, KW, OH, OW) -> (N, C, H, W): the adjoint of im2col, summing overlapping taps.
+    Reads col's memory channel-major, as im2col and conv2d's backward make it (else copies it so)."""
     N, C, KH, KW, OH, OW = col.shape
+    col_channel_major = cupy.ascontiguousarray(col.transpose(1, 2, 3, 0, 4, 5))  # (C, KH, KW, N, OH, OW)
     x = cupy.empty((N, C, H, W), dtype=col.dtype)
-    _COL2IM(col, H, W, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW, x)
+    _COL2IM(col_channel_major, N, C, H, W, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW, x)
     return x
 
 
