@@ -3,8 +3,11 @@
 Numba kernel, after which Numba has chosen its threading layer for good."""
 import json
 import os
+import platform
 import subprocess
 import sys
+
+import pytest
 
 from tinycnn import _threading
 
@@ -24,7 +27,7 @@ print(json.dumps(dict(environ={{name: os.environ.get(name) for name in tinycnn._
 
 def _run_child(before="", **environ):
     env = {name: value for name, value in os.environ.items()
-           if name not in _threading.SETTINGS and not name.startswith(("NUMBA_THREADING", "TINYCNN_"))}
+           if name not in _threading.SETTINGS and not name.startswith(("NUMBA_THREADING", "TINYCNN_", "MALLOC_"))}
     env.update(environ)
     result = subprocess.run([sys.executable, "-c", CHILD.format(before=before)], env=env,
                             capture_output=True, text=True, timeout=120)
@@ -40,6 +43,51 @@ def test_import_tinycnn_sets_every_thread_setting():
     assert child["report"]["numba_threading_layer"] == "workqueue"
     assert all(child["report"][name][1] == "tinycnn" for name in _threading.SETTINGS)
     assert child["report"]["loaded_before_tinycnn"] == []
+    if platform.libc_ver()[0] == "glibc":
+        assert child["report"]["malloc_thresholds"] == "tinycnn"
+
+
+# The child allocates a 64 MiB array and asks glibc (mallinfo2) where it came from: the heap, which
+# keeps freed blocks for reuse, or a memory map of its own, which goes back to the system on free.
+MALLINFO_CHILD = """
+import ctypes, json
+import tinycnn, numpy
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                     "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+mallinfo2.restype = Mallinfo2
+block = numpy.ones(64 * 2**20 // 8)
+info = mallinfo2()
+print(json.dumps(dict(heap=info.arena, mapped=info.hblkhd, report=tinycnn._threading.report()["malloc_thresholds"])))
+"""
+
+
+def _glibc_version():
+    name, version = platform.libc_ver()
+    return tuple(int(part) for part in version.split(".")[:2]) if name == "glibc" else (0, 0)
+
+
+@pytest.mark.skipif(_glibc_version() < (2, 33),
+                    reason="mallopt and mallinfo2 are glibc's (2.33+)")
+@pytest.mark.parametrize("environ, source, on_heap", [
+    ({}, "tinycnn", True),
+    ({"TINYCNN_NO_THREAD_SETTINGS": "1"}, "unset", False),
+    ({"MALLOC_MMAP_THRESHOLD_": str(2**20)}, "user", False),
+])
+def test_large_blocks_come_from_the_reusable_heap(environ, source, on_heap):
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("TINYCNN_", "MALLOC_"))}
+    env.update(environ)
+    result = subprocess.run([sys.executable, "-c", MALLINFO_CHILD], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    child = json.loads(result.stdout.strip().splitlines()[-1])
+    assert child["report"] == source
+    block = 64 * 2**20
+    if on_heap:
+        assert child["heap"] >= block and child["mapped"] < block, child
+    else:
+        assert child["mapped"] >= block, child
 
 
 def test_numba_layer_still_applies_when_numpy_and_numba_were_imported_first():

@@ -44,9 +44,20 @@ The workqueue layer must not be entered by two Python threads at once (Numba the
 process): tinycnn calls its kernels only from the thread that runs the model; the DataLoader's
 prefetch thread does NumPy work only.
 
+One more process-wide setting, of memory rather than threads, is made here for the same reason
+(the library default costs time on every step): glibc's malloc hands each block of more than a few
+MiB (im2col's columns, a layer's output) back to the operating system when it is freed, and the
+next one comes as fresh pages that the kernel must zero on first touch. tinycnn raises glibc's
+M_MMAP_THRESHOLD to 1 GiB and M_TRIM_THRESHOLD to 2 GiB (mallopt), so freed blocks are reused:
+the LeNet training step ran 13-18% faster (im2col of a 58 MB column 16 -> 11 ms), at the price
+that the process keeps its peak memory until it exits. Skipped off glibc, where the user has set
+MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_, and with TINYCNN_NO_THREAD_SETTINGS=1.
+
 `report()` says which values are in force and where they came from.
 """
+import ctypes
 import os
+import platform
 import sys
 
 SETTINGS = {
@@ -78,11 +89,37 @@ if enabled and "numba" in sys.modules and "NUMBA_THREADING_LAYER" not in user_se
     sys.modules["numba"].config.THREADING_LAYER = SETTINGS["NUMBA_THREADING_LAYER"]
 
 
+# mallopt's parameter numbers in glibc's malloc.h, and the values tinycnn sets.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MALLOC_SETTINGS = {M_MMAP_THRESHOLD: 1 << 30, M_TRIM_THRESHOLD: (1 << 31) - 1}
+
+
+def _set_malloc_thresholds():
+    """'tinycnn' if glibc took the thresholds, else why not: 'user', 'unset' or 'not glibc'."""
+    if any(name in os.environ for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+        return "user"
+    if not enabled:
+        return "unset"
+    if platform.libc_ver()[0] != "glibc":
+        return "not glibc"
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return "not glibc"
+    accepted = [mallopt(parameter, value) == 1 for parameter, value in MALLOC_SETTINGS.items()]
+    return "tinycnn" if all(accepted) else "not glibc"
+
+
+malloc_thresholds = _set_malloc_thresholds()
+
+
 def report():
     """A dict of the thread settings in force: each variable's value and whether tinycnn or the
-    user set it, the libraries loaded before tinycnn, and Numba's threading layer if it has started."""
+    user set it, who set glibc's malloc thresholds, the libraries loaded before tinycnn, and
+    Numba's threading layer if it has started."""
     info = {name: (os.environ.get(name), "user" if name in user_settings else "tinycnn" if enabled else "unset")
             for name in SETTINGS}
+    info["malloc_thresholds"] = malloc_thresholds
     info["loaded_before_tinycnn"] = loaded_before
     numba = sys.modules.get("numba")
     layer = None
