@@ -58,6 +58,11 @@ def test_train_writes_checkpoint_history_and_plots_and_eval_reads_them(tmp_path,
     printed = capsys.readouterr().out
     assert f"top-1 {history[-1]['test_top1']:.2%}" in printed, printed
 
+    for name in PLOTS:
+        (out / name).unlink()
+    assert cli.main(["plot", str(out)]) == 0
+    assert all((out / name).stat().st_size > 1000 for name in PLOTS)
+
 
 def _interrupt_after_first_epoch(monkeypatch):
     real_fit = training.fit

@@ -229,3 +229,13 @@ def test_evaluate_scores_ten_crop_batches_by_the_mean_softmax_over_crops():
     assert result["loss"] == pytest.approx(expected, rel=1e-4)
     assert result["top1"] == pytest.approx(np.mean(probabilities.argmax(1).numpy() == y))
     assert result["confusion"].sum() == 6
+
+
+def test_progress_bar_shows_loss_accuracy_and_speed_and_stays_off_when_asked(capsys):
+    model, optimizer, scheduler, loader = _tiny_run()
+    fit(model, optimizer, loader, 1, progress=True, log=None)
+    bar = capsys.readouterr().err
+    assert "loss=" in bar and "acc=" in bar and "img_s=" in bar, bar
+    fit(model, optimizer, loader, 1, progress=False, log=None)
+    fit(model, optimizer, loader, 1, progress=None, log=None)  # stderr is not a terminal under pytest
+    assert capsys.readouterr().err == ""

@@ -82,6 +82,7 @@ class _Progress:
 
     def close(self):
         if self.bar is not None:
+            self.bar.refresh()  # the final figures, even when the last updates came within tqdm's mininterval
             self.bar.close()
 
 
