@@ -6,6 +6,8 @@ specified for when that is not 3 x 224 x 224 (`@register("lenet", input_shape=(1
 """
 from collections import namedtuple
 
+import numpy
+
 from tinycnn import nn
 
 _FACTORIES = {}
@@ -44,3 +46,11 @@ class ConvBNReLU(nn.Module):
 
     def forward(self, x):
         return self.relu(self.bn(self.conv(x)))
+
+
+def imagenet_to_tf_input(x):
+    """Map ImageNet-normalised input, (x - mean) / std, to the (x - 0.5) / 0.5 that torchvision's
+    GoogLeNet and Inception v3 weights (ported from TensorFlow) expect: x * std / 0.5 + (mean - 0.5) / 0.5."""
+    mean = numpy.array([0.485, 0.456, 0.406], dtype=x.dtype)
+    std = numpy.array([0.229, 0.224, 0.225], dtype=x.dtype)
+    return x * (std / 0.5).reshape(1, 3, 1, 1) + ((mean - 0.5) / 0.5).reshape(1, 3, 1, 1)

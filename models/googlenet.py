@@ -37,12 +37,10 @@ and gives every branch the same width; the widths here are Table 1's.
 """
 from collections import OrderedDict, namedtuple
 
-import numpy
-
 import tinycnn.functional as F
 from tinycnn import nn
 from tinycnn.summary import summary
-from tinycnn.models.common import ConvBNReLU, ModelOutputs, register
+from tinycnn.models.common import ConvBNReLU, ModelOutputs, imagenet_to_tf_input, register
 
 __all__ = ["googlenet", "googlenet_paper"]
 
@@ -196,16 +194,9 @@ class GoogLeNet(nn.Module):
                 if isinstance(module, (nn.Conv2d, nn.Linear)):
                     nn.init.trunc_normal_(module.weight, mean=0.0, std=0.01, a=-2, b=2)
 
-    def _transform_input(self, x):
-        """torchvision's pretrained GoogLeNet expects (x - 0.5) / 0.5 per channel; undo ImageNet's
-        (x - mean) / std: x * std / 0.5 + (mean - 0.5) / 0.5."""
-        mean = numpy.array([0.485, 0.456, 0.406], dtype=x.dtype)
-        std = numpy.array([0.229, 0.224, 0.225], dtype=x.dtype)
-        return x * (std / 0.5).reshape(1, 3, 1, 1) + ((mean - 0.5) / 0.5).reshape(1, 3, 1, 1)
-
     def forward(self, x):
         if self.transform_input:
-            x = self._transform_input(x)
+            x = imagenet_to_tf_input(x)
         # N x 3 x 224 x 224
         x = self.maxpool1(self.conv1(x))
         # N x 64 x 56 x 56

@@ -26,11 +26,9 @@ In training mode with the aux head the network returns `ModelOutputs(logits, aux
 `aux_loss_weight = 0.4` is the weight of PyTorch's fine-tuning tutorial (the paper states none). In
 eval mode it returns the logits.
 """
-import numpy
-
 import tinycnn.functional as F
 from tinycnn import nn
-from tinycnn.models.common import ConvBNReLU, ModelOutputs, register
+from tinycnn.models.common import ConvBNReLU, ModelOutputs, imagenet_to_tf_input, register
 
 __all__ = ["inception_v3"]
 
@@ -225,15 +223,9 @@ class Inception3(nn.Module):
             nn.init.trunc_normal_(self.AuxLogits.conv1.conv.weight, mean=0.0, std=0.01, a=-2, b=2)
             nn.init.trunc_normal_(self.AuxLogits.fc.weight, mean=0.0, std=0.001, a=-2, b=2)
 
-    def _transform_input(self, x):
-        """Map ImageNet-normalised input, (x - mean) / std, to the (x - 0.5) / 0.5 of the TF weights."""
-        mean = numpy.array([0.485, 0.456, 0.406], dtype=x.dtype)
-        std = numpy.array([0.229, 0.224, 0.225], dtype=x.dtype)
-        return x * (std / 0.5).reshape(1, 3, 1, 1) + ((mean - 0.5) / 0.5).reshape(1, 3, 1, 1)
-
     def forward(self, x):
         if self.transform_input:
-            x = self._transform_input(x)
+            x = imagenet_to_tf_input(x)
         # N x 3 x 299 x 299
         x = self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))
         # N x 32 x 147 x 147
