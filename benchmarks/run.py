@@ -370,7 +370,8 @@ def part_d(results, args):
     sgemm, sgemm_best = sgemm_gflops()
     results.sgemm_gflops = sgemm
     print(f"(d) single convolutions (with bias), float32. This machine's sgemm (NumPy float32 matmul "
-          f"2048^3): median {sgemm:.1f} GFLOP/s, best {sgemm_best:.1f}. Because the load changes, each layer's "
+          f"2048^3, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}): median {sgemm:.1f} "
+          f"GFLOP/s, best {sgemm_best:.1f}. Because the load changes, each layer's "
           f"'% of sgemm' divides by an sgemm (1024^3) timed in the same alternating rounds", flush=True)
     n = 1024
     a = np.random.default_rng(2).standard_normal((n, n), dtype=np.float32)
