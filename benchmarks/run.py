@@ -28,7 +28,6 @@ tinycnn is imported before NumPy and torch, so its thread settings (tinycnn/_thr
 force for both frameworks; torch keeps its default thread count (printed in the header).
 """
 import argparse
-import itertools
 import json
 import os
 import platform
@@ -49,7 +48,6 @@ from benchmarks import twins as torch_twins
 from tinycnn import backend
 
 PARTS = ("a", "b", "c", "d", "gpu", "compile")
-# The names the first draft of this script used, still accepted.
 PART_ALIASES = {"lenet": "a", "lenet5": "b", "resnet18": "c", "conv": "d"}
 MNIST_TRAIN_IMAGES = 60000
 
@@ -241,29 +239,6 @@ def forward_backward(framework, model, x, t):
         return loss
 
     return step
-
-
-def twins(build, input_shape, labels=None, device="cpu", seed=0):
-    """(tinycnn model, torch model, tinycnn input, torch input, tinycnn labels, torch labels) for a
-    builder of benchmarks/networks.py, with equal weights and data ('cpu' or 'cuda')."""
-    from benchmarks.networks import copy_weights
-
-    tinycnn.manual_seed(seed)
-    tiny_model = build(tinycnn.nn)
-    torch_model = build(torch.nn)
-    copy_weights(tiny_model, torch_model)
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(input_shape, dtype=np.float32)
-    tiny_device = "gpu" if device == "cuda" else "cpu"
-    tiny_x, torch_x = tinycnn.tensor(x, device=tiny_device), torch.from_numpy(x).to(device)
-    tiny_t = torch_t = None
-    if labels is not None:
-        t = rng.integers(0, labels, size=input_shape[0])
-        tiny_t, torch_t = tinycnn.tensor(t, device=tiny_device), torch.from_numpy(t).to(device)
-    if device == "cuda":
-        tiny_model.to("gpu")
-        torch_model.to(device)
-    return tiny_model, torch_model, tiny_x, torch_x, tiny_t, torch_t
 
 
 class Results:
