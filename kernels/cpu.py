@@ -30,7 +30,9 @@ from tinycnn.kernels.reference import avg_pool_divisor, conv_output_size
 @njit(cache=True, inline="always")
 def _valid_range(k, L, O, S, P, D):
     """The outputs o in [lo, hi) whose tap k lands inside the input: 0 <= o*S - P + k*D < L."""
-    lo = max(0, -((k * D - P) // S))  # ceil((P - k*D) / S), with Python's floor division
+    # ceil((P - k*D) / S) with Python's floor division, capped at O: a tap that only ever sees the
+    # left padding (k*D < P - (O-1)*S) has no valid output, and im2col zero-fills [0, lo).
+    lo = min(O, max(0, -((k * D - P) // S)))
     hi = min(O, (L - 1 + P - k * D) // S + 1)
     return lo, max(lo, hi)
 

@@ -68,6 +68,18 @@ def test_col2im_equals_reference(shape_window, dtype, seed):
                   reference.col2im(col, H, W, SH, SW, PH, PW, DH, DW), f"col2im {(N, C, H, W)} {window}")
 
 
+def test_im2col_tap_that_only_sees_the_left_padding():
+    # Kernel width 3, dilation 2, padding 2 on a 1-pixel row: tap 0 lands at w = -2 for the only
+    # output. Its valid range must be empty and within the OW outputs; a start past OW once made
+    # im2col zero-fill past the row, over the next sample's column (seen as sample 0 convolving to 0).
+    lo, hi = cpu._valid_range(0, 1, 1, 1, 2, 2)
+    assert lo == hi and 0 <= lo <= 1
+    window = (1, 3, 1, 1, 0, 2, 1, 2)
+    for seed in range(50):  # the overwrite depended on thread timing, so try many inputs
+        x = _array(seed, (2, 1, 1, 1), np.float32)
+        _assert_equal(cpu.im2col(x, *window), reference.im2col(x, *window), f"im2col seed {seed}")
+
+
 def test_im2col_of_a_non_contiguous_input():
     x = _array(0, (2, 3, 7, 6), np.float32).transpose(0, 1, 3, 2)  # (2, 3, 6, 7), not C-contiguous
     window = (3, 2, 2, 1, 1, 1, 1, 2)
