@@ -24,7 +24,7 @@ h = oh*SH - PH + i*DH, w = ow*SW - PW + j*DW.
 import numpy as np
 from numba import njit, prange
 
-from tinycnn.kernels.reference import avg_pool_divisor, conv_output_size
+from tinycnn.kernels.reference import avg_pool_divisor, check_argmax_in_plane, conv_output_size
 
 
 @njit(cache=True, inline="always")
@@ -211,6 +211,7 @@ def _max_pool2d_backward(gy, argmax, gx):
 def max_pool2d_backward(gy, argmax, H, W):
     """Route each output gradient to the input pixel that won its window (summing if one pixel
     won several overlapping windows)."""
+    check_argmax_in_plane(argmax, H, W)  # the loop below does not check its writes
     N, C = gy.shape[:2]
     gy = np.ascontiguousarray(gy).reshape(N * C, -1)  # (N*C, OH*OW)
     argmax = np.ascontiguousarray(argmax, dtype=np.int64).reshape(N * C, -1)

@@ -22,7 +22,7 @@ kernel taps are (ki, kj): tap (ki, kj) of the window at output (oh, ow) reads in
 h = oh*SH - PH + ki*DH, w = ow*SW - PW + kj*DW.
 """
 from tinycnn.backend import cupy
-from tinycnn.kernels.reference import avg_pool_divisor, conv_output_size
+from tinycnn.kernels.reference import avg_pool_divisor, check_argmax_in_plane, conv_output_size
 
 _IM2COL = cupy.ElementwiseKernel(
     "raw T x, int64 N, int64 C, int64 H, int64 W, int64 KH, int64 KW, int64 OH, int64 OW, "
@@ -156,6 +156,7 @@ _MAX_POOL2D_BACKWARD = cupy.ElementwiseKernel(
 def max_pool2d_backward(gy, argmax, H, W):
     """Route each output gradient to the input pixel that won its window (summing if one pixel
     won several overlapping windows)."""
+    check_argmax_in_plane(argmax, H, W)  # the kernel does not check its writes
     N, C, OH, OW = gy.shape
     gy = cupy.ascontiguousarray(gy)
     argmax = cupy.ascontiguousarray(argmax, dtype=cupy.int64)

@@ -89,9 +89,19 @@ def max_pool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, ceil_mode):
     return y, (h * W + w).astype(xp.int64)
 
 
+def check_argmax_in_plane(argmax, H, W):
+    """Raise ValueError unless every index points into the H x W plane. A window that holds only
+    padding (possible with dilation; max_pool2d rejects it) has no winner inside the input, and a
+    backward that followed its index would write outside the gradient."""
+    if argmax.size and (int(argmax.min()) < 0 or int(argmax.max()) >= H * W):
+        raise ValueError(f"max_pool2d_backward: expected argmax indices in [0, {H * W}) for a {H}x{W} "
+                         f"input, got [{int(argmax.min())}, {int(argmax.max())}] (a window of padding only?)")
+
+
 def max_pool2d_backward(gy, argmax, H, W):
     """Route each output gradient to the input pixel that won its window (summing if one pixel
     won several overlapping windows)."""
+    check_argmax_in_plane(argmax, H, W)
     xp = get_array_module(gy)
     N, C = gy.shape[:2]
     gx = xp.zeros((N * C, H * W), dtype=gy.dtype)

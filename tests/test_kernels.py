@@ -89,6 +89,7 @@ def test_im2col_of_a_non_contiguous_input():
 @given(windows(pooling=True), st.booleans(), DTYPES, st.integers(0, 2**16), st.booleans())
 # ceil_mode: the rows keep a last partial window; the columns drop one that would start in the padding
 @example(((1, 1, 6, 5), (3, 2, 3, 2, 1, 1, 1, 1)), True, np.float32, 0, True)
+@example(((1, 1, 1, 1), (1, 2, 1, 1, 0, 1, 1, 2)), False, np.float32, 0, False)  # a window of padding only
 def test_max_pool2d_equals_reference(shape_window, ceil_mode, dtype, seed, ties):
     (N, C, H, W), window = shape_window
     x = _array(seed, (N, C, H, W), dtype)
@@ -100,6 +101,13 @@ def test_max_pool2d_equals_reference(shape_window, ceil_mode, dtype, seed, ties)
     _assert_equal(y, y_ref, what)
     _assert_equal(argmax, argmax_ref, what + " argmax")
     gy = _array(seed + 1, y.shape, dtype)
+    if argmax.min() < 0 or argmax.max() >= H * W:
+        # A dilated window of padding only has no winner in the input: its backward must refuse,
+        # not write outside the gradient (F.max_pool2d rejects such windows up front).
+        for implementation in (cpu, reference):
+            with pytest.raises(ValueError, match="max_pool2d_backward: expected argmax indices"):
+                implementation.max_pool2d_backward(gy, argmax, H, W)
+        return
     # One pixel may win several overlapping windows; both sum its gradients in output order.
     _assert_equal(cpu.max_pool2d_backward(gy, argmax, H, W),
                   reference.max_pool2d_backward(gy, argmax_ref, H, W), what + " backward")
