@@ -1,18 +1,22 @@
 """The Numba CPU kernels: the same functions, arguments and results as tinycnn.kernels.reference.
 
 Each public function is a thin wrapper that makes its inputs C-contiguous (so one compiled version
-per dtype serves every call), allocates the output, and calls an `@njit(cache=True)` loop nest.
-Compiled machine code is cached in kernels/__pycache__, so only the first process pays the compile.
+per dtype serves every call), allocates the output, and calls an `@njit(cache=True, nogil=True)`
+loop nest on a range of its outermost index. Compiled machine code is cached in
+kernels/__pycache__, so only the first process pays the compile.
 
-Parallel loops (`prange`) run over what each iteration owns, so no two iterations write to the
-same element and no atomics or locks are needed:
+tinycnn.kernels.parallel runs those ranges on several threads at once (see there why not Numba's
+`prange`). Each range owns what it writes, so no two threads write to the same element and no
+atomics or locks are needed:
 
-    im2col, pooling forward        one (n, c) image plane per iteration
-    col2im, avg_pool2d_backward    one input row (n, c, h) per iteration: it gathers, in tap order,
+    im2col, pooling forward        one (n, c) image plane per item
+    col2im, avg_pool2d_backward    one input row (n, c, h) per item: it gathers, in tap order,
                                    every column entry that saw one of its pixels
-    max_pool2d_backward            one (n, c) plane per iteration (its outputs only point into it)
-    batch norm                     one channel c per iteration (its statistics need all of it)
-    LRN                            one (n, c) row per iteration (it reads the neighbouring channels)
+    max_pool2d_backward            one (n, c) plane per item (its outputs only point into it)
+    batch norm                     one channel c per item (its statistics need all of it)
+    LRN                            one (n, c) row per item (it reads the neighbouring channels)
+    conv2d                         a chunk of samples per item (im2col, product and col2im of a
+                                   few samples, while their columns are in the core's cache)
 
 Where the reference sums taps in a fixed order (col2im, pooling, LRN's window) the loops here add
 in that same order, so those results are equal to the reference to the last bit; batch norm
@@ -22,8 +26,9 @@ Index maths as in the reference: tap (i, j) of the window at output (oh, ow) rea
 h = oh*SH - PH + i*DH, w = ow*SW - PW + j*DW.
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
+from tinycnn.kernels.parallel import parallel_range, run_chunks
 from tinycnn.kernels.reference import avg_pool_divisor, check_argmax_in_plane, conv_output_size
 
 
@@ -37,14 +42,14 @@ def _valid_range(k, L, O, S, P, D):
     return lo, max(lo, hi)
 
 
-@njit(cache=True, parallel=True)
-def _im2col(x, col, SH, SW, PH, PW, DH, DW):
-    # col is the channel-major array (C, KH, KW, N, OH, OW). Plain element indexing throughout: a
-    # slice such as col[c, i, j, n, oh] would be a new array object per row, whose reference
-    # counting costs more than copying the row.
+@njit(cache=True, nogil=True)
+def _im2col(x, col, SH, SW, PH, PW, DH, DW, start, stop):
+    # Fills the planes cn = c * N + n in [start, stop) of col, the channel-major array
+    # (C, KH, KW, N, OH, OW). Plain element indexing throughout: a slice such as col[c, i, j, n, oh]
+    # would be a new array object per row, whose reference counting costs more than copying the row.
     N, C, H, W = x.shape
     KH, KW, _, OH, OW = col.shape[1:]
-    for cn in prange(C * N):
+    for cn in range(start, stop):
         c, n = cn // N, cn % N
         for i in range(KH):
             for j in range(KW):
@@ -77,7 +82,8 @@ def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW):
     OH = conv_output_size(H, KH, SH, PH, DH)
     OW = conv_output_size(W, KW, SW, PW, DW)
     col = np.empty((C, KH, KW, N, OH, OW), dtype=x.dtype)
-    _im2col(x, col, SH, SW, PH, PW, DH, DW)
+    parallel_range(lambda start, stop: _im2col(x, col, SH, SW, PH, PW, DH, DW, start, stop),
+                   C * N, KH * KW * OH * OW)
     return col.transpose(3, 0, 1, 2, 4, 5)  # (N, C, KH, KW, OH, OW), a view
 
 
@@ -98,13 +104,14 @@ def _tap_tables(H, W, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW):
     return source_row, ow_range
 
 
-@njit(cache=True, parallel=True)
-def _col2im(col, x, SH, SW, PH, PW, DH, DW):
-    # col is channel-major, (C, KH, KW, N, OH, OW).
+@njit(cache=True, nogil=True)
+def _col2im(col, x, SH, SW, PH, PW, DH, DW, start, stop):
+    # Fills the input rows nch = (n * C + c) * H + h in [start, stop) of x; col is channel-major,
+    # (C, KH, KW, N, OH, OW).
     N, C, H, W = x.shape
     KH, KW, _, OH, OW = col.shape[1:]
     source_row, ow_range = _tap_tables(H, W, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW)
-    for nch in prange(N * C * H):
+    for nch in range(start, stop):
         n, c, h = nch // (C * H), (nch // H) % C, nch % H
         for w in range(W):
             x[n, c, h, w] = 0
@@ -124,15 +131,131 @@ def col2im(col, H, W, SH, SW, PH, PW, DH, DW):
     N, C = col.shape[:2]
     col_channel_major = np.ascontiguousarray(col.transpose(1, 2, 3, 0, 4, 5))  # (C, KH, KW, N, OH, OW)
     x = np.empty((N, C, H, W), dtype=col.dtype)
-    _col2im(col_channel_major, x, SH, SW, PH, PW, DH, DW)
+    KH, KW = col.shape[2:4]
+    parallel_range(lambda start, stop: _col2im(col_channel_major, x, SH, SW, PH, PW, DH, DW, start, stop),
+                   N * C * H, KH * KW * W)
     return x
 
 
-@njit(cache=True, parallel=True)
-def _max_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW):
+# conv2d: chunks of samples, each carried through im2col, the matrix products and col2im on one
+# thread while its columns are still in that core's cache, instead of whole-batch passes over
+# memory. A chunk's columns are about COLUMN_CHUNK elements (1 MiB of float32, half this machine's
+# per-core L2), and a layer whose products are big gets at least PRODUCT_CHUNKS chunks, so that
+# both cores share the products even where the columns are small (a ResNet's last stage).
+COLUMN_CHUNK = 1 << 18
+PRODUCT_CHUNKS = 4
+PRODUCT_SERIAL = 1 << 21  # multiply-adds below which a layer's products stay in one piece
+
+
+def _conv_chunks(N, column_length, multiply_adds):
+    """(start, stop) sample ranges for a conv layer; they depend on its shape only."""
+    per_chunk = max(1, COLUMN_CHUNK // max(1, column_length))
+    if multiply_adds >= PRODUCT_SERIAL:
+        per_chunk = min(per_chunk, -(-N // PRODUCT_CHUNKS))
+    return [(start, min(start + per_chunk, N)) for start in range(0, N, per_chunk)]
+
+
+@njit(cache=True, nogil=True)
+def _rows_to_samples(rows, b, y, start):
+    # y[start + n, o, l] = rows[o, n, l] (+ b[o]): the product's (OC, n, OH*OW) back to NCHW.
+    OC, count, L = rows.shape
+    for n in range(count):
+        for o in range(OC):
+            shift = b[o] if b.shape[0] else 0
+            for l in range(L):
+                y[start + n, o, l] = rows[o, n, l] + shift
+
+
+@njit(cache=True, nogil=True)
+def _samples_to_rows(gy, start, rows, bias_sums):
+    # rows[o, n, l] = gy[start + n, o, l], the layout of the products; bias_sums[o] adds up gy[., o, .].
+    OC, count, L = rows.shape
+    for o in range(OC):
+        bias_sums[o] = 0
+    for n in range(count):
+        for o in range(OC):
+            total = 0.0
+            for l in range(L):
+                value = gy[start + n, o, l]
+                rows[o, n, l] = value
+                total += value
+            bias_sums[o] += total
+
+
+def conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups):
+    """As the reference: y (N, OC, OH, OW) = W * x + b, im2col and one product per group, done a
+    chunk of samples at a time on every thread."""
+    x, W = np.ascontiguousarray(x), np.ascontiguousarray(W)
+    N, C, H, W_ = x.shape
+    OC, _, KH, KW = W.shape
+    G = groups
+    OH = conv_output_size(H, KH, SH, PH, DH)
+    OW = conv_output_size(W_, KW, SW, PW, DW)
+    L = OH * OW
+    K = C // G * KH * KW
+    W_g = W.reshape(G, OC // G, K)
+    b = np.zeros(0, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
+    y = np.empty((N, OC, OH, OW), dtype=x.dtype)
+    y_rows = y.reshape(N, OC, L)
+
+    def run(start, stop):
+        count = stop - start
+        col = np.empty((C, KH, KW, count, OH, OW), dtype=x.dtype)  # channel-major
+        _im2col(x[start:stop], col, SH, SW, PH, PW, DH, DW, 0, C * count)
+        rows = np.matmul(W_g, col.reshape(G, K, count * L))  # (G, OC/G, count*L)
+        _rows_to_samples(rows.reshape(OC, count, L), b, y_rows, start)
+
+    run_chunks(run, _conv_chunks(N, C * KH * KW * L, N * OC * K * L))
+    return y
+
+
+def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, True, True)):
+    """As the reference, a chunk of samples at a time: each chunk's share of gW (and gb) is kept
+    apart and the shares are added in chunk order, so the sum does not depend on the threads."""
+    x, W = np.ascontiguousarray(x), np.ascontiguousarray(W)
+    gy = np.ascontiguousarray(gy, dtype=x.dtype)
+    N, C, H, W_ = x.shape
+    OC, _, KH, KW = W.shape
+    OH, OW = gy.shape[2:]
+    G = groups
+    L = OH * OW
+    K = C // G * KH * KW
+    W_g = W.reshape(G, OC // G, K)
+    W_t = W_g.swapaxes(1, 2)  # (G, K, OC/G), a view: BLAS reads it transposed
+    gy_rows = gy.reshape(N, OC, L)
+    chunks = _conv_chunks(N, C * KH * KW * L, N * OC * K * L)
+    chunk_index = {start: k for k, (start, _) in enumerate(chunks)}
+    gx = np.empty_like(x) if needs_grad[0] else None
+    gW_shares = np.empty((len(chunks), G, OC // G, K), dtype=x.dtype) if needs_grad[1] else None
+    gb_shares = np.empty((len(chunks), OC), dtype=x.dtype)
+
+    def run(start, stop):
+        count = stop - start
+        k = chunk_index[start]
+        rows = np.empty((OC, count, L), dtype=x.dtype)
+        _samples_to_rows(gy_rows, start, rows, gb_shares[k])
+        rows_g = rows.reshape(G, OC // G, count * L)
+        if needs_grad[1]:
+            col = np.empty((C, KH, KW, count, OH, OW), dtype=x.dtype)
+            _im2col(x[start:stop], col, SH, SW, PH, PW, DH, DW, 0, C * count)
+            np.matmul(rows_g, col.reshape(G, K, count * L).swapaxes(1, 2), out=gW_shares[k])
+        if needs_grad[0]:
+            gcol = np.matmul(W_t, rows_g)  # (G, K, count*L): channel-major (C, KH, KW, count, OH, OW)
+            _col2im(gcol.reshape(C, KH, KW, count, OH, OW), gx[start:stop], SH, SW, PH, PW, DH, DW,
+                    0, count * C * H)
+
+    run_chunks(run, chunks)
+    gW = gW_shares.sum(axis=0).reshape(W.shape) if needs_grad[1] else None
+    gb = gb_shares.sum(axis=0) if needs_grad[2] else None
+    return gx, gW, gb
+
+
+@njit(cache=True, nogil=True)
+def _max_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW, start, stop):
+    # The image planes nc = n * C + c in [start, stop).
     N, C, H, W = x.shape
     OH, OW = y.shape[2:]
-    for nc in prange(N * C):
+    for nc in range(start, stop):
         n, c = nc // C, nc % C
         for oh in range(OH):
             h0 = oh * SH - PH  # the window's first row and column
@@ -192,15 +315,17 @@ def max_pool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, ceil_mode):
     OW = conv_output_size(W, KW, SW, PW, DW, ceil_mode)
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
     argmax = np.empty((N, C, OH, OW), dtype=np.int64)
-    _max_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW)
+    parallel_range(lambda start, stop: _max_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW,
+                                                           start, stop),
+                   N * C, OH * OW * KH * KW)
     return y, argmax
 
 
-@njit(cache=True, parallel=True)
-def _max_pool2d_backward(gy, argmax, gx):
-    # gy, argmax (N*C, OH*OW); gx (N*C, H*W)
-    NC, HW = gx.shape
-    for nc in prange(NC):
+@njit(cache=True, nogil=True)
+def _max_pool2d_backward(gy, argmax, gx, start, stop):
+    # gy, argmax (N*C, OH*OW); gx (N*C, H*W); the planes nc in [start, stop).
+    HW = gx.shape[1]
+    for nc in range(start, stop):
         gx[nc, :] = 0
         for k in range(gy.shape[1]):
             index = argmax[nc, k]
@@ -216,15 +341,16 @@ def max_pool2d_backward(gy, argmax, H, W):
     gy = np.ascontiguousarray(gy).reshape(N * C, -1)  # (N*C, OH*OW)
     argmax = np.ascontiguousarray(argmax, dtype=np.int64).reshape(N * C, -1)
     gx = np.empty((N * C, H * W), dtype=gy.dtype)
-    _max_pool2d_backward(gy, argmax, gx)
+    parallel_range(lambda start, stop: _max_pool2d_backward(gy, argmax, gx, start, stop), N * C, H * W + gy.shape[1])
     return gx.reshape(N, C, H, W)
 
 
-@njit(cache=True, parallel=True)
-def _avg_pool2d_forward(x, y, divisor, KH, KW, SH, SW, PH, PW):
+@njit(cache=True, nogil=True)
+def _avg_pool2d_forward(x, y, divisor, KH, KW, SH, SW, PH, PW, start, stop):
+    # The image planes nc = n * C + c in [start, stop).
     N, C, H, W = x.shape
     OH, OW = y.shape[2:]
-    for nc in prange(N * C):
+    for nc in range(start, stop):
         n, c = nc // C, nc % C
         for oh in range(OH):
             for ow in range(OW):
@@ -247,17 +373,20 @@ def avg_pool2d_forward(x, KH, KW, SH, SW, PH, PW, ceil_mode, count_include_pad):
     OW = conv_output_size(W, KW, SW, PW, 1, ceil_mode)
     divisor = avg_pool_divisor(H, W, KH, KW, SH, SW, PH, PW, OH, OW, count_include_pad, np)
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
-    _avg_pool2d_forward(x, y, divisor.astype(np.float64), KH, KW, SH, SW, PH, PW)
+    divisor = divisor.astype(np.float64)
+    parallel_range(lambda start, stop: _avg_pool2d_forward(x, y, divisor, KH, KW, SH, SW, PH, PW, start, stop),
+                   N * C, OH * OW * KH * KW)
     return y
 
 
-@njit(cache=True, parallel=True)
-def _avg_pool2d_backward(share, gx, KH, KW, SH, SW, PH, PW):
-    # col2im's gather, with every tap of window (oh, ow) holding share[oh, ow].
+@njit(cache=True, nogil=True)
+def _avg_pool2d_backward(share, gx, KH, KW, SH, SW, PH, PW, start, stop):
+    # col2im's gather, with every tap of window (oh, ow) holding share[oh, ow]; the input rows
+    # nch = (n * C + c) * H + h in [start, stop).
     N, C, H, W = gx.shape
     OH, OW = share.shape[2:]
     source_row, ow_range = _tap_tables(H, W, KH, KW, OH, OW, SH, SW, PH, PW, 1, 1)
-    for nch in prange(N * C * H):
+    for nch in range(start, stop):
         n, c, h = nch // (C * H), (nch // H) % C, nch % H
         for w in range(W):
             gx[n, c, h, w] = 0
@@ -276,7 +405,8 @@ def avg_pool2d_backward(gy, H, W, KH, KW, SH, SW, PH, PW, ceil_mode, count_inclu
     divisor = avg_pool_divisor(H, W, KH, KW, SH, SW, PH, PW, OH, OW, count_include_pad, np)
     share = np.ascontiguousarray((gy / divisor).astype(gy.dtype))  # (N, C, OH, OW)
     gx = np.empty((N, C, H, W), dtype=gy.dtype)
-    _avg_pool2d_backward(share, gx, KH, KW, SH, SW, PH, PW)
+    parallel_range(lambda start, stop: _avg_pool2d_backward(share, gx, KH, KW, SH, SW, PH, PW, start, stop),
+                   N * C * H, KH * KW * W)
     return gx
 
 
@@ -286,12 +416,12 @@ def _as_ncl(x):
     return x.reshape(x.shape[0], x.shape[1], -1)
 
 
-@njit(cache=True, parallel=True)
-def _batch_norm_forward_training(x, gamma, beta, eps, y, mean, var, inv_std):
-    # x, y (N, C, L); gamma, beta, mean, var, inv_std (C,)
+@njit(cache=True, nogil=True)
+def _batch_norm_forward_training(x, gamma, beta, eps, y, mean, var, inv_std, start, stop):
+    # x, y (N, C, L); gamma, beta, mean, var, inv_std (C,); the channels c in [start, stop).
     N, C, L = x.shape
     count = N * L
-    for c in prange(C):
+    for c in range(start, stop):
         total = 0.0
         for n in range(N):
             for l in range(L):
@@ -325,16 +455,20 @@ def batch_norm_forward_training(x, gamma, beta, eps):
     beta = np.zeros(C, x.dtype) if beta is None else np.ascontiguousarray(beta, dtype=x.dtype)
     y = np.empty_like(x3)
     mean, var, inv_std = (np.empty(C, dtype=x.dtype) for _ in range(3))
-    _batch_norm_forward_training(x3, gamma, beta, float(eps), y, mean, var, inv_std)
+    eps = float(eps)
+    parallel_range(lambda start, stop: _batch_norm_forward_training(x3, gamma, beta, eps, y, mean, var, inv_std,
+                                                                    start, stop),
+                   C, 3 * x3.shape[0] * x3.shape[2])
     return y.reshape(x.shape), mean, var, inv_std
 
 
-@njit(cache=True, parallel=True)
-def _batch_norm_backward(gy, x, gain, mean, inv_std, gx, ggamma, gbeta):
-    # gy, x, gx (N, C, L); gain = gamma * inv_std, mean, inv_std, ggamma, gbeta (C,)
+@njit(cache=True, nogil=True)
+def _batch_norm_backward(gy, x, gain, mean, inv_std, gx, ggamma, gbeta, start, stop):
+    # gy, x, gx (N, C, L); gain = gamma * inv_std, mean, inv_std, ggamma, gbeta (C,); the channels
+    # c in [start, stop).
     N, C, L = x.shape
     count = N * L
-    for c in prange(C):
+    for c in range(start, stop):
         sum_gy = 0.0
         sum_gy_x_hat = 0.0
         for n in range(N):
@@ -361,15 +495,19 @@ def batch_norm_backward(gy, x, gamma, mean, inv_std):
     gain = inv_std if gamma is None else np.ascontiguousarray(gamma * inv_std, dtype=x.dtype)
     gx = np.empty_like(x3)
     ggamma, gbeta = np.empty(C, dtype=x.dtype), np.empty(C, dtype=x.dtype)
-    _batch_norm_backward(gy3, x3, gain, np.ascontiguousarray(mean, dtype=x.dtype), inv_std, gx, ggamma, gbeta)
+    mean = np.ascontiguousarray(mean, dtype=x.dtype)
+    parallel_range(lambda start, stop: _batch_norm_backward(gy3, x3, gain, mean, inv_std, gx, ggamma, gbeta,
+                                                            start, stop),
+                   C, 2 * x3.shape[0] * x3.shape[2])
     return gx.reshape(x.shape), ggamma, gbeta
 
 
-@njit(cache=True, parallel=True)
-def _lrn_forward(x, before, after, alpha, beta, k, y, scale):
-    # x, y, scale (N, C, L); alpha, beta, k have x's dtype, so the arithmetic stays in it.
+@njit(cache=True, nogil=True)
+def _lrn_forward(x, before, after, alpha, beta, k, y, scale, start, stop):
+    # x, y, scale (N, C, L); alpha, beta, k have x's dtype, so the arithmetic stays in it. The rows
+    # nc = n * C + c in [start, stop).
     N, C, L = x.shape
-    for nc in prange(N * C):
+    for nc in range(start, stop):
         n, c = nc // C, nc % C
         for l in range(L):
             total = x.dtype.type(0)
@@ -386,15 +524,19 @@ def lrn_forward(x, size, alpha, beta, k):
     x3 = _as_ncl(x)  # (N, C, L)
     y, scale = np.empty_like(x3), np.empty_like(x3)
     dtype = x.dtype.type
-    _lrn_forward(x3, size // 2, (size - 1) // 2, dtype(alpha), dtype(beta), dtype(k), y, scale)
+    N, C, L = x3.shape
+    parallel_range(lambda start, stop: _lrn_forward(x3, size // 2, (size - 1) // 2, dtype(alpha), dtype(beta),
+                                                    dtype(k), y, scale, start, stop),
+                   N * C, L * (size + 4))
     return y.reshape(x.shape), scale.reshape(x.shape)
 
 
-@njit(cache=True, parallel=True)
-def _lrn_backward(x, y, scale, gy, before, after, beta, two_alpha_beta, gx):
+@njit(cache=True, nogil=True)
+def _lrn_backward(x, y, scale, gy, before, after, beta, two_alpha_beta, gx, start, stop):
     # before/after: the mirrored window, c' in [c - before, c + after] sees x_c in its own window.
+    # The rows nc = n * C + c in [start, stop).
     N, C, L = x.shape
-    for nc in prange(N * C):
+    for nc in range(start, stop):
         n, c = nc // C, nc % C
         for l in range(L):
             back = x.dtype.type(0)
@@ -409,5 +551,8 @@ def lrn_backward(x, y, scale, gy, size, alpha, beta):
     x3, y3, scale3, gy3 = (_as_ncl(a).astype(x.dtype, copy=False) for a in (x, y, scale, gy))
     gx = np.empty_like(x3)
     dtype = x.dtype.type
-    _lrn_backward(x3, y3, scale3, gy3, (size - 1) // 2, size // 2, dtype(beta), dtype(2 * alpha * beta), gx)
+    N, C, L = x3.shape
+    parallel_range(lambda start, stop: _lrn_backward(x3, y3, scale3, gy3, (size - 1) // 2, size // 2, dtype(beta),
+                                                     dtype(2 * alpha * beta), gx, start, stop),
+                   N * C, L * (3 * size + 4))
     return gx.reshape(x.shape)

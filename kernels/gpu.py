@@ -22,6 +22,7 @@ kernel taps are (ki, kj): tap (ki, kj) of the window at output (oh, ow) reads in
 h = oh*SH - PH + ki*DH, w = ow*SW - PW + kj*DW.
 """
 from tinycnn.backend import cupy
+from tinycnn.kernels import reference
 from tinycnn.kernels.reference import avg_pool_divisor, check_argmax_in_plane, conv_output_size
 
 _IM2COL = cupy.ElementwiseKernel(
@@ -94,6 +95,17 @@ def col2im(col, H, W, SH, SW, PH, PW, DH, DW):
     x = cupy.empty((N, C, H, W), dtype=col.dtype)
     _COL2IM(col_channel_major, N, C, H, W, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW, x)
     return x
+
+
+def conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups):
+    """The reference's im2col and one matrix product per group (cuBLAS), with the CUDA im2col."""
+    return reference.conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups, im2col=im2col)
+
+
+def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, True, True)):
+    """The reference's products (cuBLAS), with the CUDA im2col and col2im."""
+    return reference.conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad,
+                                     im2col=im2col, col2im=col2im)
 
 
 _MAX_POOL2D_FORWARD = cupy.ElementwiseKernel(

@@ -55,6 +55,61 @@ def col2im(col, H, W, SH, SW, PH, PW, DH, DW):
     return x_padded[:, :, PH:PH + H, PW:PW + W]
 
 
+def conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups, im2col=im2col):
+    """x (N, C, H, W), W (OC, C / groups, KH, KW), b (OC,) or None -> y (N, OC, OH, OW):
+    cross-correlation with zero padding, as every framework computes it.
+
+    Convolution is a matrix product once every window of x is laid out as a column: with col from
+    im2col, y[n, o, oh, ow] = sum over (c, i, j) of W[o, c, i, j] * col[n, c, i, j, oh, ow] + b[o],
+    the weight viewed as (OC, C*KH*KW) times col viewed as (C*KH*KW, N*OH*OW): one product for the
+    whole batch, which BLAS runs faster than N small ones. With groups G the channels split into G
+    independent slices, one product per group (channel c = g * C/G + c', output o = g * OC/G + o').
+    `im2col` may be another backend's (the CuPy kernels use this function with theirs).
+    """
+    xp = get_array_module(x)
+    N, C = x.shape[:2]
+    OC, _, KH, KW = W.shape
+    G = groups
+    K = C // G * KH * KW  # the length of one column (per group)
+    col = im2col(x, KH, KW, SH, SW, PH, PW, DH, DW)  # (N, C, KH, KW, OH, OW)
+    OH, OW = col.shape[4:]
+    col_g = col.transpose(1, 2, 3, 0, 4, 5).reshape(G, K, N * OH * OW)  # the samples side by side
+    y = W.reshape(G, OC // G, K) @ col_g  # (G, OC/G, N*OH*OW)
+    y = xp.ascontiguousarray(y.reshape(OC, N, OH, OW).transpose(1, 0, 2, 3))  # (N, OC, OH, OW)
+    if b is not None:
+        y += b.reshape(1, OC, 1, 1)
+    return y
+
+
+def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, True, True),
+                    im2col=im2col, col2im=col2im):
+    """Gradients (gx, gW, gb) of conv2d_forward for the output gradient gy (N, OC, OH, OW); each is
+    None where needs_grad (for x, W, b) says it is not wanted. The columns of x are computed
+    again rather than kept from the forward pass, which saves their memory (KH*KW times x's)."""
+    # Per group, y = W col + b with W (OC', K) and col (K, L), K = C'*KH*KW, L = N*OH*OW:
+    #   dW = gy col^T (the sum over the batch and positions is the product's inner axis);
+    #   dcol = W^T gy, and im2col copied each x into several columns, so its adjoint col2im sums
+    #   dcol back into dx;  db = gy summed over N, OH, OW.
+    N, C, H, W_ = x.shape
+    OC, _, KH, KW = W.shape
+    OH, OW = gy.shape[2:]
+    G = groups
+    K = C // G * KH * KW
+    gy_g = gy.transpose(1, 0, 2, 3).reshape(G, OC // G, N * OH * OW)  # (G, OC/G, N*OH*OW), a copy
+    gx = gW = gb = None
+    if needs_grad[0]:
+        gcol = W.reshape(G, OC // G, K).swapaxes(1, 2) @ gy_g  # (G, K, N*OH*OW)
+        gcol = gcol.reshape(C, KH, KW, N, OH, OW).transpose(3, 0, 1, 2, 4, 5)  # (N, C, KH, KW, OH, OW)
+        gx = col2im(gcol, H, W_, SH, SW, PH, PW, DH, DW)
+    if needs_grad[1]:
+        col = im2col(x, KH, KW, SH, SW, PH, PW, DH, DW)
+        col_g = col.transpose(1, 2, 3, 0, 4, 5).reshape(G, K, N * OH * OW)
+        gW = (gy_g @ col_g.swapaxes(1, 2)).reshape(W.shape)  # (G, OC/G, K) -> (OC, C/G, KH, KW)
+    if needs_grad[2]:
+        gb = gy.sum(axis=(0, 2, 3))
+    return gx, gW, gb
+
+
 def _pool_windows(x, KH, KW, SH, SW, PH, PW, DH, DW, ceil_mode, fill):
     """Pad x with `fill` far enough for every (ceil_mode) window; return windows and output size."""
     xp = get_array_module(x)

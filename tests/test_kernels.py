@@ -236,3 +236,66 @@ def test_conv_pool_network_same_through_numba_and_reference():
             results[kernels] = (loss.numpy(), xt.grad, Wt.grad)
     for name, numba_value, numpy_value in zip(("loss", "gx", "gW"), results["numba"], results["numpy"]):
         assert_close(numba_value, numpy_value, np.float64, name)
+
+
+# The conv2d kernels: the Numba version works a chunk of samples at a time on several threads; it
+# must equal the reference's whole-batch products to round-off, whatever the thread count.
+
+@st.composite
+def convolutions(draw):
+    (N, C, H, W), (KH, KW, SH, SW, PH, PW, DH, DW) = draw(windows())
+    groups = draw(st.sampled_from([g for g in (1, 2, 3) if C % g == 0]))
+    OC = groups * draw(st.integers(1, 3))
+    return (N, C, H, W), (OC, C // groups, KH, KW), (SH, SW, PH, PW, DH, DW), groups
+
+
+@given(convolutions(), DTYPES, st.booleans(), st.booleans(), st.integers(0, 2**16))
+def test_conv2d_kernels_equal_reference(convolution, dtype, bias, one_sample_chunks, seed):
+    x_shape, w_shape, window, groups = convolution
+    x = _array(seed, x_shape, dtype)
+    W = _array(seed + 1, w_shape, dtype)
+    b = _array(seed + 2, w_shape[:1], dtype) if bias else None
+    column_chunk = cpu.COLUMN_CHUNK
+    # Drawn inputs are small: one chunk unless the chunks are made one sample each.
+    cpu.COLUMN_CHUNK = 1 if one_sample_chunks else column_chunk
+    try:
+        y = cpu.conv2d_forward(x, W, b, *window, groups)
+        gy = _array(seed + 3, y.shape, dtype)
+        grads = cpu.conv2d_backward(gy, x, W, *window, groups)
+        weight_only = cpu.conv2d_backward(gy, x, W, *window, groups, needs_grad=(False, True, False))
+    finally:
+        cpu.COLUMN_CHUNK = column_chunk
+    assert_close(y, reference.conv2d_forward(x, W, b, *window, groups), dtype, what="conv2d_forward")
+    for actual, expected, name in zip(grads, reference.conv2d_backward(gy, x, W, *window, groups), ("gx", "gW", "gb")):
+        assert_close(actual, expected, dtype, what=f"conv2d_backward {name}")
+    assert weight_only[0] is None and weight_only[2] is None
+    np.testing.assert_array_equal(weight_only[1], grads[1])
+
+
+def test_conv2d_kernels_give_the_same_bits_on_any_thread_count():
+    # Big enough for several chunks on several threads; gW and gb add the chunks' shares in a
+    # fixed order, so the thread count must not change a bit of the result.
+    from tinycnn.kernels import parallel
+    x = _array(0, (32, 16, 12, 12), np.float32)
+    W = _array(1, (24, 16, 3, 3), np.float32)
+    gy = _array(2, (32, 24, 12, 12), np.float32)
+    results = []
+    previous = parallel.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            parallel.set_num_threads(threads)
+            results.append((cpu.conv2d_forward(x, W, W[:, 0, 0, 0], 1, 1, 1, 1, 1, 1, 1),)
+                           + cpu.conv2d_backward(gy, x, W, 1, 1, 1, 1, 1, 1, 1))
+    finally:
+        parallel.set_num_threads(previous)
+    assert len(cpu._conv_chunks(32, 16 * 9 * 144, 32 * 24 * 16 * 9 * 144)) > 1
+    for other in results[1:]:
+        for actual, expected in zip(other, results[0]):
+            np.testing.assert_array_equal(actual, expected)
+    # Against the reference in float64: gW and gb add 4,608 products each, and float32 sums in two
+    # different orders can differ by more than the float32 tolerance where they nearly cancel.
+    x64, W64, gy64 = x.astype(np.float64), W.astype(np.float64), gy.astype(np.float64)
+    expected = (reference.conv2d_forward(x64, W64, W64[:, 0, 0, 0], 1, 1, 1, 1, 1, 1, 1),) \
+        + reference.conv2d_backward(gy64, x64, W64, 1, 1, 1, 1, 1, 1, 1)
+    for actual, wanted, name in zip(results[0], expected, ("y", "gx", "gW", "gb")):
+        np.testing.assert_allclose(actual, wanted, rtol=1e-5, atol=1e-4, err_msg=name)

@@ -1,6 +1,6 @@
 """The thread-pool settings of tinycnn._threading, checked in fresh processes: they are applied on
-`import tinycnn`, so only a new interpreter shows what a user gets. Each child runs one parallel
-Numba kernel, after which Numba has chosen its threading layer for good."""
+`import tinycnn`, so only a new interpreter shows what a user gets. Each child runs kernels big
+enough to be split across tinycnn's kernel threads, and reports which threads exist afterwards."""
 import json
 import os
 import platform
@@ -11,23 +11,25 @@ import pytest
 
 from tinycnn import _threading
 
-# The child prints the settings in force after one parallel kernel (im2col) has run.
+# The child prints the settings in force after two kernels big enough to run in chunks.
 CHILD = """
-import json, os, sys
+import json, os, sys, threading
 {before}
 import tinycnn
-import numpy, numba
-tinycnn.kernels.im2col(numpy.ones((2, 3, 8, 8)), 3, 3, 1, 1, 1, 1, 1, 1)
+import numpy
+tinycnn.kernels.im2col(numpy.ones((8, 16, 32, 32)), 3, 3, 1, 1, 1, 1, 1, 1)
 with tinycnn.config.using(kernels="numba"):
-    tinycnn.kernels.max_pool2d_forward(numpy.ones((1, 2, 4, 4)), 2, 2, 2, 2, 0, 0, 1, 1, False)
+    tinycnn.kernels.max_pool2d_forward(numpy.ones((8, 16, 32, 32)), 2, 2, 2, 2, 0, 0, 1, 1, False)
 print(json.dumps(dict(environ={{name: os.environ.get(name) for name in tinycnn._threading.SETTINGS}},
-                      layer=numba.threading_layer(), report=tinycnn._threading.report())))
+                      threads=sorted(t.name for t in threading.enumerate()),
+                      kernel_threads=tinycnn.kernels.parallel.get_num_threads(),
+                      report=tinycnn._threading.report())))
 """
 
 
 def _run_child(before="", **environ):
     env = {name: value for name, value in os.environ.items()
-           if name not in _threading.SETTINGS and not name.startswith(("NUMBA_THREADING", "TINYCNN_", "MALLOC_"))}
+           if name not in _threading.SETTINGS and not name.startswith(("NUMBA_", "TINYCNN_", "MALLOC_"))}
     env.update(environ)
     result = subprocess.run([sys.executable, "-c", CHILD.format(before=before)], env=env,
                             capture_output=True, text=True, timeout=120)
@@ -38,9 +40,10 @@ def _run_child(before="", **environ):
 def test_import_tinycnn_sets_every_thread_setting():
     child = _run_child()
     assert child["environ"] == _threading.SETTINGS
-    # workqueue's workers sleep between loops; omp or tbb here means the spinning pools are back.
-    assert child["layer"] == "workqueue"
-    assert child["report"]["numba_threading_layer"] == "workqueue"
+    # The kernels' own threads, one per core beyond the calling one, and nobody else's.
+    cores = len(os.sched_getaffinity(0))
+    assert child["kernel_threads"] == cores
+    assert any(name.startswith("tinycnn-kernel") for name in child["threads"]) == (cores > 1)
     assert all(child["report"][name][1] == "tinycnn" for name in _threading.SETTINGS)
     assert child["report"]["loaded_before_tinycnn"] == []
     if platform.libc_ver()[0] == "glibc":
@@ -90,19 +93,23 @@ def test_large_blocks_come_from_the_reusable_heap(environ, source, on_heap):
         assert child["mapped"] >= block, child
 
 
-def test_numba_layer_still_applies_when_numpy_and_numba_were_imported_first():
+def test_libraries_loaded_before_tinycnn_are_reported():
     child = _run_child(before="import numpy, numba")
-    assert child["layer"] == "workqueue"
     assert set(child["report"]["loaded_before_tinycnn"]) == {"numpy", "numba"}
 
 
+def test_kernel_thread_count_follows_the_environment():
+    assert _run_child(TINYCNN_NUM_THREADS="1")["kernel_threads"] == 1
+    child = _run_child(TINYCNN_NUM_THREADS="3")
+    assert child["kernel_threads"] == 3
+    assert sum(name.startswith("tinycnn-kernel") for name in child["threads"]) >= 1
+
+
 def test_user_settings_win():
-    users = dict(OPENBLAS_THREAD_TIMEOUT="4", NUMBA_THREADING_LAYER="omp", OMP_WAIT_POLICY="ACTIVE",
-                 OPENBLAS_NUM_THREADS="2")
+    users = dict(OPENBLAS_THREAD_TIMEOUT="4", OMP_WAIT_POLICY="ACTIVE", OPENBLAS_NUM_THREADS="2")
     assert set(users) == set(_threading.SETTINGS)
     child = _run_child(**users)
     assert child["environ"] == users
-    assert child["layer"] == "omp"
     assert all(child["report"][name][1] == "user" for name in _threading.SETTINGS)
 
 

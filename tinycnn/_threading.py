@@ -1,29 +1,22 @@
-"""Thread-pool settings, applied on `import tinycnn` before NumPy, Numba or PyTorch load their pools.
+"""Thread-pool settings, applied on `import tinycnn` before NumPy or PyTorch load their pools.
 
-A CPU training step alternates between two thread pools: Numba's parallel loops (im2col, pooling,
-batch norm) and OpenBLAS's matrix products. With the libraries' defaults, each pool keeps its
-threads spinning for a while after its work is done, waiting for more, and on a machine with few
-cores those spinning threads take the cores away from the other pool's threads. On this project's
-2-core machine a LeNet-like step (im2col, matmul, pooling, col2im) took 1.7x as long with the
-defaults as with the settings below on an idle machine, and 3-40x as long while other processes
-shared the cores (benchmarks/RESULTS.md).
+tinycnn's CPU kernels run on their own small pool of Python threads (tinycnn.kernels.parallel),
+and in each chunk of work a thread calls OpenBLAS for its matrix product: the parallelism is
+tinycnn's, so OpenBLAS must not start threads of its own. Any library pool that keeps its threads
+spinning after its work is done takes the cores away from the other threads: on this project's
+2-core machine a LeNet-like step took 1.7x as long with the libraries' defaults on an idle machine,
+and 3-40x as long while other processes shared the cores (benchmarks/RESULTS.md).
 
-    NUMBA_THREADING_LAYER=workqueue
-                                 Numba's own thread pool: its workers sleep on a condition variable
-                                 between parallel loops and never spin. (The "omp" layer, Numba's
-                                 default where TBB is missing, ran 3-10x slower than workqueue here
-                                 when other processes shared the cores, even with the passive policy;
-                                 workqueue is also safe across fork(), which GNU OpenMP is not.)
+    OPENBLAS_NUM_THREADS=1       Each of NumPy's matrix products on the thread that calls it.
+                                 tinycnn's kernels run one product per core at once; OpenBLAS's own
+                                 threads on top would put two threads on each core. And a two-thread
+                                 OpenBLAS product waits for its second thread at every step: while
+                                 another process held the other core, products measured 10-60x
+                                 slower than on one thread (a 64x800x500 product: 0.38 ms on one
+                                 thread, 11-23 ms on two, whatever the timeout below).
     OMP_WAIT_POLICY=PASSIVE      GNU OpenMP threads (PyTorch's pool, when it is loaded in the same
                                  process, e.g. in the tests and benchmarks) sleep as soon as a
                                  parallel region ends instead of spinning for it.
-    OPENBLAS_NUM_THREADS=1       NumPy's matrix products on one thread. A two-thread OpenBLAS product
-                                 waits for its second thread at every step; while another process
-                                 holds the other core, that thread runs only now and then, and the
-                                 products measured 10-60x slower than on one thread (a 64x800x500
-                                 product: 0.38 ms on one thread, 11-23 ms on two, whatever the
-                                 timeout below). On an idle machine two threads would make large
-                                 products up to 2x faster; the Numba kernels still use every core.
     OPENBLAS_THREAD_TIMEOUT=20   Where the user sets more OpenBLAS threads: they go to sleep after
                                  2**20 cycles without work (the default, 2**28, is about 0.1 s of
                                  spinning after every call).
@@ -35,14 +28,9 @@ tinycnn is imported:
 
 - `import tinycnn` first (or before `import numpy`): everything applies.
 - NumPy imported before tinycnn: OpenBLAS has already read its thread count and timeout, so its
-  products use every core, with threads spinning for about 0.1 s after each call. Numba's threading layer still applies (Numba picks the layer on
-  its first parallel kernel call, and this module also sets numba.config if Numba is loaded), and
-  so does the OpenMP policy unless PyTorch (whose GNU OpenMP reads it on loading) came first.
-  Export the variables in the shell to be sure.
-
-The workqueue layer must not be entered by two Python threads at once (Numba then aborts the
-process): tinycnn calls its kernels only from the thread that runs the model; the DataLoader's
-prefetch thread does NumPy work only.
+  products use every core on top of tinycnn's threads, and its threads spin for about 0.1 s after
+  each call. The OpenMP policy still applies unless PyTorch (whose GNU OpenMP reads it on loading)
+  came first. Export the variables in the shell to be sure.
 
 One more process-wide setting, of memory rather than threads, is made here for the same reason
 (the library default costs time on every step): glibc's malloc hands each block of more than a few
@@ -61,7 +49,6 @@ import platform
 import sys
 
 SETTINGS = {
-    "NUMBA_THREADING_LAYER": "workqueue",
     "OMP_WAIT_POLICY": "PASSIVE",
     "OPENBLAS_NUM_THREADS": "1",
     # For a user who asks for more OpenBLAS threads: 2**20 cycles (about 0.4 ms) of waiting for
@@ -71,8 +58,6 @@ SETTINGS = {
 
 # Which variables the user had set, and which libraries were loaded, before tinycnn could act.
 user_settings = {name: os.environ[name] for name in SETTINGS if name in os.environ}
-if "NUMBA_THREADING_LAYER_PRIORITY" in os.environ:  # the user's own layer preference wins as well
-    user_settings.setdefault("NUMBA_THREADING_LAYER", os.environ.get("NUMBA_THREADING_LAYER", "default"))
 loaded_before = tuple(name for name in ("numpy", "numba", "torch") if name in sys.modules)
 
 # TINYCNN_NO_THREAD_SETTINGS=1 leaves every library at its own defaults (for comparisons).
@@ -82,11 +67,6 @@ if enabled:
     for _name, _value in SETTINGS.items():
         if _name not in user_settings:
             os.environ[_name] = _value
-
-if enabled and "numba" in sys.modules and "NUMBA_THREADING_LAYER" not in user_settings:
-    # numba.config has already read the environment; the layer is chosen on the first parallel
-    # call, so setting the parsed value here still counts unless a parallel kernel has run.
-    sys.modules["numba"].config.THREADING_LAYER = SETTINGS["NUMBA_THREADING_LAYER"]
 
 
 # mallopt's parameter numbers in glibc's malloc.h, and the values tinycnn sets.
@@ -114,19 +94,10 @@ malloc_thresholds = _set_malloc_thresholds()
 
 
 def report():
-    """A dict of the thread settings in force: each variable's value and whether tinycnn or the
-    user set it, who set glibc's malloc thresholds, the libraries loaded before tinycnn, and
-    Numba's threading layer if it has started."""
+    """A dict of the settings in force: each variable's value and whether tinycnn or the user set
+    it, who set glibc's malloc thresholds, and the libraries loaded before tinycnn."""
     info = {name: (os.environ.get(name), "user" if name in user_settings else "tinycnn" if enabled else "unset")
             for name in SETTINGS}
     info["malloc_thresholds"] = malloc_thresholds
     info["loaded_before_tinycnn"] = loaded_before
-    numba = sys.modules.get("numba")
-    layer = None
-    if numba is not None:
-        try:
-            layer = numba.threading_layer()
-        except ValueError:  # no parallel kernel has run yet, so no layer is chosen
-            layer = None
-    info["numba_threading_layer"] = layer
     return info

@@ -5,9 +5,11 @@ im2col turns x (N, C, H, W) into col (N, C, KH, KW, OH, OW), and then
 
     y[n, o, oh, ow] = sum over (c, i, j) of W[o, c, i, j] * col[n, c, i, j, oh, ow] + b[o]
 
-is the weight, viewed as (OC, C*KH*KW), times col viewed as (C*KH*KW, N*OH*OW): one product for
-the whole batch, which BLAS runs faster than N small ones. With groups G the channels split into G
-independent slices, one product per group.
+is the weight, viewed as (OC, C*KH*KW), times col viewed as (C*KH*KW, N*OH*OW). The arithmetic
+lives in the kernels (tinycnn.kernels.conv2d_forward and conv2d_backward): the reference does it
+for the whole batch in one product per group; the Numba kernels a few samples at a time, on every
+core; the CuPy kernels as the reference, on the GPU. This module validates the arguments as
+PyTorch does and records the op for autograd.
 """
 import operator
 
@@ -63,50 +65,20 @@ class Conv2d(Function):
             raise ValueError(f"conv2d: groups must be positive, got {groups}")
 
     def forward(self, x, W, b):
-        N, C, OC, KH, KW, OH, OW = self._check(x, W, b)
-        G = self.groups
-        K = C // G * KH * KW  # the length of one column (per group)
-        xp = backend.get_array_module(x)
-        col = kernels.im2col(x, KH, KW, self.SH, self.SW, self.PH, self.PW, self.DH, self.DW)
-        # One matrix product per group for the whole batch: the columns of every sample side by
-        # side, (K, N*OH*OW). The Numba and CuPy im2col return col with this channel-major memory,
-        # so the transpose and reshape are free; channel c = g * (C/G) + c', output o = g * (OC/G) + o'.
-        col_g = col.transpose(1, 2, 3, 0, 4, 5).reshape(G, K, N * OH * OW)  # (G, K, N*OH*OW)
-        W_g = W.reshape(G, OC // G, K)  # (G, OC/G, K)
-        y = W_g @ col_g  # (G, OC/G, N*OH*OW)
-        y = xp.ascontiguousarray(y.reshape(OC, N, OH, OW).transpose(1, 0, 2, 3))  # (N, OC, OH, OW)
-        if b is not None:
-            y += b.reshape(1, OC, 1, 1)
-        self.save_for_backward(col_g, W)
-        self.shapes = x.shape, col.shape
-        return y
+        self._check(x, W, b)
+        self.save_for_backward(x, W)
+        return kernels.conv2d_forward(x, W, b, self.SH, self.SW, self.PH, self.PW, self.DH, self.DW, self.groups)
 
     def forward_shape_only(self, x, W, b):
         N, C, OC, KH, KW, OH, OW = self._check(x, W, b)
         return backend.get_array_module(x).zeros((N, OC, OH, OW), dtype=x.dtype)
 
     def backward(self, gy):
-        # Per group, y = W col + b with W (OC', K) and col (K, L), K = C'*KH*KW, L = N*OH*OW:
-        #   dW = gy col^T (the sum over the batch and positions is the product's inner axis);
-        #   dcol = W^T gy, and im2col copied each x into several columns, so its adjoint col2im sums
-        #   dcol back into dx;  db = gy summed over N, OH, OW.
-        col_g, W = self.saved_arrays
-        (N, C, H, W_), (_, _, KH, KW, OH, OW) = self.shapes
-        OC = W.shape[0]
-        G = self.groups
-        K = C // G * KH * KW
-        gy_g = gy.transpose(1, 0, 2, 3).reshape(G, OC // G, N * OH * OW)  # (G, OC/G, N*OH*OW), a copy
-        gx = gW = gb = None
-        if self.needs_input_grad[0]:
-            W_g = W.reshape(G, OC // G, K)  # (G, OC/G, K)
-            gcol = W_g.swapaxes(1, 2) @ gy_g  # (G, K, N*OH*OW)
-            gcol = gcol.reshape(C, KH, KW, N, OH, OW).transpose(3, 0, 1, 2, 4, 5)  # (N, C, KH, KW, OH, OW)
-            gx = kernels.col2im(gcol, H, W_, self.SH, self.SW, self.PH, self.PW, self.DH, self.DW)
-        if self.needs_input_grad[1]:
-            gW = (gy_g @ col_g.swapaxes(1, 2)).reshape(W.shape)  # (G, OC/G, K) -> (OC, C/G, KH, KW)
-        if self.needs_input_grad[2]:
-            gb = gy.sum(axis=(0, 2, 3))
-        return gx, gW, gb
+        # The derivation (dW = gy col^T, dx = col2im(W^T gy), db = gy summed) is written out in
+        # tinycnn.kernels.reference.conv2d_backward, the readable version of every backend's.
+        x, W = self.saved_arrays
+        return kernels.conv2d_backward(gy, x, W, self.SH, self.SW, self.PH, self.PW, self.DH, self.DW,
+                                       self.groups, self.needs_input_grad)
 
     def _check(self, x, W, b):
         """Validate the inputs as PyTorch does; return N, C, OC, KH, KW, OH, OW."""
