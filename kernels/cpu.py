@@ -250,56 +250,78 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
     return gx, gW, gb
 
 
-@njit(cache=True, nogil=True)
-def _max_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW, start, stop):
-    # The image planes nc = n * C + c in [start, stop).
-    N, C, H, W = x.shape
-    OH, OW = y.shape[2:]
+@njit(inline="always")
+def _max_pool_planes(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW, start, stop):
+    # x (N*C, H, W), y and argmax (N*C, OH, OW); the image planes in [start, stop). Inlined into
+    # the kernels below, so that where the window size is a constant the compiler unrolls the
+    # window loops (2.6x faster for 2x2 windows than with KH and KW known only at run time).
+    H, W = x.shape[1:]
+    OH, OW = y.shape[1:]
+    # The windows wholly inside the plane: rows [oh_lo, oh_hi), columns [ow_lo, ow_hi).
+    oh_lo, oh_hi = _inside_range(H, OH, KH, SH, PH, DH)
+    ow_lo, ow_hi = _inside_range(W, OW, KW, SW, PW, DW)
     for nc in range(start, stop):
-        n, c = nc // C, nc % C
         for oh in range(OH):
             h0 = oh * SH - PH  # the window's first row and column
+            inside_row = oh_lo <= oh < oh_hi
             for ow in range(OW):
                 w0 = ow * SW - PW
-                if h0 >= 0 and w0 >= 0 and h0 + (KH - 1) * DH < H and w0 + (KW - 1) * DW < W:
-                    best, best_index = _window_max_inside(x, n, c, h0, w0, KH, KW, DH, DW)
+                if inside_row and ow_lo <= ow < ow_hi:
+                    # The first maximum wins; a NaN, once met, wins for good (np.argmax's rules):
+                    # `not value <= best` is value > best or value NaN, and `best == best` fails
+                    # once best is a NaN. No early exit, so the loops unroll.
+                    best = x[nc, h0, w0]
+                    best_index = h0 * W + w0
+                    for i in range(KH):
+                        h = h0 + i * DH
+                        for j in range(KW):
+                            w = w0 + j * DW
+                            value = x[nc, h, w]
+                            if not value <= best and best == best:
+                                best = value
+                                best_index = h * W + w
                 else:
-                    best, best_index = _window_max_at_border(x, n, c, h0, w0, KH, KW, DH, DW)
-                y[n, c, oh, ow] = best
-                argmax[n, c, oh, ow] = best_index
+                    best, best_index = _window_max_at_border(x, nc, h0, w0, KH, KW, DH, DW)
+                y[nc, oh, ow] = best
+                argmax[nc, oh, ow] = best_index
 
 
 @njit(cache=True, inline="always")
-def _window_max_inside(x, n, c, h0, w0, KH, KW, DH, DW):
-    """The maximum of a window wholly inside plane x[n, c] and its flat index h*W + w: the first
-    one on ties, the first NaN if there is one (np.argmax's rules)."""
-    W = x.shape[3]
-    best = x[n, c, h0, w0]
-    best_index = h0 * W + w0
-    for i in range(KH):
-        h = h0 + i * DH
-        for j in range(KW):
-            value = x[n, c, h, w0 + j * DW]
-            # `not value <= best` is value > best, or value is NaN; `best == best` is false once
-            # best is a NaN, which then stays. Two comparisons, no early exit: a fast loop.
-            if not value <= best and best == best:
-                best = value
-                best_index = h * W + w0 + j * DW
-    return best, best_index
+def _inside_range(L, O, K, S, P, D):
+    """The outputs o whose whole window, o*S - P + [0, (K-1)*D], lies in [0, L)."""
+    lo = min(O, -(-P // S))
+    hi = max(lo, min(O, (L - 1 + P - (K - 1) * D) // S + 1))
+    return lo, hi
+
+
+@njit(cache=True, nogil=True)
+def _max_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW, start, stop):
+    _max_pool_planes(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW, start, stop)
+
+
+@njit(cache=True, nogil=True)
+def _max_pool2d_forward_2x2(x, y, argmax, SH, SW, PH, PW, DH, DW, start, stop):
+    _max_pool_planes(x, y, argmax, 2, 2, SH, SW, PH, PW, DH, DW, start, stop)
+
+
+@njit(cache=True, nogil=True)
+def _max_pool2d_forward_3x3(x, y, argmax, SH, SW, PH, PW, DH, DW, start, stop):
+    _max_pool_planes(x, y, argmax, 3, 3, SH, SW, PH, PW, DH, DW, start, stop)
 
 
 @njit(cache=True, inline="always")
-def _window_max_at_border(x, n, c, h0, w0, KH, KW, DH, DW):
-    """As _window_max_inside, for a window that reaches into the padding: taps outside the plane
-    count as -inf (so a window of padding only gives -inf at its first tap, as the reference)."""
-    H, W = x.shape[2:]
+def _window_max_at_border(x, nc, h0, w0, KH, KW, DH, DW):
+    """The maximum of a window that reaches into the padding, and its flat index: taps outside
+    the plane count as -inf (so a window of padding only gives -inf at its first tap, as the
+    reference)."""
+    H, W = x.shape[1:]
     best = -np.inf
     best_index = 0
     for i in range(KH):
         h = h0 + i * DH
         for j in range(KW):
             w = w0 + j * DW
-            value = x[n, c, h, w] if 0 <= h < H and 0 <= w < W else -np.inf
+            value = x[nc, h, w] if 0 <= h < H and 0 <= w < W else -np.inf
             if (i == 0 and j == 0) or value > best or (value != value and best == best):
                 best = value
                 best_index = h * W + w
@@ -315,9 +337,17 @@ def max_pool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, ceil_mode):
     OW = conv_output_size(W, KW, SW, PW, DW, ceil_mode)
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
     argmax = np.empty((N, C, OH, OW), dtype=np.int64)
-    parallel_range(lambda start, stop: _max_pool2d_forward(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW,
-                                                           start, stop),
-                   N * C, OH * OW * KH * KW)
+    planes, y_planes, argmax_planes = x.reshape(N * C, H, W), y.reshape(N * C, OH, OW), argmax.reshape(N * C, OH, OW)
+    if (KH, KW) == (2, 2):  # LeNet's, VGG's: the most common windows, with the loops unrolled
+        def run(start, stop):
+            _max_pool2d_forward_2x2(planes, y_planes, argmax_planes, SH, SW, PH, PW, DH, DW, start, stop)
+    elif (KH, KW) == (3, 3):  # AlexNet's, ResNet's, Inception's
+        def run(start, stop):
+            _max_pool2d_forward_3x3(planes, y_planes, argmax_planes, SH, SW, PH, PW, DH, DW, start, stop)
+    else:
+        def run(start, stop):
+            _max_pool2d_forward(planes, y_planes, argmax_planes, KH, KW, SH, SW, PH, PW, DH, DW, start, stop)
+    parallel_range(run, N * C, OH * OW * KH * KW)
     return y, argmax
 
 
