@@ -145,6 +145,10 @@ def col2im(col, H, W, SH, SW, PH, PW, DH, DW):
 COLUMN_CHUNK = 1 << 18
 PRODUCT_CHUNKS = 4
 PRODUCT_SERIAL = 1 << 21  # multiply-adds below which a layer's products stay in one piece
+# The forward pass keeps a layer's columns for the backward up to this many elements (256 MiB of
+# float32): reading them back measured several times faster than im2col again, whose cost is
+# per row of OW pixels rather than per byte. Bigger layers compute them again, as the reference.
+KEEP_COLUMNS = 1 << 26
 
 
 def _conv_chunks(N, column_length, multiply_adds):
@@ -183,8 +187,9 @@ def _samples_to_rows(gy, start, rows, bias_sums):
 
 
 def conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups):
-    """As the reference: y (N, OC, OH, OW) = W * x + b, im2col and one product per group, done a
-    chunk of samples at a time on every thread."""
+    """As the reference: (y, columns) with y (N, OC, OH, OW) = W * x + b, im2col and one product per
+    group, done a chunk of samples at a time on every thread. columns: the chunks' columns, kept
+    for conv2d_backward where they take at most KEEP_COLUMNS elements, else None."""
     x, W = np.ascontiguousarray(x), np.ascontiguousarray(W)
     N, C, H, W_ = x.shape
     OC, _, KH, KW = W.shape
@@ -197,6 +202,8 @@ def conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups):
     b = np.zeros(0, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
     y = np.empty((N, OC, OH, OW), dtype=x.dtype)
     y_rows = y.reshape(N, OC, L)
+    chunks = _conv_chunks(N, C * KH * KW * L, N * OC * K * L)
+    columns = [None] * len(chunks) if N * C * KH * KW * L <= KEEP_COLUMNS else None
 
     def run(start, stop):
         count = stop - start
@@ -204,14 +211,18 @@ def conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups):
         _im2col(x[start:stop], col, SH, SW, PH, PW, DH, DW, 0, C * count)
         rows = np.matmul(W_g, col.reshape(G, K, count * L))  # (G, OC/G, count*L)
         _rows_to_samples(rows.reshape(OC, count, L), b, y_rows, start)
+        if columns is not None:
+            columns[chunk_index[start]] = col
 
-    run_chunks(run, _conv_chunks(N, C * KH * KW * L, N * OC * K * L))
-    return y
+    chunk_index = {start: k for k, (start, _) in enumerate(chunks)}
+    run_chunks(run, chunks)
+    return y, columns
 
 
-def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, True, True)):
+def conv2d_backward(gy, x, W, columns, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, True, True)):
     """As the reference, a chunk of samples at a time: each chunk's share of gW (and gb) is kept
-    apart and the shares are added in chunk order, so the sum does not depend on the threads."""
+    apart and the shares are added in chunk order, so the sum does not depend on the threads.
+    columns: the forward's, or None to compute them again."""
     x, W = np.ascontiguousarray(x), np.ascontiguousarray(W)
     gy = np.ascontiguousarray(gy, dtype=x.dtype)
     N, C, H, W_ = x.shape
@@ -236,8 +247,11 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
         _samples_to_rows(gy_rows, start, rows, gb_shares[k])
         rows_g = rows.reshape(G, OC // G, count * L)
         if needs_grad[1]:
-            col = np.empty((C, KH, KW, count, OH, OW), dtype=x.dtype)
-            _im2col(x[start:stop], col, SH, SW, PH, PW, DH, DW, 0, C * count)
+            if columns is not None:
+                col = columns[k]
+            else:
+                col = np.empty((C, KH, KW, count, OH, OW), dtype=x.dtype)
+                _im2col(x[start:stop], col, SH, SW, PH, PW, DH, DW, 0, C * count)
             np.matmul(rows_g, col.reshape(G, K, count * L).swapaxes(1, 2), out=gW_shares[k])
         if needs_grad[0]:
             gcol = np.matmul(W_t, rows_g)  # (G, K, count*L): channel-major (C, KH, KW, count, OH, OW)
