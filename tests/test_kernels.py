@@ -249,15 +249,17 @@ def convolutions(draw):
     return (N, C, H, W), (OC, C // groups, KH, KW), (SH, SW, PH, PW, DH, DW), groups
 
 
-@given(convolutions(), DTYPES, st.booleans(), st.booleans(), st.integers(0, 2**16))
-def test_conv2d_kernels_equal_reference(convolution, dtype, bias, one_sample_chunks, seed):
+@given(convolutions(), DTYPES, st.booleans(), st.booleans(), st.booleans(), st.integers(0, 2**16))
+def test_conv2d_kernels_equal_reference(convolution, dtype, bias, one_sample_chunks, pixel_major, seed):
     x_shape, w_shape, window, groups = convolution
     x = _array(seed, x_shape, dtype)
     W = _array(seed + 1, w_shape, dtype)
     b = _array(seed + 2, w_shape[:1], dtype) if bias else None
-    column_chunk = cpu.COLUMN_CHUNK
-    # Drawn inputs are small: one chunk unless the chunks are made one sample each.
-    cpu.COLUMN_CHUNK = 1 if one_sample_chunks else column_chunk
+    settings = cpu.COLUMN_CHUNK, cpu.PIXEL_MAJOR_CHANNELS
+    # Drawn inputs are small: one chunk unless the chunks are made one sample each, and the
+    # channel-major layout unless the pixel-major one is asked for at any channel count.
+    cpu.COLUMN_CHUNK = 1 if one_sample_chunks else settings[0]
+    cpu.PIXEL_MAJOR_CHANNELS = 1 if pixel_major else 10**9
     try:
         y, columns = cpu.conv2d_forward(x, W, b, *window, groups)
         gy = _array(seed + 3, y.shape, dtype)
@@ -265,7 +267,7 @@ def test_conv2d_kernels_equal_reference(convolution, dtype, bias, one_sample_chu
         recomputed = cpu.conv2d_backward(gy, x, W, None, *window, groups)
         weight_only = cpu.conv2d_backward(gy, x, W, columns, *window, groups, needs_grad=(False, True, False))
     finally:
-        cpu.COLUMN_CHUNK = column_chunk
+        cpu.COLUMN_CHUNK, cpu.PIXEL_MAJOR_CHANNELS = settings
     assert columns is not None and len(columns) == (x_shape[0] if one_sample_chunks else 1)
     expected_y, no_columns = reference.conv2d_forward(x, W, b, *window, groups)
     assert no_columns is None
