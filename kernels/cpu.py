@@ -139,11 +139,13 @@ def col2im(col, H, W, SH, SW, PH, PW, DH, DW):
 
 # conv2d: chunks of samples, each carried through im2col, the matrix products and col2im on one
 # thread while its columns are still in that core's cache, instead of whole-batch passes over
-# memory. A chunk's columns are about COLUMN_CHUNK elements (1 MiB of float32, half this machine's
-# per-core L2), and a layer whose products are big gets at least PRODUCT_CHUNKS chunks, so that
-# both cores share the products even where the columns are small (a ResNet's last stage).
+# memory. A chunk's columns are at most about COLUMN_CHUNK elements (1 MiB of float32, half this
+# machine's per-core L2); a layer whose products are big gets at least PRODUCT_CHUNKS chunks, so
+# that both cores share the products even where the columns are small (a ResNet's last stage),
+# but no more, as a product of few columns runs slower per column; and a layer split at all is
+# split into an even number of equal chunks, so that two threads finish together.
 COLUMN_CHUNK = 1 << 18
-PRODUCT_CHUNKS = 4
+PRODUCT_CHUNKS = 2
 PRODUCT_SERIAL = 1 << 21  # multiply-adds below which a layer's products stay in one piece
 # The forward pass keeps a layer's columns for the backward up to this many elements (256 MiB of
 # float32): reading them back measured several times faster than im2col again, whose cost is
@@ -160,9 +162,12 @@ PIXEL_MAJOR_CHANNELS = 8
 
 def _conv_chunks(N, column_length, multiply_adds):
     """(start, stop) sample ranges for a conv layer; they depend on its shape only."""
-    per_chunk = max(1, COLUMN_CHUNK // max(1, column_length))
+    count = -(-N // max(1, COLUMN_CHUNK // max(1, column_length)))  # chunks that fit COLUMN_CHUNK
     if multiply_adds >= PRODUCT_SERIAL:
-        per_chunk = min(per_chunk, -(-N // PRODUCT_CHUNKS))
+        count = max(count, PRODUCT_CHUNKS)
+    if count > 1:
+        count += count % 2
+    per_chunk = -(-N // min(count, N))
     return [(start, min(start + per_chunk, N)) for start in range(0, N, per_chunk)]
 
 
@@ -248,9 +253,10 @@ def _from_padded_nhwc(padded, PH, PW, x, start):
 
 
 @njit(cache=True, nogil=True)
-def _im2row(padded, col, OH, OW, KH, KW, SH, SW, DH, DW):
-    # col[(n, oh, ow), (i, j, c)] = padded[n, oh*SH + i*DH, ow*SW + j*DW, c]: pixel-major columns
-    # (count*OH*OW, KH*KW*C). Without dilation along W, one window row is KW*C values in a row.
+def _im2row(padded, col, OH, OW, KH, KW, SH, SW, DH, DW, first_row, first_column):
+    # col[(n, oh, ow), (i, j, c)] = padded[n, oh*SH + first_row + i*DH, ow*SW + first_column + j*DW, c]:
+    # pixel-major columns (count*OH*OW, KH*KW*C); the window starts first_row, first_column into the
+    # padded plane. Without dilation along W, one window row is KW*C values in a row.
     count, HP, WP, C = padded.shape
     source = padded.reshape(-1)
     target = col.reshape(-1)
@@ -259,7 +265,7 @@ def _im2row(padded, col, OH, OW, KH, KW, SH, SW, DH, DW):
         for oh in range(OH):
             for ow in range(OW):
                 for i in range(KH):
-                    s = ((n * HP + oh * SH + i * DH) * WP + ow * SW) * C
+                    s = ((n * HP + oh * SH + first_row + i * DH) * WP + ow * SW + first_column) * C
                     for j in range(KW):
                         for c in range(C):
                             target[d + c] = source[s + j * DW * C + c]
@@ -267,7 +273,7 @@ def _im2row(padded, col, OH, OW, KH, KW, SH, SW, DH, DW):
 
 
 @njit(cache=True, nogil=True)
-def _row2im(col, padded, OH, OW, KH, KW, SH, SW, DH, DW):
+def _row2im(col, padded, OH, OW, KH, KW, SH, SW, DH, DW, first_row, first_column):
     # The adjoint of _im2row: padded (zeroed here) gets every column entry added at its pixel.
     # One thread owns the chunk, so this scatter has no races; its sums run in (oh, ow, i, j)
     # order, not col2im's tap order, so they may differ from the reference by round-off.
@@ -280,23 +286,45 @@ def _row2im(col, padded, OH, OW, KH, KW, SH, SW, DH, DW):
         for oh in range(OH):
             for ow in range(OW):
                 for i in range(KH):
-                    s = ((n * HP + oh * SH + i * DH) * WP + ow * SW) * C
+                    s = ((n * HP + oh * SH + first_row + i * DH) * WP + ow * SW + first_column) * C
                     for j in range(KW):
                         for c in range(C):
                             target[s + j * DW * C + c] += source[d + c]
                         d += C
 
 
+def _live_taps(L, O, K, S, P, D):
+    """The kernel taps [first, stop) along one axis that land inside the input for some output.
+    The others only ever see padding: their columns are zeros, and their weights get no gradient."""
+    live = [k for k in range(K) if min(O, (L - 1 + P - k * D) // S + 1) > max(0, -((k * D - P) // S))]
+    if not live:  # every window is padding only: keep one tap, whose columns im2col zero-fills
+        return 0, 1
+    return live[0], live[-1] + 1
+
+
 class _ConvGeometry:
-    """A conv2d call's shapes, chunks and column layout, shared by its forward and backward."""
+    """A conv2d call's shapes, chunks and column layout, shared by its forward and backward.
+
+    Kernel taps that see only padding are cut off the kernel first: a 3x3 layer on a 1x1 input
+    (the last stage of a ResNet on 32x32 images) becomes a 1x1 layer, 9 times less work. KH, KW
+    and the weight here are those of the cut kernel, which starts at tap (first_i, first_j); the
+    padding PH, PW is moved by as much, so every live tap reads the same pixels as before."""
 
     def __init__(self, x, W, SH, SW, PH, PW, DH, DW, groups):
         self.N, self.C, self.H, self.W = x.shape
-        self.OC, _, self.KH, self.KW = W.shape
-        self.SH, self.SW, self.PH, self.PW, self.DH, self.DW = SH, SW, PH, PW, DH, DW
+        self.OC, _, KH, KW = W.shape
+        self.OH = conv_output_size(self.H, KH, SH, PH, DH)
+        self.OW = conv_output_size(self.W, KW, SW, PW, DW)
+        self.full_kernel = KH, KW
+        self.first_i, stop_i = _live_taps(self.H, self.OH, KH, SH, PH, DH)
+        self.first_j, stop_j = _live_taps(self.W, self.OW, KW, SW, PW, DW)
+        self.KH, self.KW = stop_i - self.first_i, stop_j - self.first_j
+        W = W[:, :, self.first_i:stop_i, self.first_j:stop_j]
+        # The original padding (the pixel-major layout pads by it) and the cut kernel's.
+        self.padding = PH, PW
+        self.SH, self.SW, self.DH, self.DW = SH, SW, DH, DW
+        self.PH, self.PW = PH - self.first_i * DH, PW - self.first_j * DW
         self.G = groups
-        self.OH = conv_output_size(self.H, self.KH, SH, PH, DH)
-        self.OW = conv_output_size(self.W, self.KW, SW, PW, DW)
         self.L = self.OH * self.OW
         self.K = self.C // groups * self.KH * self.KW  # the length of one column, per group
         self.pixel_major = groups == 1 and self.C >= PIXEL_MAJOR_CHANNELS
@@ -307,16 +335,27 @@ class _ConvGeometry:
         if self.pixel_major:  # the weight as (OC, KH*KW*C), the columns' order
             self.weight = np.ascontiguousarray(W.transpose(0, 2, 3, 1)).reshape(self.OC, self.K)
         else:
-            self.weight = W.reshape(groups, self.OC // groups, self.K)
+            self.weight = np.ascontiguousarray(W).reshape(groups, self.OC // groups, self.K)
+
+    def full_weight_gradient(self, gW):
+        """The cut kernel's weight gradient (OC, C/G, KH, KW) placed in the whole kernel's, zero at
+        the dead taps."""
+        if (self.KH, self.KW) == self.full_kernel:
+            return gW
+        full = np.zeros(gW.shape[:2] + self.full_kernel, dtype=gW.dtype)
+        full[:, :, self.first_i:self.first_i + self.KH, self.first_j:self.first_j + self.KW] = gW
+        return full
 
     def columns(self, x, start, stop):
         """The columns of samples [start, stop) in this layer's layout."""
         count = stop - start
         if self.pixel_major:
-            padded = np.empty((count, self.H + 2 * self.PH, self.W + 2 * self.PW, self.C), dtype=x.dtype)
-            _to_padded_nhwc(x, start, padded, self.PH, self.PW)
+            PH, PW = self.padding
+            padded = np.empty((count, self.H + 2 * PH, self.W + 2 * PW, self.C), dtype=x.dtype)
+            _to_padded_nhwc(x, start, padded, PH, PW)
             col = np.empty((count * self.L, self.K), dtype=x.dtype)
-            _im2row(padded, col, self.OH, self.OW, self.KH, self.KW, self.SH, self.SW, self.DH, self.DW)
+            _im2row(padded, col, self.OH, self.OW, self.KH, self.KW, self.SH, self.SW, self.DH, self.DW,
+                    self.first_i * self.DH, self.first_j * self.DW)
         else:
             col = np.empty((self.C, self.KH, self.KW, count, self.OH, self.OW), dtype=x.dtype)
             _im2col(x[start:stop], col, self.SH, self.SW, self.PH, self.PW, self.DH, self.DW, 0, self.C * count)
@@ -326,9 +365,11 @@ class _ConvGeometry:
         """gx[start:stop] = the adjoint of `columns` applied to gcol."""
         count = stop - start
         if self.pixel_major:
-            padded = np.empty((count, self.H + 2 * self.PH, self.W + 2 * self.PW, self.C), dtype=gx.dtype)
-            _row2im(gcol, padded, self.OH, self.OW, self.KH, self.KW, self.SH, self.SW, self.DH, self.DW)
-            _from_padded_nhwc(padded, self.PH, self.PW, gx, start)
+            PH, PW = self.padding
+            padded = np.empty((count, self.H + 2 * PH, self.W + 2 * PW, self.C), dtype=gx.dtype)
+            _row2im(gcol, padded, self.OH, self.OW, self.KH, self.KW, self.SH, self.SW, self.DH, self.DW,
+                    self.first_i * self.DH, self.first_j * self.DW)
+            _from_padded_nhwc(padded, PH, PW, gx, start)
         else:
             _col2im(gcol.reshape(self.C, self.KH, self.KW, count, self.OH, self.OW), gx[start:stop],
                     self.SH, self.SW, self.PH, self.PW, self.DH, self.DW, 0, count * self.C * self.H)
@@ -405,7 +446,7 @@ def conv2d_backward(gy, x, W, columns, SH, SW, PH, PW, DH, DW, groups, needs_gra
         gW = gW_shares.sum(axis=0)
         if layer.pixel_major:  # (OC, KH*KW*C) -> (OC, C, KH, KW)
             gW = np.ascontiguousarray(gW.reshape(OC, layer.KH, layer.KW, layer.C).transpose(0, 3, 1, 2))
-        gW = gW.reshape(W.shape)
+        gW = layer.full_weight_gradient(gW.reshape(OC, layer.C // G, layer.KH, layer.KW))
     if needs_grad[2]:
         gb = gb_shares.sum(axis=0)
     return gx, gW, gb

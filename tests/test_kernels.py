@@ -318,3 +318,25 @@ def test_conv2d_kernels_give_the_same_bits_on_any_thread_count():
         + reference.conv2d_backward(gy64, x64, W64, None, 1, 1, 1, 1, 1, 1, 1)
     for actual, wanted, name in zip(results[0], expected, ("y", "gx", "gW", "gb")):
         np.testing.assert_allclose(actual, wanted, rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, window", [
+    ((4, 16, 1, 1), (8, 16, 3, 3), (1, 1, 1, 1, 1, 1)),  # a ResNet's last stage on 32x32 images
+    ((4, 16, 2, 2), (8, 16, 3, 3), (2, 2, 1, 1, 1, 1)),  # stride 2: the first row and column are dead
+    ((2, 3, 3, 2), (5, 3, 3, 3), (1, 1, 2, 1, 3, 1)),  # dilated rows: the top tap lands under the input
+    ((2, 3, 1, 1), (2, 3, 3, 3), (1, 1, 3, 3, 3, 3)),  # every tap lands in the padding
+])
+@pytest.mark.parametrize("pixel_major", [False, True])
+def test_conv2d_kernels_cut_taps_that_only_see_padding(x_shape, w_shape, window, pixel_major, monkeypatch):
+    monkeypatch.setattr(cpu, "PIXEL_MAJOR_CHANNELS", 1 if pixel_major else 10**9)
+    x = _array(0, x_shape, np.float64)
+    W = _array(1, w_shape, np.float64)
+    y, columns = cpu.conv2d_forward(x, W, W[:, 0, 0, 0], *window, 1)
+    expected_y = reference.conv2d_forward(x, W, W[:, 0, 0, 0], *window, 1)[0]
+    assert_close(y, expected_y, np.float64, what="y")
+    gy = _array(2, y.shape, np.float64)
+    grads = cpu.conv2d_backward(gy, x, W, columns, *window, 1)
+    for actual, wanted, name in zip(grads, reference.conv2d_backward(gy, x, W, None, *window, 1), ("gx", "gW", "gb")):
+        assert_close(actual, wanted, np.float64, what=name)
+    if x_shape[2:] == (1, 1) and window[2:4] == (1, 1):
+        assert cpu._ConvGeometry(x, W, *window, 1).K == x_shape[1]  # only the centre tap is computed
