@@ -15,7 +15,7 @@ from tinycnn.kernels import reference
 from tinycnn.kernels.reference import avg_pool_divisor, conv_output_size  # noqa: F401 - shared index maths
 
 PRIMITIVES = (
-    "im2col", "col2im", "conv2d_forward", "conv2d_backward",
+    "matmul", "im2col", "col2im", "conv2d_forward", "conv2d_backward",
     "max_pool2d_forward", "max_pool2d_backward",
     "avg_pool2d_forward", "avg_pool2d_backward",
     "batch_norm_forward_training", "batch_norm_backward",

@@ -182,7 +182,7 @@ def _rows_to_samples(rows, b, y, start):
                 y[start + n, o, l] = rows[o, n, l] + shift
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc"})  # lets the bias sums vectorise
 def _samples_to_rows(gy, start, rows, bias_sums):
     # rows[o, n, l] = gy[start + n, o, l], the layout of the products; bias_sums[o] adds up gy[., o, .].
     OC, count, L = rows.shape
@@ -210,7 +210,7 @@ def _pixels_to_samples(pixels, b, y, start):
                 y[start + n, o, l] = pixels[n * L + l, o] + shift
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath={"reassoc"})  # lets the bias sums vectorise
 def _samples_to_pixels(gy, start, pixels, bias_sums):
     # pixels[n * L + l, o] = gy[start + n, o, l]; bias_sums[o] adds up gy[., o, .].
     N, OC, L = gy.shape
@@ -291,6 +291,31 @@ def _row2im(col, padded, OH, OW, KH, KW, SH, SW, DH, DW, first_row, first_column
                         for c in range(C):
                             target[s + j * DW * C + c] += source[d + c]
                         d += C
+
+
+def matmul(a, b):
+    """a @ b for 2-D a (M, K) and b (K, N). OpenBLAS runs on one thread (see tinycnn._threading),
+    so a big product is split into PRODUCT_CHUNKS products, one per thread: by rows of a where a
+    has many, else by columns of b. Measured on LeNet's fully connected layer: (64, 800) x
+    (800, 500) took 0.47 ms whole, 0.33 ms for half its 64 rows (each half still reads all of b),
+    0.26 ms for half its columns; its weight gradient (500, 64) x (64, 800) ran 0.36 ms whole, 0.30
+    split by rows and 0.40 split by columns (written into strided halves of the result)."""
+    M, K = a.shape
+    N = b.shape[1]
+    if M * K * N < PRODUCT_SERIAL or max(M, N) < 2:
+        return a @ b
+    out = np.empty((M, N), dtype=np.result_type(a.dtype, b.dtype))
+    by_rows = M >= 128 or N < 2
+    if by_rows:
+        def run(start, stop):
+            np.matmul(a[start:stop], b, out=out[start:stop])
+    else:
+        def run(start, stop):
+            np.matmul(a, b[:, start:stop], out=out[:, start:stop])
+    size = M if by_rows else N
+    per_chunk = -(-size // PRODUCT_CHUNKS)
+    run_chunks(run, [(start, min(start + per_chunk, size)) for start in range(0, size, per_chunk)])
+    return out
 
 
 def _live_taps(L, O, K, S, P, D):

@@ -55,6 +55,11 @@ def col2im(col, H, W, SH, SW, PH, PW, DH, DW):
     return x_padded[:, :, PH:PH + H, PW:PW + W]
 
 
+def matmul(a, b):
+    """The matrix product a @ b of 2-D a (M, K) and b (K, N)."""
+    return a @ b
+
+
 def conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups, im2col=im2col):
     """x (N, C, H, W), W (OC, C / groups, KH, KW), b (OC,) or None -> (y, columns): y (N, OC, OH, OW)
     is the cross-correlation with zero padding, as every framework computes it; columns is what

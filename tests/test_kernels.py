@@ -340,3 +340,12 @@ def test_conv2d_kernels_cut_taps_that_only_see_padding(x_shape, w_shape, window,
         assert_close(actual, wanted, np.float64, what=name)
     if x_shape[2:] == (1, 1) and window[2:4] == (1, 1):
         assert cpu._ConvGeometry(x, W, *window, 1).K == x_shape[1]  # only the centre tap is computed
+
+
+@pytest.mark.parametrize("M, K, N", [(1, 3, 4), (64, 800, 500), (500, 64, 800), (300, 70, 100), (2, 2000, 1000)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_equals_reference_when_split_across_threads(M, K, N, dtype):
+    a = _array(0, (M, K), dtype)
+    b = _array(1, (N, K), dtype).T  # transposed, as Linear passes its weight
+    assert_close(cpu.matmul(a, b), reference.matmul(a, b), dtype, what=f"matmul {M}x{K}x{N}")
+    assert cpu.matmul(a, b).dtype == dtype

@@ -1,7 +1,7 @@
 """Fully connected layer, concatenation, the sum of several tensors and flattening."""
 import numpy
 
-from tinycnn import backend
+from tinycnn import backend, kernels
 from tinycnn.arithmetic import sum_to
 from tinycnn.autograd import Function
 
@@ -14,7 +14,8 @@ class Linear(Function):
     def forward(self, x, W, b):
         self._check(x, W, b)
         self.save_for_backward(x, W)
-        y = x @ W.T
+        # As one (batch, in) @ (in, out) product, whatever the leading axes of x.
+        y = kernels.matmul(x.reshape(-1, W.shape[1]), W.T).reshape(x.shape[:-1] + W.shape[:1])
         return y if b is None else y + b
 
     def forward_shape_only(self, x, W, b):
@@ -27,11 +28,11 @@ class Linear(Function):
         # of x), db = gy summed over those axes.
         x, W = self.saved_arrays
         out_features, in_features = W.shape
-        gx = gy @ W if self.needs_input_grad[0] else None
+        gy_rows = gy.reshape(-1, out_features)  # the leading axes are the batch, folded into one
+        gx = kernels.matmul(gy_rows, W).reshape(x.shape) if self.needs_input_grad[0] else None
         gW = gb = None
         if self.needs_input_grad[1]:
-            # (..., out)^T @ (..., in): the leading axes are the batch, folded into one.
-            gW = gy.reshape(-1, out_features).T @ x.reshape(-1, in_features)  # (out, in)
+            gW = kernels.matmul(gy_rows.T, x.reshape(-1, in_features))  # (out, in)
         if self.needs_input_grad[2]:
             gb = gy.reshape(-1, out_features).sum(axis=0)  # (out,)
         return gx, gW, gb
