@@ -256,8 +256,9 @@ def test_conv2d_kernels_equal_reference(convolution, dtype, bias, one_sample_chu
     W = _array(seed + 1, w_shape, dtype)
     b = _array(seed + 2, w_shape[:1], dtype) if bias else None
     settings = cpu.COLUMN_CHUNK, cpu.PIXEL_MAJOR_CHANNELS
-    # Drawn inputs are small: one chunk unless the chunks are made one sample each, and the
-    # channel-major layout unless the pixel-major one is asked for at any channel count.
+    # Drawn inputs are small: one chunk unless the chunks are made one sample each (which also
+    # takes the channel-major layout's one-sample path), and the channel-major layout unless the
+    # pixel-major one is asked for at any channel count.
     cpu.COLUMN_CHUNK = 1 if one_sample_chunks else settings[0]
     cpu.PIXEL_MAJOR_CHANNELS = 1 if pixel_major else 10**9
     try:
