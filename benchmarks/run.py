@@ -16,7 +16,8 @@ tinycnn is faster).
     c        ResNet-18 (models.create("resnet18", num_classes=10): torchvision's layout with its 7x7
              stride-2 stem and max pool) on 3x32x32, forward + cross-entropy + backward, batch 32
     d        single convolutions, forward and backward timed separately, in GFLOP/s, beside this
-             machine's measured sgemm GFLOP/s (NumPy float32 matmul)
+             machine's measured sgemm GFLOP/s on all its cores (a NumPy float32 matmul split into
+             one single-threaded OpenBLAS product per core by tinycnn.kernels.cpu.matmul)
     gpu      (a) on the GPU, and ResNet-50 at 224x224 batch 64 training: images/s and peak memory
              (needs CuPy and a CUDA device; prints "skipped: no GPU" otherwise)
     compile  Numba's compile cost: a fresh `python -c` that imports tinycnn and runs one LeNet
@@ -123,15 +124,17 @@ def summarise(times):
     return {label: (statistics.median(t), min(t)) for label, t in times.items()}
 
 
-def sgemm_gflops(n=2048, repeats=5):
-    """This machine's float32 matrix product through NumPy's BLAS: (median, best) GFLOP/s of n^3."""
+def sgemm_gflops(n=2048, repeats=5, product=None):
+    """This machine's float32 matrix product through NumPy's BLAS: (median, best) GFLOP/s of n^3.
+    product: how to multiply (default a @ b, on the OpenBLAS threads in force)."""
+    product = product or np.matmul
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
-    a @ b
+    product(a, b)
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
-        a @ b
+        product(a, b)
         seconds.append(time.perf_counter() - start)
     return 2 * n ** 3 / statistics.median(seconds) / 1e9, 2 * n ** 3 / min(seconds) / 1e9
 
@@ -342,12 +345,16 @@ CONV_LAYERS = (
 
 
 def part_d(results, args):
-    sgemm, sgemm_best = sgemm_gflops()
+    from tinycnn.kernels import cpu, parallel
+    one_thread, one_thread_best = sgemm_gflops()
+    sgemm, sgemm_best = sgemm_gflops(product=cpu.matmul)
     results.sgemm_gflops = sgemm
-    print(f"(d) single convolutions (with bias), float32. This machine's sgemm (NumPy float32 matmul "
-          f"2048^3, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}): median {sgemm:.1f} "
-          f"GFLOP/s, best {sgemm_best:.1f}. Because the load changes, each layer's "
-          f"'% of sgemm' divides by an sgemm (1024^3) timed in the same alternating rounds", flush=True)
+    print(f"(d) single convolutions (with bias), float32. This machine's sgemm (NumPy float32 matmul 2048^3): "
+          f"{one_thread:.1f} GFLOP/s median ({one_thread_best:.1f} best) with OPENBLAS_NUM_THREADS="
+          f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}; on all {parallel.get_num_threads()} kernel threads "
+          f"(split by tinycnn.kernels.cpu.matmul) {sgemm:.1f} median, {sgemm_best:.1f} best. Because the load changes, "
+          f"each layer's '% of sgemm' divides by the all-threads sgemm (1024^3) timed in the same alternating "
+          f"rounds", flush=True)
     n = 1024
     a = np.random.default_rng(2).standard_normal((n, n), dtype=np.float32)
     b_ = np.random.default_rng(3).standard_normal((n, n), dtype=np.float32)
@@ -387,7 +394,7 @@ def part_d(results, args):
                                              with_kernels(k, lambda y: y.backward(gy)))
         runs["torch forward"] = torch_forward
         runs["torch backward"] = (fresh_forward(torch_forward, torch_), lambda y: y.backward(torch_gy))
-        runs["sgemm"] = lambda: a @ b_
+        runs["sgemm"] = lambda: cpu.matmul(a, b_)
         times = summarise(interleaved_rounds(runs, args.repeat, args.steps))
         sgemm_here = 2 * n ** 3 / times["sgemm"][0] / 1e9
         for k in args.kernels:

@@ -103,14 +103,13 @@ def matmul(a, b):
 
 
 def conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups):
-    """The reference's im2col and one matrix product per group (cuBLAS), with the CUDA im2col.
-    Keeps no columns (they would hold KH*KW times the input's memory on the GPU)."""
+    """The reference's im2col and one matrix product per group (cuBLAS), with the CUDA im2col."""
     return reference.conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups, im2col=im2col)
 
 
-def conv2d_backward(gy, x, W, columns, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, True, True)):
+def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, True, True)):
     """The reference's products (cuBLAS), with the CUDA im2col and col2im."""
-    return reference.conv2d_backward(gy, x, W, columns, SH, SW, PH, PW, DH, DW, groups, needs_grad,
+    return reference.conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad,
                                      im2col=im2col, col2im=col2im)
 
 

@@ -61,10 +61,8 @@ def matmul(a, b):
 
 
 def conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups, im2col=im2col):
-    """x (N, C, H, W), W (OC, C / groups, KH, KW), b (OC,) or None -> (y, columns): y (N, OC, OH, OW)
-    is the cross-correlation with zero padding, as every framework computes it; columns is what
-    conv2d_backward may reuse of the forward pass (the Numba kernels keep their columns there), or
-    None: this version keeps nothing, and its backward computes the columns again.
+    """x (N, C, H, W), W (OC, C / groups, KH, KW), b (OC,) or None -> y (N, OC, OH, OW):
+    cross-correlation with zero padding, as every framework computes it.
 
     Convolution is a matrix product once every window of x is laid out as a column: with col from
     im2col, y[n, o, oh, ow] = sum over (c, i, j) of W[o, c, i, j] * col[n, c, i, j, oh, ow] + b[o],
@@ -85,15 +83,14 @@ def conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups, im2col=im2col):
     y = xp.ascontiguousarray(y.reshape(OC, N, OH, OW).transpose(1, 0, 2, 3))  # (N, OC, OH, OW)
     if b is not None:
         y += b.reshape(1, OC, 1, 1)
-    return y, None
+    return y
 
 
-def conv2d_backward(gy, x, W, columns, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, True, True),
+def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, True, True),
                     im2col=im2col, col2im=col2im):
     """Gradients (gx, gW, gb) of conv2d_forward for the output gradient gy (N, OC, OH, OW); each is
-    None where needs_grad (for x, W, b) says it is not wanted. `columns` is the forward's (None
-    here): the columns of x are computed again rather than kept from the forward pass, which saves
-    their memory (KH*KW times x's)."""
+    None where needs_grad (for x, W, b) says it is not wanted. The columns of x are computed
+    again rather than kept from the forward pass, which saves their memory (KH*KW times x's)."""
     # Per group, y = W col + b with W (OC', K) and col (K, L), K = C'*KH*KW, L = N*OH*OW:
     #   dW = gy col^T (the sum over the batch and positions is the product's inner axis);
     #   dcol = W^T gy, and im2col copied each x into several columns, so its adjoint col2im sums

@@ -262,34 +262,20 @@ def test_conv2d_kernels_equal_reference(convolution, dtype, bias, one_sample_chu
     cpu.COLUMN_CHUNK = 1 if one_sample_chunks else settings[0]
     cpu.PIXEL_MAJOR_CHANNELS = 1 if pixel_major else 10**9
     try:
-        y, columns = cpu.conv2d_forward(x, W, b, *window, groups)
+        y = cpu.conv2d_forward(x, W, b, *window, groups)
         gy = _array(seed + 3, y.shape, dtype)
-        grads = cpu.conv2d_backward(gy, x, W, columns, *window, groups)
-        recomputed = cpu.conv2d_backward(gy, x, W, None, *window, groups)
-        weight_only = cpu.conv2d_backward(gy, x, W, columns, *window, groups, needs_grad=(False, True, False))
+        grads = cpu.conv2d_backward(gy, x, W, *window, groups)
+        weight_only = cpu.conv2d_backward(gy, x, W, *window, groups, needs_grad=(False, True, False))
+        chunks = cpu._ConvGeometry(x, W, *window, groups).chunks
     finally:
         cpu.COLUMN_CHUNK, cpu.PIXEL_MAJOR_CHANNELS = settings
-    assert columns is not None and len(columns) == (x_shape[0] if one_sample_chunks else 1)
-    expected_y, no_columns = reference.conv2d_forward(x, W, b, *window, groups)
-    assert no_columns is None
-    assert_close(y, expected_y, dtype, what="conv2d_forward")
-    expected = reference.conv2d_backward(gy, x, W, None, *window, groups)
-    for actual, again, wanted, name in zip(grads, recomputed, expected, ("gx", "gW", "gb")):
+    assert len(chunks) == (x_shape[0] if one_sample_chunks else 1)
+    assert_close(y, reference.conv2d_forward(x, W, b, *window, groups), dtype, what="conv2d_forward")
+    expected = reference.conv2d_backward(gy, x, W, *window, groups)
+    for actual, wanted, name in zip(grads, expected, ("gx", "gW", "gb")):
         assert_close(actual, wanted, dtype, what=f"conv2d_backward {name}")
-        np.testing.assert_array_equal(again, actual, err_msg=f"{name} from recomputed columns")
     assert weight_only[0] is None and weight_only[2] is None
     np.testing.assert_array_equal(weight_only[1], grads[1])
-
-
-def test_conv2d_keeps_columns_only_up_to_the_limit(monkeypatch):
-    x = _array(0, (2, 3, 6, 6), np.float32)
-    W = _array(1, (4, 3, 3, 3), np.float32)
-    assert cpu.conv2d_forward(x, W, None, 1, 1, 0, 0, 1, 1, 1)[1] is not None
-    monkeypatch.setattr(cpu, "KEEP_COLUMNS", 2 * 3 * 9 * 16 - 1)  # one element short of this layer's
-    y, columns = cpu.conv2d_forward(x, W, None, 1, 1, 0, 0, 1, 1, 1)
-    assert columns is None
-    gx, gW, gb = cpu.conv2d_backward(np.ones_like(y), x, W, columns, 1, 1, 0, 0, 1, 1, 1)
-    assert_close(gW, reference.conv2d_backward(np.ones_like(y), x, W, None, 1, 1, 0, 0, 1, 1, 1)[1], np.float32)
 
 
 def test_conv2d_kernels_give_the_same_bits_on_any_thread_count():
@@ -304,8 +290,8 @@ def test_conv2d_kernels_give_the_same_bits_on_any_thread_count():
     try:
         for threads in (1, 2, 3):
             parallel.set_num_threads(threads)
-            y, columns = cpu.conv2d_forward(x, W, W[:, 0, 0, 0], 1, 1, 1, 1, 1, 1, 1)
-            results.append((y,) + cpu.conv2d_backward(gy, x, W, columns, 1, 1, 1, 1, 1, 1, 1))
+            results.append((cpu.conv2d_forward(x, W, W[:, 0, 0, 0], 1, 1, 1, 1, 1, 1, 1),)
+                           + cpu.conv2d_backward(gy, x, W, 1, 1, 1, 1, 1, 1, 1))
     finally:
         parallel.set_num_threads(previous)
     assert len(cpu._conv_chunks(32, 16 * 9 * 144, 32 * 24 * 16 * 9 * 144)) > 1
@@ -315,8 +301,8 @@ def test_conv2d_kernels_give_the_same_bits_on_any_thread_count():
     # Against the reference in float64: gW and gb add 4,608 products each, and float32 sums in two
     # different orders can differ by more than the float32 tolerance where they nearly cancel.
     x64, W64, gy64 = x.astype(np.float64), W.astype(np.float64), gy.astype(np.float64)
-    expected = (reference.conv2d_forward(x64, W64, W64[:, 0, 0, 0], 1, 1, 1, 1, 1, 1, 1)[0],) \
-        + reference.conv2d_backward(gy64, x64, W64, None, 1, 1, 1, 1, 1, 1, 1)
+    expected = (reference.conv2d_forward(x64, W64, W64[:, 0, 0, 0], 1, 1, 1, 1, 1, 1, 1),) \
+        + reference.conv2d_backward(gy64, x64, W64, 1, 1, 1, 1, 1, 1, 1)
     for actual, wanted, name in zip(results[0], expected, ("y", "gx", "gW", "gb")):
         np.testing.assert_allclose(actual, wanted, rtol=1e-5, atol=1e-4, err_msg=name)
 
@@ -332,12 +318,11 @@ def test_conv2d_kernels_cut_taps_that_only_see_padding(x_shape, w_shape, window,
     monkeypatch.setattr(cpu, "PIXEL_MAJOR_CHANNELS", 1 if pixel_major else 10**9)
     x = _array(0, x_shape, np.float64)
     W = _array(1, w_shape, np.float64)
-    y, columns = cpu.conv2d_forward(x, W, W[:, 0, 0, 0], *window, 1)
-    expected_y = reference.conv2d_forward(x, W, W[:, 0, 0, 0], *window, 1)[0]
-    assert_close(y, expected_y, np.float64, what="y")
+    y = cpu.conv2d_forward(x, W, W[:, 0, 0, 0], *window, 1)
+    assert_close(y, reference.conv2d_forward(x, W, W[:, 0, 0, 0], *window, 1), np.float64, what="y")
     gy = _array(2, y.shape, np.float64)
-    grads = cpu.conv2d_backward(gy, x, W, columns, *window, 1)
-    for actual, wanted, name in zip(grads, reference.conv2d_backward(gy, x, W, None, *window, 1), ("gx", "gW", "gb")):
+    grads = cpu.conv2d_backward(gy, x, W, *window, 1)
+    for actual, wanted, name in zip(grads, reference.conv2d_backward(gy, x, W, *window, 1), ("gx", "gW", "gb")):
         assert_close(actual, wanted, np.float64, what=name)
     if x_shape[2:] == (1, 1) and window[2:4] == (1, 1):
         assert cpu._ConvGeometry(x, W, *window, 1).K == x_shape[1]  # only the centre tap is computed

@@ -67,9 +67,7 @@ class Conv2d(Function):
     def forward(self, x, W, b):
         self._check(x, W, b)
         self.save_for_backward(x, W)
-        y, self.columns = kernels.conv2d_forward(x, W, b, self.SH, self.SW, self.PH, self.PW, self.DH, self.DW,
-                                                 self.groups)
-        return y
+        return kernels.conv2d_forward(x, W, b, self.SH, self.SW, self.PH, self.PW, self.DH, self.DW, self.groups)
 
     def forward_shape_only(self, x, W, b):
         N, C, OC, KH, KW, OH, OW = self._check(x, W, b)
@@ -79,8 +77,8 @@ class Conv2d(Function):
         # The derivation (dW = gy col^T, dx = col2im(W^T gy), db = gy summed) is written out in
         # tinycnn.kernels.reference.conv2d_backward, the readable version of every backend's.
         x, W = self.saved_arrays
-        return kernels.conv2d_backward(gy, x, W, self.columns, self.SH, self.SW, self.PH, self.PW, self.DH,
-                                       self.DW, self.groups, self.needs_input_grad)
+        return kernels.conv2d_backward(gy, x, W, self.SH, self.SW, self.PH, self.PW, self.DH, self.DW,
+                                       self.groups, self.needs_input_grad)
 
     def _check(self, x, W, b):
         """Validate the inputs as PyTorch does; return N, C, OC, KH, KW, OH, OW."""
