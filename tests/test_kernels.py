@@ -249,18 +249,20 @@ def convolutions(draw):
     return (N, C, H, W), (OC, C // groups, KH, KW), (SH, SW, PH, PW, DH, DW), groups
 
 
-@given(convolutions(), DTYPES, st.booleans(), st.booleans(), st.booleans(), st.integers(0, 2**16))
-def test_conv2d_kernels_equal_reference(convolution, dtype, bias, one_sample_chunks, pixel_major, seed):
+@given(convolutions(), DTYPES, st.booleans(), st.booleans(), st.booleans(), st.booleans(), st.integers(0, 2**16))
+def test_conv2d_kernels_equal_reference(convolution, dtype, bias, one_sample_chunks, pixel_major, blas_products,
+                                        seed):
     x_shape, w_shape, window, groups = convolution
     x = _array(seed, x_shape, dtype)
     W = _array(seed + 1, w_shape, dtype)
     b = _array(seed + 2, w_shape[:1], dtype) if bias else None
-    settings = cpu.COLUMN_CHUNK, cpu.PIXEL_MAJOR_CHANNELS
+    settings = cpu.COLUMN_CHUNK, cpu.PIXEL_MAJOR_CHANNELS, cpu.SMALL_PRODUCT
     # Drawn inputs are small: one chunk unless the chunks are made one sample each (which also
     # takes the channel-major layout's one-sample path), and the channel-major layout unless the
     # pixel-major one is asked for at any channel count.
     cpu.COLUMN_CHUNK = 1 if one_sample_chunks else settings[0]
     cpu.PIXEL_MAJOR_CHANNELS = 1 if pixel_major else 10**9
+    cpu.SMALL_PRODUCT = 0 if blas_products else settings[2]  # drawn weights are all "small"
     try:
         y = cpu.conv2d_forward(x, W, b, *window, groups)
         gy = _array(seed + 3, y.shape, dtype)
@@ -268,7 +270,7 @@ def test_conv2d_kernels_equal_reference(convolution, dtype, bias, one_sample_chu
         weight_only = cpu.conv2d_backward(gy, x, W, *window, groups, needs_grad=(False, True, False))
         chunks = cpu._ConvGeometry(x, W, *window, groups).chunks
     finally:
-        cpu.COLUMN_CHUNK, cpu.PIXEL_MAJOR_CHANNELS = settings
+        cpu.COLUMN_CHUNK, cpu.PIXEL_MAJOR_CHANNELS, cpu.SMALL_PRODUCT = settings
     assert len(chunks) == (x_shape[0] if one_sample_chunks else 1)
     assert_close(y, reference.conv2d_forward(x, W, b, *window, groups), dtype, what="conv2d_forward")
     expected = reference.conv2d_backward(gy, x, W, *window, groups)
