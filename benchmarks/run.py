@@ -67,8 +67,8 @@ def parse_args(argv=None):
                              "(default auto: Numba on the CPU; numpy: the NumPy reference kernels)")
     parser.add_argument("--torch-threads", type=int, metavar="N",
                         help="torch.set_num_threads(N) (default: torch's own choice, printed in the header); "
-                             "tinycnn's thread counts come from OPENBLAS_NUM_THREADS and NUMBA_NUM_THREADS, "
-                             "which must be set in the environment before Python starts")
+                             "tinycnn's kernel threads come from TINYCNN_NUM_THREADS (default: every core), "
+                             "set in the environment before Python starts")
     parser.add_argument("--profile", action="store_true",
                         help="after timing (a), (b) and (c), cProfile --steps tinycnn steps and print "
                              "where the time goes")
@@ -493,8 +493,10 @@ def machine():
     except (OSError, StopIteration):
         info["cpu"] = platform.processor() or platform.machine()
     info["threads"] = tinycnn._threading.report()
-    info["thread_counts"] = {name: os.environ.get(name) for name in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS",
+    info["thread_counts"] = {name: os.environ.get(name) for name in ("OPENBLAS_NUM_THREADS", "TINYCNN_NUM_THREADS",
                                                                      "OMP_NUM_THREADS")}
+    from tinycnn.kernels import parallel
+    info["kernel_threads"] = parallel.get_num_threads()
     return info
 
 
@@ -507,7 +509,7 @@ def main(argv=None):
     command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"{command}\n{info['cpu']}, {info['cpus']} CPUs, {info.get('memory_gib')} GiB; Python {info['python']}, "
           f"numpy {info['numpy']}, numba {info['numba']}, torch {info['torch']} ({info['torch_threads']} threads), "
-          f"tinycnn {info['tinycnn']}; thread counts {info['thread_counts']}\n"
+          f"tinycnn {info['tinycnn']}; thread counts {info['thread_counts']}, tinycnn kernel threads {info['kernel_threads']}\n"
           f"timed: {args.repeat} alternating rounds x {args.steps} steps after 2 warm-up steps; median of the "
           f"rounds; tinycnn kernels {args.kernels}", flush=True)
     for part in args.only:

@@ -13,9 +13,8 @@ thread that is slow to wake costs nothing but the chunks it does not take, and a
 is small runs serially with no hand-off at all. The chunks are fixed by the work's shape, never
 by which thread runs them, so results are the same from run to run whatever the thread count.
 
-TINYCNN_NUM_THREADS sets the number of threads (calling thread included); without it,
-NUMBA_NUM_THREADS, else the number of cores this process may use. `set_num_threads` changes it
-at run time.
+TINYCNN_NUM_THREADS sets the number of threads (calling thread included); without it, the number
+of cores this process may use. `set_num_threads` changes it at run time.
 """
 import itertools
 import os
@@ -31,16 +30,15 @@ CHUNK_WORK = 1 << 18
 
 
 def _default_thread_count():
-    for name in ("TINYCNN_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        value = os.environ.get(name)
-        if value:
-            try:
-                count = int(value)
-            except ValueError:
-                raise ValueError(f"tinycnn.kernels: {name} must be a positive integer, got {value!r}") from None
-            if count < 1:
-                raise ValueError(f"tinycnn.kernels: {name} must be a positive integer, got {value!r}")
-            return count
+    value = os.environ.get("TINYCNN_NUM_THREADS")
+    if value:
+        try:
+            count = int(value)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise ValueError(f"tinycnn.kernels: TINYCNN_NUM_THREADS must be a positive integer, got {value!r}")
+        return count
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
