@@ -14,7 +14,7 @@ from tinycnn import backend, models
 from tinycnn.kernels import reference
 
 from support import assert_close
-from test_kernels import DTYPES, normalization_inputs, windows
+from test_kernels import DTYPES, convolutions, normalization_inputs, windows
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not backend.gpu_available(), reason="needs CuPy and a CUDA device")]
@@ -41,6 +41,24 @@ def test_dispatch_routes_cupy_arrays_to_the_gpu_kernels():
         with tinycnn.config.using(kernels=kernels):
             for name in tinycnn.kernels.PRIMITIVES:
                 assert tinycnn.kernels.implementation(name, x) is _gpu(), (kernels, name)
+                assert callable(getattr(_gpu(), name)), name
+
+
+@given(convolutions(), DTYPES, st.booleans(), st.integers(0, 2**16))
+def test_conv2d_and_matmul_equal_reference(convolution, dtype, bias, seed):
+    x_shape, w_shape, window, groups = convolution
+    gpu = _gpu()
+    x, W = _array(seed, x_shape, dtype), _array(seed + 1, w_shape, dtype)
+    b = _array(seed + 2, w_shape[:1], dtype) if bias else None
+    y = gpu.conv2d_forward(backend.to_gpu(x), backend.to_gpu(W), None if b is None else backend.to_gpu(b),
+                           *window, groups)
+    assert_close(backend.to_cpu(y), reference.conv2d_forward(x, W, b, *window, groups), dtype, what="conv2d_forward")
+    gy = _array(seed + 3, y.shape, dtype)
+    grads = gpu.conv2d_backward(backend.to_gpu(gy), backend.to_gpu(x), backend.to_gpu(W), *window, groups)
+    for actual, expected, name in zip(grads, reference.conv2d_backward(gy, x, W, *window, groups), ("gx", "gW", "gb")):
+        assert_close(backend.to_cpu(actual), expected, dtype, what=f"conv2d_backward {name}")
+    a, c = _array(seed + 4, (7, 5), dtype), _array(seed + 5, (5, 3), dtype)
+    assert_close(backend.to_cpu(gpu.matmul(backend.to_gpu(a), backend.to_gpu(c))), reference.matmul(a, c), dtype)
 
 
 @given(windows(), DTYPES, st.integers(0, 2**16))
