@@ -27,16 +27,28 @@ def test_lenet5_parameters_by_layer():
 
 
 def test_c3_maps_see_only_their_table_entries():
+    # C3 runs as one convolution with a spread-out weight; each map must still be torch's
+    # convolution of its own table entries only, forward and backward.
     tinycnn.manual_seed(0)
     model = models.lenet5()
     x = np.random.default_rng(0).standard_normal((2, 6, 14, 14)).astype(np.float32)
-    y = model.c3(tinycnn.tensor(x)).numpy()
+    gy = np.random.default_rng(1).standard_normal((2, 16, 10, 10)).astype(np.float32)
+    x_tensor = tinycnn.tensor(x, requires_grad=True)
+    y_tensor = model.c3(x_tensor)
+    y_tensor.backward(tinycnn.tensor(gy))
+    y = y_tensor.numpy()
     assert y.shape == (2, 16, 10, 10)
+    torch_x = torch.from_numpy(x).requires_grad_()
     for o, inputs in enumerate(C3_TABLE):
         conv = model.c3.convs[o]
-        expected = torch.nn.functional.conv2d(torch.from_numpy(x[:, list(inputs)]), torch.from_numpy(conv.weight.data),
-                                              torch.from_numpy(conv.bias.data))
+        weight = torch.from_numpy(conv.weight.data).requires_grad_()
+        bias = torch.from_numpy(conv.bias.data).requires_grad_()
+        expected = torch.nn.functional.conv2d(torch_x[:, list(inputs)], weight, bias)
         assert_close(y[:, o:o + 1], expected, what=f"C3 map {o}")
+        expected.backward(torch.from_numpy(gy[:, o:o + 1]))
+        assert_close(conv.weight.grad, weight.grad, what=f"C3 map {o} weight gradient")
+        assert_close(conv.bias.grad, bias.grad, what=f"C3 map {o} bias gradient")
+    assert_close(x_tensor.grad, torch_x.grad, what="C3 input gradient")  # summed over the 16 maps
 
 
 def test_subsampling_is_a_scaled_sum_of_each_2x2_field_plus_bias():
