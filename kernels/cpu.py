@@ -201,7 +201,8 @@ def _conv_chunks(N, column_length, multiply_adds):
 
 @njit(cache=True, nogil=True)
 def _rows_to_samples(rows, b, y, start):
-    # y[start + n, o, l] = rows[o, n, l] (+ b[o]): the product's (OC, n, OH*OW) back to NCHW.
+    # y[start + n, o, l] = rows[o, n, l] (+ b[o]): a product's result back to NCHW. rows is the
+    # channel-major product (OC, n, OH*OW) itself, or a transposed view of the pixel-major one.
     OC, count, L = rows.shape
     for n in range(count):
         for o in range(OC):
@@ -212,7 +213,8 @@ def _rows_to_samples(rows, b, y, start):
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})  # lets the bias sums vectorise
 def _samples_to_rows(gy, start, rows, bias_sums):
-    # rows[o, n, l] = gy[start + n, o, l], the layout of the products; bias_sums[o] adds up gy[., o, .].
+    # rows[o, n, l] = gy[start + n, o, l], in the products' layout (rows as for _rows_to_samples);
+    # bias_sums[o] adds up gy[., o, .].
     OC, count, L = rows.shape
     for o in range(OC):
         bias_sums[o] = 0
@@ -226,33 +228,9 @@ def _samples_to_rows(gy, start, rows, bias_sums):
             bias_sums[o] += total
 
 
-@njit(cache=True, nogil=True)
-def _pixels_to_samples(pixels, b, y, start):
-    # y[start + n, o, l] = pixels[n * L + l, o] (+ b[o]): the pixel-major product back to NCHW.
-    N, OC, L = y.shape
-    count = pixels.shape[0] // L
-    for n in range(count):
-        for o in range(OC):
-            shift = b[o] if b.shape[0] else 0
-            for l in range(L):
-                y[start + n, o, l] = pixels[n * L + l, o] + shift
-
-
-@njit(cache=True, nogil=True, fastmath={"reassoc"})  # lets the bias sums vectorise
-def _samples_to_pixels(gy, start, pixels, bias_sums):
-    # pixels[n * L + l, o] = gy[start + n, o, l]; bias_sums[o] adds up gy[., o, .].
-    N, OC, L = gy.shape
-    count = pixels.shape[0] // L
-    for o in range(OC):
-        bias_sums[o] = 0
-    for n in range(count):
-        for o in range(OC):
-            total = 0.0
-            for l in range(L):
-                value = gy[start + n, o, l]
-                pixels[n * L + l, o] = value
-                total += value
-            bias_sums[o] += total
+def _pixels_as_rows(pixels, count):
+    """The (OC, count, OH*OW) view of a pixel-major (count*OH*OW, OC) array."""
+    return pixels.reshape(count, -1, pixels.shape[1]).transpose(2, 0, 1)
 
 
 @njit(cache=True, nogil=True)
@@ -476,7 +454,7 @@ def conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups):
         count = stop - start
         col = layer.columns(x, start, stop)
         if layer.pixel_major:
-            _pixels_to_samples(col @ layer.weight.T, b, y_rows, start)  # (count*L, OC)
+            _rows_to_samples(_pixels_as_rows(col @ layer.weight.T, count), b, y_rows, start)  # (count*L, OC)
         elif count == 1:  # the product of one sample is already its NCHW output: write it in place
             np.matmul(layer.weight, col.reshape(G, K, L), out=y_rows[start].reshape(G, OC // G, L))
             if b.shape[0]:
@@ -511,7 +489,7 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
         if layer.pixel_major:
             # y = col W^T: dW = gy^T col, dcol = gy W (gy as (count*L, OC)).
             gy_pixels = np.empty((count * L, OC), dtype=x.dtype)
-            _samples_to_pixels(gy_rows, start, gy_pixels, gb_shares[k])
+            _samples_to_rows(gy_rows, start, _pixels_as_rows(gy_pixels, count), gb_shares[k])
             if needs_grad[1]:
                 np.matmul(gy_pixels.T, col, out=gW_shares[k, 0])
             if needs_grad[0]:
