@@ -34,7 +34,7 @@ class Linear(Function):
         if self.needs_input_grad[1]:
             gW = kernels.matmul(gy_rows.T, x.reshape(-1, in_features))  # (out, in)
         if self.needs_input_grad[2]:
-            gb = gy.reshape(-1, out_features).sum(axis=0)  # (out,)
+            gb = gy_rows.sum(axis=0)  # (out,)
         return gx, gW, gb
 
     @staticmethod
