@@ -117,3 +117,13 @@ def test_settings_can_be_turned_off():
     child = _run_child(TINYCNN_NO_THREAD_SETTINGS="1")
     assert child["environ"] == {name: None for name in _threading.SETTINGS}
     assert all(child["report"][name] == [None, "unset"] for name in _threading.SETTINGS)
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_a_bad_kernel_thread_count_is_named_in_the_error(value):
+    env = {name: v for name, v in os.environ.items() if not name.startswith("TINYCNN_")}
+    env["TINYCNN_NUM_THREADS"] = value
+    result = subprocess.run([sys.executable, "-c", "import tinycnn.kernels.parallel"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert f"TINYCNN_NUM_THREADS must be a positive integer, got {value!r}" in result.stderr
