@@ -22,7 +22,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 # A call with fewer element operations than this runs on the calling thread alone: waking a pool
-# thread measured 80-90 microseconds here, the time of about a million simple element operations.
+# thread measured 80-90 microseconds here, about what 10^5 element operations of a kernel take.
 SERIAL_WORK = 1 << 17
 # Chunks are made about this much work each (or one item, if an item is bigger), so that several
 # chunks per thread even out threads that start late.
