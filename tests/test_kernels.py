@@ -337,3 +337,32 @@ def test_matmul_equals_reference_when_split_across_threads(M, K, N, dtype):
     b = _array(1, (N, K), dtype).T  # transposed, as Linear passes its weight
     assert_close(cpu.matmul(a, b), reference.matmul(a, b), dtype, what=f"matmul {M}x{K}x{N}")
     assert cpu.matmul(a, b).dtype == dtype
+
+
+@pytest.mark.parametrize("x_shape, w_shape, window, groups", [
+    ((64, 20, 12, 12), (50, 20, 5, 5), (1, 1, 0, 0, 1, 1), 1),  # LeNet's second layer: pixel-major
+    ((16, 1, 28, 28), (20, 1, 5, 5), (1, 1, 0, 0, 1, 1), 1),  # LeNet's first: the small weight product
+    ((8, 64, 20, 20), (64, 64, 3, 3), (1, 1, 1, 1, 1, 1), 1),  # wide rows: channel-major, one sample a chunk
+    ((8, 32, 9, 9), (48, 32, 3, 3), (2, 2, 1, 1, 1, 1), 1),  # strided, pixel-major
+    ((16, 24, 20, 20), (48, 8, 3, 3), (1, 1, 2, 2, 2, 2), 3),  # grouped and dilated
+    ((32, 512, 1, 1), (256, 512, 3, 3), (1, 1, 1, 1, 1, 1), 1),  # dead taps cut, products split in two
+])
+def test_conv2d_kernels_at_real_sizes_equal_reference(x_shape, w_shape, window, groups):
+    # Layers big enough for several chunks on every kernel thread, against the float64 reference.
+    x = _array(0, x_shape, np.float32)
+    W = _array(1, w_shape, np.float32)
+    b = _array(2, w_shape[:1], np.float32)
+    assert len(cpu._ConvGeometry(x, W, *window, groups).chunks) > 1
+    y = cpu.conv2d_forward(x, W, b, *window, groups)
+    gy = _array(3, y.shape, np.float32)
+    grads = cpu.conv2d_backward(gy, x, W, *window, groups)
+    x64, W64, b64, gy64 = (a.astype(np.float64) for a in (x, W, b, gy))
+    expected = (reference.conv2d_forward(x64, W64, b64, *window, groups),) \
+        + reference.conv2d_backward(gy64, x64, W64, *window, groups)
+    OC, C_group, KH, KW = w_shape
+    terms = {"y": C_group * KH * KW, "gx": OC // groups * KH * KW, "gW": y.shape[0] * y.shape[2] * y.shape[3]}
+    terms["gb"] = terms["gW"]
+    for actual, wanted, name in zip((y,) + grads, expected, ("y", "gx", "gW", "gb")):
+        assert actual.dtype == np.float32, name
+        # Each value sums `terms` float32 products of numbers in [-1, 1]: allow 1e-6 per term.
+        np.testing.assert_allclose(actual, wanted, rtol=1e-5, atol=1e-6 * terms[name], err_msg=name)
