@@ -178,9 +178,10 @@ PRODUCT_SERIAL = 1 << 21  # multiply-adds below which a layer's products stay in
 # one window row is KW*C contiguous values, a longer copy where rows are short and C is not tiny
 # (LeNet's 20->50 layer, OW 8: im2col 360 -> 135 us per 8 samples, col2im 300 -> 200 us, and its
 # weight-gradient product 1.4x faster in this orientation). Pixel-major is used for ungrouped
-# layers with at least PIXEL_MAJOR_CHANNELS input channels and outputs narrower than
-# PIXEL_MAJOR_WIDTH; at OW 32 and 56 channel-major measured 5-15% faster, and 3x on a 1x1 layer.
-PIXEL_MAJOR_CHANNELS = 8
+# layers with at least PIXEL_MAJOR_CHANNELS input channels (d2l's LeNet-5, 6 channels into its
+# second layer: steps 4-5% faster than channel-major) and outputs narrower than PIXEL_MAJOR_WIDTH;
+# at OW 32 and 56 channel-major measured 5-15% faster, and 3x on a 1x1 layer.
+PIXEL_MAJOR_CHANNELS = 4
 PIXEL_MAJOR_WIDTH = 16
 # A weight gradient of at most this many values (OC/G * C/G*KH*KW: LeNet's first layers) is
 # computed by _small_product rather than OpenBLAS, whose products with so small a result did not
