@@ -651,9 +651,10 @@ def max_pool2d_backward(gy, argmax, H, W):
     return gx.reshape(N, C, H, W)
 
 
-@njit(cache=True, nogil=True)
-def _avg_pool2d_forward(x, y, divisor, KH, KW, SH, SW, PH, PW, start, stop):
-    # The image planes nc = n * C + c in [start, stop).
+@njit(inline="always")
+def _avg_pool_planes(x, y, divisor, KH, KW, SH, SW, PH, PW, start, stop):
+    # The image planes nc = n * C + c in [start, stop). Inlined into the kernels below, which fix
+    # the common window sizes as constants so that the window loops unroll (as for max pooling).
     N, C, H, W = x.shape
     OH, OW = y.shape[2:]
     for nc in range(start, stop):
@@ -670,6 +671,16 @@ def _avg_pool2d_forward(x, y, divisor, KH, KW, SH, SW, PH, PW, start, stop):
                                 total += x[n, c, h, w]
                 # The division is done in float64 and rounded once, as in the reference.
                 y[n, c, oh, ow] = np.float64(total) / divisor[oh, ow]
+
+
+@njit(cache=True, nogil=True)
+def _avg_pool2d_forward(x, y, divisor, KH, KW, SH, SW, PH, PW, start, stop):
+    if (KH, KW) == (2, 2):  # LeNet-5's and DenseNet's transitions
+        _avg_pool_planes(x, y, divisor, 2, 2, SH, SW, PH, PW, start, stop)
+    elif (KH, KW) == (3, 3):  # Inception's pooling branches
+        _avg_pool_planes(x, y, divisor, 3, 3, SH, SW, PH, PW, start, stop)
+    else:
+        _avg_pool_planes(x, y, divisor, KH, KW, SH, SW, PH, PW, start, stop)
 
 
 def avg_pool2d_forward(x, KH, KW, SH, SW, PH, PW, ceil_mode, count_include_pad):
