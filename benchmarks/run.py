@@ -22,6 +22,9 @@ tinycnn is faster).
              (needs CuPy and a CUDA device; prints "skipped: no GPU" otherwise)
     compile  Numba's compile cost: a fresh `python -c` that imports tinycnn and runs one LeNet
              forward + backward, with an empty NUMBA_CACHE_DIR (cold) and again with it filled (warm)
+    shared   (not run by default) tinycnn's (a) with one kernel thread and with all of them, while 0,
+             1 and 2 CPU-bound processes share the machine: what the kernel threads cost when other
+             work holds the cores
 
 Data: one random batch per case (float32 N(0, 1), uniform labels), or for LeNet the first images of
 the real MNIST training set when $TINYCNN_DATA is set; the timings do not depend on the values.
@@ -48,7 +51,7 @@ import tinycnn.models
 from benchmarks import twins as torch_twins
 from tinycnn import backend
 
-PARTS = ("a", "b", "c", "d", "gpu", "compile")
+PARTS = ("a", "b", "c", "d", "gpu", "compile", "shared")
 PART_ALIASES = {"lenet": "a", "lenet5": "b", "resnet18": "c", "conv": "d"}
 MNIST_TRAIN_IMAGES = 60000
 
@@ -477,6 +480,48 @@ def part_compile(results, args):
     results.compile = rows
 
 
+BUSY_PROCESS = "while True: pass"
+
+
+def part_shared(results, args):
+    from tinycnn.kernels import parallel
+    all_threads = parallel.get_num_threads()
+    print(f"(shared) tinycnn's LeNet training step at batch 64 with 1 and {all_threads} kernel threads, "
+          f"interleaved, beside 0, 1 and 2 CPU-bound processes (`python -c \"{BUSY_PROCESS}\"`)", flush=True)
+    tiny_model, _ = build_twins("lenet", "cpu")
+    x, t = mnist_batch(64)
+    step = training_step("tinycnn", tiny_model, tinycnn.tensor(x), tinycnn.tensor(t))
+
+    def with_threads(count):
+        def run():
+            if parallel.get_num_threads() != count:
+                parallel.set_num_threads(count)
+            step()
+        return run
+
+    rows = []
+    try:
+        for busy in range(3):
+            processes = [subprocess.Popen([sys.executable, "-c", BUSY_PROCESS]) for _ in range(busy)]
+            try:
+                time.sleep(0.5)  # let them start spinning
+                times = summarise(interleaved_rounds({1: with_threads(1), all_threads: with_threads(all_threads)},
+                                                     args.repeat, args.steps))
+            finally:
+                for process in processes:
+                    process.kill()
+                    process.wait()
+            rows.append(dict(busy_processes=busy,
+                             **{f"{count}_threads_ms": times[count][0] * 1e3 for count in times},
+                             **{f"{count}_threads_best_ms": times[count][1] * 1e3 for count in times}))
+            print(f"  {busy} busy: 1 thread {times[1][0] * 1e3:.1f} ms/step (best round {times[1][1] * 1e3:.1f}), "
+                  f"{all_threads} threads {times[all_threads][0] * 1e3:.1f} ms/step (best round "
+                  f"{times[all_threads][1] * 1e3:.1f})", flush=True)
+    finally:
+        parallel.set_num_threads(all_threads)
+    results.shared = rows
+
+
 def machine():
     info = dict(python=platform.python_version(), numpy=np.__version__, torch=torch.__version__,
                 torch_threads=torch.get_num_threads(), cpus=os.cpu_count(), tinycnn=tinycnn.__version__)
@@ -514,13 +559,13 @@ def main(argv=None):
           f"rounds; tinycnn kernels {args.kernels}", flush=True)
     for part in args.only:
         globals()[f"part_{part}"](results, args)
-    info["threads"] = tinycnn._threading.report()  # now with Numba's threading layer, if it started
+    info["threads"] = tinycnn._threading.report()
     print(f"\nthread settings: {info['threads']}\n\n{results.table()}")
     if args.json:
         with open(args.json, "w") as file:
             json.dump(dict(command=command, machine=info, rows=results.rows,
                            sgemm_gflops=getattr(results, "sgemm_gflops", None),
-                           compile=getattr(results, "compile", None),
+                           compile=getattr(results, "compile", None), shared=getattr(results, "shared", None),
                            gpu_skipped=getattr(results, "gpu_skipped", None)), file, indent=1, default=str)
 
 
