@@ -1,6 +1,6 @@
 """tinycnn against PyTorch, side by side in one process:
 
-    python -m benchmarks.run [--only a,b,c,d,gpu,compile] [--steps N] [--repeat R]
+    python -m benchmarks.run [--only a,b,c,d,gpu,compile,shared] [--steps N] [--repeat R]
                              [--kernels auto,numpy] [--torch-threads N] [--profile] [--json out.json]
 
 Each part builds the same network in both frameworks with the same weights (benchmarks/twins.py),
@@ -61,7 +61,7 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n", 4)[4])
     parser.add_argument("--only", "--parts", dest="only", default="a,b,c,d,gpu,compile",
-                        help="comma-separated parts to run (default: all of a,b,c,d,gpu,compile)")
+                        help="comma-separated parts to run (default: a,b,c,d,gpu,compile; shared only on request)")
     parser.add_argument("--steps", type=int, default=10, help="steps timed per round (default 10)")
     parser.add_argument("--repeat", "--rounds", dest="repeat", type=int, default=5,
                         help="alternating timing rounds per framework; the median is reported (default 5)")
