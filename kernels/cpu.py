@@ -28,7 +28,7 @@ h = oh*SH - PH + i*DH, w = ow*SW - PW + j*DW.
 import numpy as np
 from numba import njit
 
-from tinycnn.kernels.parallel import parallel_range, run_chunks
+from tinycnn.kernels.parallel import parallel_range, run_chunks, split
 from tinycnn.kernels.reference import avg_pool_divisor, check_argmax_in_plane, conv_output_size
 
 
@@ -196,8 +196,7 @@ def _conv_chunks(N, column_length, multiply_adds):
         count = max(count, PRODUCT_CHUNKS)
     if count > 1:
         count += count % 2
-    per_chunk = -(-N // min(count, N))
-    return [(start, min(start + per_chunk, N)) for start in range(0, N, per_chunk)]
+    return split(N, -(-N // min(count, N)))
 
 
 @njit(cache=True, nogil=True)
@@ -320,8 +319,7 @@ def matmul(a, b):
         def run(start, stop):
             np.matmul(a, b[:, start:stop], out=out[:, start:stop])
     size = M if by_rows else N
-    per_chunk = -(-size // PRODUCT_CHUNKS)
-    run_chunks(run, [(start, min(start + per_chunk, size)) for start in range(0, size, per_chunk)])
+    run_chunks(run, split(size, -(-size // PRODUCT_CHUNKS)))
     return out
 
 

@@ -86,13 +86,18 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
+def split(total, per_chunk):
+    """range(total) as consecutive (start, stop) pieces of per_chunk items, the last one shorter."""
+    return [(start, min(start + per_chunk, total)) for start in range(0, total, per_chunk)]
+
+
 def chunk_bounds(total, work_per_item):
     """Split range(total) into chunks of about CHUNK_WORK element operations, at least one item
     each: a list of (start, stop). Depends on the work's size only, never on the thread count."""
     if total <= 0:
         return []
     per_chunk = max(1, min(total, CHUNK_WORK // max(1, work_per_item)))
-    return [(start, min(start + per_chunk, total)) for start in range(0, total, per_chunk)]
+    return split(total, per_chunk)
 
 
 def run_chunks(run, chunks):
