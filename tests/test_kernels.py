@@ -148,6 +148,7 @@ def normalization_inputs(draw):
 
 
 @given(normalization_inputs(), st.booleans(), DTYPES, st.integers(0, 2**16))
+@example((1, 2), False, np.float32, 86)  # a channel whose mean is large beside its spread
 def test_batch_norm_equals_reference(shape, affine, dtype, seed):
     if shape[0] * int(np.prod(shape[2:])) == 1:
         shape = (2,) + shape[1:]  # one value per channel has no variance to normalise by
