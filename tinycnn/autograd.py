@@ -160,11 +160,20 @@ class Tensor:
     def zero_grad(self):
         self.grad = None
 
-    def to(self, device):
-        """A copy on 'cpu' or 'gpu' (the same Tensor if it is there already)."""
-        if self.device == device:
-            return self
-        return Tensor(backend.to_device(self.data, device), requires_grad=self.requires_grad)
+    def to(self, *args, device=None, dtype=None):
+        """This tensor on 'cpu' or 'gpu' and/or cast to `dtype`, as torch: `to('gpu')`,
+        `to(numpy.float64)`, `to('cpu', numpy.float64)`; the same Tensor when nothing changes.
+        The cast is recorded in the graph (gradients flow back in the source dtype); a device move
+        makes a new leaf."""
+        for arg in args:
+            if isinstance(arg, str) and (arg in ("cpu", "gpu") or arg.startswith("cuda")):
+                device = arg
+            else:
+                dtype = arg
+        result = self if dtype is None else self.astype(dtype)  # astype: tinycnn/arithmetic.py
+        if device is None or result.device == device:
+            return result
+        return Tensor(backend.to_device(result.data, device), requires_grad=result.requires_grad)
 
     def backward(self, grad=None, retain_graph=False):
         """Accumulate d(self)/d(leaf) into every leaf's `.grad`.

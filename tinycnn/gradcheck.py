@@ -64,15 +64,16 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, raise_exceptio
         x = inputs[i]
         analytic = backend.to_cpu(x.grad) if x.grad is not None else numpy.zeros(x.shape)
         numeric = numpy.zeros(x.shape)
-        flat = x.data.reshape(-1)  # a view: perturbing it perturbs x
-        for k in range(flat.size):
-            original = flat[k].item()
-            flat[k] = original + eps
+        # Perturb x.data in place through a full index: x.data.reshape(-1) would be a copy for a
+        # non-contiguous array (a transposed or sliced leaf), and perturbing a copy leaves f unchanged.
+        for index in numpy.ndindex(*x.shape):
+            original = x.data[index].item()
+            x.data[index] = original + eps
             plus = _weighted_sum(_outputs(fn, inputs), weights)
-            flat[k] = original - eps
+            x.data[index] = original - eps
             minus = _weighted_sum(_outputs(fn, inputs), weights)
-            flat[k] = original
-            numeric.reshape(-1)[k] = (plus - minus) / (2 * eps)
+            x.data[index] = original
+            numeric[index] = (plus - minus) / (2 * eps)
         error = numpy.abs(numeric - analytic) - (atol + rtol * numpy.abs(numeric))
         if (error > 0).any() or not numpy.isfinite(analytic).all():
             worst = numpy.unravel_index(numpy.nanargmax(numpy.where(numpy.isfinite(error), error, numpy.inf)), x.shape)

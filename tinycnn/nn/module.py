@@ -6,6 +6,8 @@ layers. Buffers are plain arrays (BatchNorm's running statistics are updated in 
 """
 from collections import OrderedDict
 
+import numpy
+
 from tinycnn import backend
 from tinycnn.autograd import Parameter, Tensor
 
@@ -157,18 +159,51 @@ class Module:
             fn(module)
         return self
 
-    def to(self, device):
-        """Move every parameter and buffer to 'cpu' or 'gpu', in place; returns self."""
+    def to(self, *args, device=None, dtype=None):
+        """Move and/or cast every parameter and buffer in place, as torch: `to('gpu')`,
+        `to(numpy.float64)`, `to('cpu', numpy.float64)`, `to(device=..., dtype=...)`; returns self.
+
+        A dtype must be floating point and applies only to floating parameters, gradients and
+        buffers (an integer counter stays an integer). Each Parameter keeps its identity (its
+        `.data` is replaced), so an optimizer built before still holds the model's parameters.
+        """
+        for arg in args:
+            if isinstance(arg, str) and (arg in ("cpu", "gpu") or arg.startswith("cuda")):
+                device = arg
+            else:
+                dtype = arg
+        if dtype is not None:
+            try:
+                dtype = numpy.dtype(dtype)
+            except TypeError:
+                raise TypeError(f"{type(self).__name__}.to: expected a device ('cpu', 'gpu') or a NumPy "
+                                f"floating dtype, got {dtype!r}") from None
+            if dtype.kind != "f":
+                raise TypeError(f"{type(self).__name__}.to: only floating-point dtypes are accepted, got {dtype}")
+
+        def convert(array):
+            if dtype is not None and array.dtype.kind == "f":
+                array = array.astype(dtype, copy=False)
+            return array if device is None else backend.to_device(array, device)
+
         for module in self.modules():
             for parameter in module._parameters.values():
                 if parameter is not None:
-                    parameter.data = backend.to_device(parameter.data, device)
+                    parameter.data = convert(parameter.data)
                     if parameter.grad is not None:
-                        parameter.grad = backend.to_device(parameter.grad, device)
+                        parameter.grad = convert(parameter.grad)
             for name in module._buffers:
                 if getattr(module, name) is not None:
-                    object.__setattr__(module, name, backend.to_device(getattr(module, name), device))
+                    object.__setattr__(module, name, convert(getattr(module, name)))
         return self
+
+    def double(self):
+        """Cast floating parameters and buffers to float64 (for gradcheck); returns self."""
+        return self.to(numpy.float64)
+
+    def float(self):
+        """Cast floating parameters and buffers to float32; returns self."""
+        return self.to(numpy.float32)
 
     def state_dict(self):
         """An OrderedDict of NumPy arrays keyed as PyTorch would (`features.0.weight`, ...)."""
