@@ -1,0 +1,257 @@
+"""conv2d forward and backward for the Numba backend (see tinycnn.kernels.cpu for the whole picture).
+
+A layer's samples are cut into chunks (its shape alone decides them, never the thread count), and
+each chunk is carried through its columns (tinycnn.kernels.cpu_columns), the matrix products
+(OpenBLAS on one thread, or tinycnn.kernels.cpu_matmul._small_product) and back on one thread,
+while its columns are still in that core's cache. The weight gradient is summed over the chunks in
+chunk order, so its bits do not depend on the threads.
+"""
+import numpy as np
+from numba import njit
+
+from tinycnn.kernels.cpu_columns import _col2im, _from_padded_nhwc, _im2col, _im2row, _row2im, _to_padded_nhwc
+from tinycnn.kernels.cpu_matmul import PRODUCT_CHUNKS, PRODUCT_SERIAL, _small_product
+from tinycnn.kernels.parallel import run_chunks, split
+from tinycnn.kernels.reference import conv_output_size
+
+# conv2d: chunks of samples, each carried through im2col, the matrix products and col2im on one
+# thread while its columns are still in that core's cache, instead of whole-batch passes over
+# memory. A chunk's columns are at most about COLUMN_CHUNK elements (1 MiB of float32, half this
+# machine's per-core L2); a layer whose products are big gets at least PRODUCT_CHUNKS chunks, so
+# that both cores share the products even where the columns are small (a ResNet's last stage),
+# but no more, as a product of few columns runs slower per column; and a layer split at all is
+# split into an even number of equal chunks, so that two threads finish together.
+COLUMN_CHUNK = 1 << 18
+# The backward pass computes each chunk's columns again rather than keeping the forward's: the
+# copies run at vector speed, on data in cache, while kept columns cost fresh memory every step
+# (ResNet-18 ran 5% faster without them, LeNet the same; a 3x3 64->64 layer at 56x56, 11 instead
+# of 15 ms forward).
+# Two layouts of a chunk's columns. Channel-major, (C*KH*KW, count*OH*OW) as im2col's: its copies
+# run along output rows, OW pixels at a time, and the product of one sample is already its NCHW
+# output. Pixel-major, (count*OH*OW, KH*KW*C): the chunk is first transposed to padded NHWC, where
+# one window row is KW*C contiguous values, a longer copy where rows are short and C is not tiny
+# (LeNet's 20->50 layer, OW 8: im2col 360 -> 135 us per 8 samples, col2im 300 -> 200 us, and its
+# weight-gradient product 1.4x faster in this orientation). Pixel-major is used for ungrouped
+# layers with at least PIXEL_MAJOR_CHANNELS input channels (d2l's LeNet-5, 6 channels into its
+# second layer: steps 4-5% faster than channel-major) and outputs narrower than PIXEL_MAJOR_WIDTH;
+# at OW 32 and 56 channel-major measured 5-15% faster, and 3x on a 1x1 layer.
+PIXEL_MAJOR_CHANNELS = 4
+PIXEL_MAJOR_WIDTH = 16
+# A weight gradient of at most this many values (OC/G * C/G*KH*KW: LeNet's first layers) is
+# computed by _small_product rather than OpenBLAS, whose products with so small a result did not
+# run any faster on two threads than on one (0.95x for 20x25 over 9,216 pixels; bigger ones 1.7-1.9x).
+SMALL_PRODUCT = 4096
+
+
+def _conv_chunks(N, column_length, multiply_adds):
+    """(start, stop) sample ranges for a conv layer; they depend on its shape only."""
+    count = -(-N // max(1, COLUMN_CHUNK // max(1, column_length)))  # chunks that fit COLUMN_CHUNK
+    if multiply_adds >= PRODUCT_SERIAL:
+        count = max(count, PRODUCT_CHUNKS)
+    if count > 1:
+        count += count % 2
+    return split(N, -(-N // min(count, N)))
+
+
+@njit(cache=True, nogil=True)
+def _rows_to_samples(rows, b, y, start):
+    # y[start + n, o, l] = rows[o, n, l] (+ b[o]): a product's result back to NCHW. rows is the
+    # channel-major product (OC, n, OH*OW) itself, or a transposed view of the pixel-major one.
+    OC, count, L = rows.shape
+    for n in range(count):
+        for o in range(OC):
+            shift = b[o] if b.shape[0] else 0
+            for l in range(L):
+                y[start + n, o, l] = rows[o, n, l] + shift
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})  # lets the bias sums vectorise
+def _samples_to_rows(gy, start, rows, bias_sums):
+    # rows[o, n, l] = gy[start + n, o, l], in the products' layout (rows as for _rows_to_samples);
+    # bias_sums[o] adds up gy[., o, .].
+    OC, count, L = rows.shape
+    for o in range(OC):
+        bias_sums[o] = 0
+    for n in range(count):
+        for o in range(OC):
+            total = 0.0
+            for l in range(L):
+                value = gy[start + n, o, l]
+                rows[o, n, l] = value
+                total += value
+            bias_sums[o] += total
+
+
+def _pixels_as_rows(pixels, count):
+    """The (OC, count, OH*OW) view of a pixel-major (count*OH*OW, OC) array."""
+    return pixels.reshape(count, -1, pixels.shape[1]).transpose(2, 0, 1)
+
+
+def _live_taps(L, O, K, S, P, D):
+    """The kernel taps [first, stop) along one axis that land inside the input for some output.
+    The others only ever see padding: their columns are zeros, and their weights get no gradient."""
+    live = [k for k in range(K) if min(O, (L - 1 + P - k * D) // S + 1) > max(0, -((k * D - P) // S))]
+    if not live:  # every window is padding only: keep one tap, whose columns im2col zero-fills
+        return 0, 1
+    return live[0], live[-1] + 1
+
+
+
+class _ConvGeometry:
+    """A conv2d call's shapes, chunks and column layout, shared by its forward and backward.
+
+    Kernel taps that see only padding are cut off the kernel first: a 3x3 layer on a 1x1 input
+    (the last stage of a ResNet on 32x32 images) becomes a 1x1 layer, 9 times less work. KH, KW
+    and the weight here are those of the cut kernel, which starts at tap (first_i, first_j); the
+    padding PH, PW is moved by as much, so every live tap reads the same pixels as before."""
+
+    def __init__(self, x, W, SH, SW, PH, PW, DH, DW, groups):
+        self.N, self.C, self.H, self.W = x.shape
+        self.OC, _, KH, KW = W.shape
+        self.OH = conv_output_size(self.H, KH, SH, PH, DH)
+        self.OW = conv_output_size(self.W, KW, SW, PW, DW)
+        self.full_kernel = KH, KW
+        self.first_i, stop_i = _live_taps(self.H, self.OH, KH, SH, PH, DH)
+        self.first_j, stop_j = _live_taps(self.W, self.OW, KW, SW, PW, DW)
+        self.KH, self.KW = stop_i - self.first_i, stop_j - self.first_j
+        W = W[:, :, self.first_i:stop_i, self.first_j:stop_j]
+        # The original padding (the pixel-major layout pads by it) and the cut kernel's.
+        self.padding = PH, PW
+        self.SH, self.SW, self.DH, self.DW = SH, SW, DH, DW
+        self.PH, self.PW = PH - self.first_i * DH, PW - self.first_j * DW
+        self.G = groups
+        self.L = self.OH * self.OW
+        self.pointwise = (self.KH, self.KW, SH, SW, self.PH, self.PW) == (1, 1, 1, 1, 0, 0)
+        self.K = self.C // groups * self.KH * self.KW  # the length of one column, per group
+        self.pixel_major = groups == 1 and self.C >= PIXEL_MAJOR_CHANNELS and self.OW < PIXEL_MAJOR_WIDTH
+        column_length = self.C * self.KH * self.KW * self.L
+        self.chunks = _conv_chunks(self.N, column_length, self.N * self.OC * self.K * self.L)
+        self.chunk_index = {start: k for k, (start, _) in enumerate(self.chunks)}
+        if self.pixel_major:  # the weight as (OC, KH*KW*C), the columns' order
+            self.weight = np.ascontiguousarray(W.transpose(0, 2, 3, 1)).reshape(self.OC, self.K)
+        else:
+            self.weight = np.ascontiguousarray(W).reshape(groups, self.OC // groups, self.K)
+
+    def full_weight_gradient(self, gW):
+        """The cut kernel's weight gradient (OC, C/G, KH, KW) placed in the whole kernel's, zero at
+        the dead taps."""
+        if (self.KH, self.KW) == self.full_kernel:
+            return gW
+        full = np.zeros(gW.shape[:2] + self.full_kernel, dtype=gW.dtype)
+        full[:, :, self.first_i:self.first_i + self.KH, self.first_j:self.first_j + self.KW] = gW
+        return full
+
+    def columns(self, x, start, stop):
+        """The columns of samples [start, stop) in this layer's layout."""
+        count = stop - start
+        if self.pixel_major:
+            PH, PW = self.padding
+            padded = np.empty((count, self.H + 2 * PH, self.W + 2 * PW, self.C), dtype=x.dtype)
+            _to_padded_nhwc(x, start, padded, PH, PW)
+            col = np.empty((count * self.L, self.K), dtype=x.dtype)
+            _im2row(padded, col, self.OH, self.OW, self.KH, self.KW, self.SH, self.SW, self.DH, self.DW,
+                    self.first_i * self.DH, self.first_j * self.DW)
+        elif count == 1 and self.pointwise:  # a 1x1 window at stride 1 sees x itself: no copy
+            col = x[start].reshape(self.C, 1, 1, 1, self.OH, self.OW)
+        else:
+            col = np.empty((self.C, self.KH, self.KW, count, self.OH, self.OW), dtype=x.dtype)
+            _im2col(x[start:stop], col, self.SH, self.SW, self.PH, self.PW, self.DH, self.DW, 0, self.C * count)
+        return col
+
+    def columns_to_input(self, gcol, gx, start, stop):
+        """gx[start:stop] = the adjoint of `columns` applied to gcol."""
+        count = stop - start
+        if self.pixel_major:
+            PH, PW = self.padding
+            padded = np.empty((count, self.H + 2 * PH, self.W + 2 * PW, self.C), dtype=gx.dtype)
+            _row2im(gcol, padded, self.OH, self.OW, self.KH, self.KW, self.SH, self.SW, self.DH, self.DW,
+                    self.first_i * self.DH, self.first_j * self.DW)
+            _from_padded_nhwc(padded, PH, PW, gx, start)
+        else:
+            _col2im(gcol.reshape(self.C, self.KH, self.KW, count, self.OH, self.OW), gx[start:stop],
+                    self.SH, self.SW, self.PH, self.PW, self.DH, self.DW, 0, count * self.C * self.H)
+
+
+def conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups):
+    """As the reference: y (N, OC, OH, OW) = W * x + b, im2col and one product per group, done a
+    chunk of samples at a time on every thread."""
+    x, W = np.ascontiguousarray(x), np.ascontiguousarray(W)
+    layer = _ConvGeometry(x, W, SH, SW, PH, PW, DH, DW, groups)
+    N, OC, OH, OW, L, G, K = layer.N, layer.OC, layer.OH, layer.OW, layer.L, layer.G, layer.K
+    b = np.zeros(0, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
+    y = np.empty((N, OC, OH, OW), dtype=x.dtype)
+    y_rows = y.reshape(N, OC, L)
+
+    def run(start, stop):
+        count = stop - start
+        col = layer.columns(x, start, stop)
+        if layer.pixel_major:
+            _rows_to_samples(_pixels_as_rows(col @ layer.weight.T, count), b, y_rows, start)  # (count*L, OC)
+        elif count == 1:  # the product of one sample is already its NCHW output: write it in place
+            np.matmul(layer.weight, col.reshape(G, K, L), out=y_rows[start].reshape(G, OC // G, L))
+            if b.shape[0]:
+                y_rows[start] += b[:, None]
+        else:
+            product = np.matmul(layer.weight, col.reshape(G, K, count * L))  # (G, OC/G, count*L)
+            _rows_to_samples(product.reshape(OC, count, L), b, y_rows, start)
+
+    run_chunks(run, layer.chunks)
+    return y
+
+
+def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, True, True)):
+    """As the reference, a chunk of samples at a time: each chunk's share of gW (and gb) is kept
+    apart and the shares are added in chunk order, so the sum does not depend on the threads."""
+    x, W = np.ascontiguousarray(x), np.ascontiguousarray(W)
+    gy = np.ascontiguousarray(gy, dtype=x.dtype)
+    layer = _ConvGeometry(x, W, SH, SW, PH, PW, DH, DW, groups)
+    N, OC, L, G, K = layer.N, layer.OC, layer.L, layer.G, layer.K
+    gy_rows = gy.reshape(N, OC, L)
+    chunks = layer.chunks
+    gx = np.empty_like(x) if needs_grad[0] else None
+    # Each chunk's share of dW. (As (K, OC) products they ran 10-40% faster, but turning the sum
+    # back into (OC, K) cost more: a (2304, 256) transpose took 2.5 ms here.)
+    gW_shares = np.empty((len(chunks), G, OC // G, K), dtype=x.dtype) if needs_grad[1] else None
+    gb_shares = np.empty((len(chunks), OC), dtype=x.dtype)
+
+    def run(start, stop):
+        count = stop - start
+        k = layer.chunk_index[start]
+        col = layer.columns(x, start, stop) if needs_grad[1] else None
+        if layer.pixel_major:
+            # y = col W^T: dW = gy^T col, dcol = gy W (gy as (count*L, OC)).
+            gy_pixels = np.empty((count * L, OC), dtype=x.dtype)
+            _samples_to_rows(gy_rows, start, _pixels_as_rows(gy_pixels, count), gb_shares[k])
+            if needs_grad[1]:
+                np.matmul(gy_pixels.T, col, out=gW_shares[k, 0])
+            if needs_grad[0]:
+                layer.columns_to_input(gy_pixels @ layer.weight, gx, start, stop)
+        else:
+            # y = W col per group: dW = gy col^T, dcol = W^T gy (gy as (G, OC/G, count*L)).
+            if count == 1:  # one sample's gy is already in this layout
+                rows_g = gy_rows[start].reshape(G, OC // G, L)
+                gb_shares[k] = gy_rows[start].sum(axis=1)
+            else:
+                rows = np.empty((OC, count, L), dtype=x.dtype)
+                _samples_to_rows(gy_rows, start, rows, gb_shares[k])
+                rows_g = rows.reshape(G, OC // G, count * L)
+            if needs_grad[1]:
+                col_g = col.reshape(G, K, count * L)
+                if K * (OC // G) <= SMALL_PRODUCT:
+                    for g in range(G):
+                        _small_product(rows_g[g], col_g[g], gW_shares[k, g])
+                else:
+                    np.matmul(rows_g, col_g.swapaxes(1, 2), out=gW_shares[k])
+            if needs_grad[0]:
+                layer.columns_to_input(np.matmul(layer.weight.swapaxes(1, 2), rows_g), gx, start, stop)
+
+    run_chunks(run, chunks)
+    gW = gb = None
+    if needs_grad[1]:
+        gW = gW_shares.sum(axis=0)  # (G, OC/G, K)
+        if layer.pixel_major:  # (OC, KH*KW*C) -> (OC, C, KH, KW)
+            gW = gW.reshape(OC, layer.KH, layer.KW, layer.C).transpose(0, 3, 1, 2)
+        gW = layer.full_weight_gradient(np.ascontiguousarray(gW).reshape(OC, layer.C // G, layer.KH, layer.KW))
+    if needs_grad[2]:
+        gb = gb_shares.sum(axis=0)
+    return gx, gW, gb

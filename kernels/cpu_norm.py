@@ -1,0 +1,161 @@
+"""Batch normalisation and local response normalisation for the Numba backend (see
+tinycnn.kernels.cpu for the whole picture).
+
+    batch norm     one channel c per parallel item (its statistics need all of it); the statistics
+                   are accumulated in float64, so they differ from the reference by round-off only
+    LRN            one (n, c) row per item (it reads the neighbouring channels), the window summed
+                   in the reference's order
+"""
+import numpy as np
+from numba import njit
+
+from tinycnn.kernels.parallel import parallel_range
+
+
+def _as_ncl(x):
+    """(N, C, ...) -> contiguous (N, C, L): batch norm and LRN see every trailing axis as one."""
+    x = np.ascontiguousarray(x)
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+@njit(cache=True, nogil=True)
+def _batch_norm_forward_training(x, gamma, beta, eps, y, mean, var, inv_std, start, stop):
+    # x, y (N, C, L); gamma, beta, mean, var, inv_std (C,); the channels c in [start, stop).
+    N, C, L = x.shape
+    count = N * L
+    for c in range(start, stop):
+        total = 0.0
+        for n in range(N):
+            for l in range(L):
+                total += x[n, c, l]
+        m = total / count
+        squares = 0.0
+        for n in range(N):
+            for l in range(L):
+                d = x[n, c, l] - m
+                squares += d * d
+        mean[c] = m
+        var[c] = squares / count
+        inv_std[c] = 1 / np.sqrt(var[c] + eps)
+        # y = gamma * (x - mean) * inv_std + beta, centred first: folding the mean into one
+        # multiply-add (x * gain + shift) cancelled two large float32 terms where the mean is large
+        # beside the spread, off by 2e-5 for values 1.6928 and 1.6935.
+        gain = gamma[c] * inv_std[c]
+        for n in range(N):
+            for l in range(L):
+                y[n, c, l] = (x[n, c, l] - m) * gain + beta[c]
+
+
+def batch_norm_forward_training(x, gamma, beta, eps):
+    """Normalise x (N, C, ...) per channel with its own batch statistics, then scale and shift.
+
+    Returns (y, mean, var, inv_std), the last three (C,); var is the biased variance.
+    gamma or beta may be None (no scale, no shift).
+    """
+    x3 = _as_ncl(x)  # (N, C, L)
+    C = x3.shape[1]
+    gamma = np.ones(C, x.dtype) if gamma is None else np.ascontiguousarray(gamma, dtype=x.dtype)
+    beta = np.zeros(C, x.dtype) if beta is None else np.ascontiguousarray(beta, dtype=x.dtype)
+    y = np.empty_like(x3)
+    mean, var, inv_std = (np.empty(C, dtype=x.dtype) for _ in range(3))
+    eps = float(eps)
+    parallel_range(lambda start, stop: _batch_norm_forward_training(x3, gamma, beta, eps, y, mean, var, inv_std,
+                                                                    start, stop),
+                   C, 3 * x3.shape[0] * x3.shape[2])
+    return y.reshape(x.shape), mean, var, inv_std
+
+
+@njit(cache=True, nogil=True)
+def _batch_norm_backward(gy, x, gain, mean, inv_std, gx, ggamma, gbeta, start, stop):
+    # gy, x, gx (N, C, L); gain = gamma * inv_std, mean, inv_std, ggamma, gbeta (C,); the channels
+    # c in [start, stop).
+    N, C, L = x.shape
+    count = N * L
+    for c in range(start, stop):
+        sum_gy = 0.0
+        sum_gy_x_hat = 0.0
+        for n in range(N):
+            for l in range(L):
+                sum_gy += gy[n, c, l]
+                sum_gy_x_hat += gy[n, c, l] * ((x[n, c, l] - mean[c]) * inv_std[c])
+        gbeta[c] = sum_gy
+        ggamma[c] = sum_gy_x_hat
+        # gx = gain * (gy - sum(gy)/n - x_hat * sum(gy x_hat)/n)
+        mean_gy = sum_gy / count
+        mean_gy_x_hat = sum_gy_x_hat / count
+        for n in range(N):
+            for l in range(L):
+                x_hat = (x[n, c, l] - mean[c]) * inv_std[c]
+                gx[n, c, l] = gain[c] * (gy[n, c, l] - mean_gy - x_hat * mean_gy_x_hat)
+
+
+def batch_norm_backward(gy, x, gamma, mean, inv_std):
+    """Gradients of batch_norm_forward_training: (gx, ggamma, gbeta), the last two (C,).
+    gamma None counts as 1."""
+    x3, gy3 = _as_ncl(x), _as_ncl(gy).astype(x.dtype, copy=False)  # (N, C, L)
+    C = x3.shape[1]
+    inv_std = np.ascontiguousarray(inv_std, dtype=x.dtype)
+    gain = inv_std if gamma is None else np.ascontiguousarray(gamma * inv_std, dtype=x.dtype)
+    gx = np.empty_like(x3)
+    ggamma, gbeta = np.empty(C, dtype=x.dtype), np.empty(C, dtype=x.dtype)
+    mean = np.ascontiguousarray(mean, dtype=x.dtype)
+    parallel_range(lambda start, stop: _batch_norm_backward(gy3, x3, gain, mean, inv_std, gx, ggamma, gbeta,
+                                                            start, stop),
+                   C, 2 * x3.shape[0] * x3.shape[2])
+    return gx.reshape(x.shape), ggamma, gbeta
+
+
+@njit(cache=True, nogil=True)
+def _lrn_forward(x, before, after, alpha, beta, k, y, scale, start, stop):
+    # x, y, scale (N, C, L); alpha, beta, k have x's dtype, so the arithmetic stays in it. The rows
+    # nc = n * C + c in [start, stop).
+    N, C, L = x.shape
+    for nc in range(start, stop):
+        n, c = nc // C, nc % C
+        for l in range(L):
+            total = x.dtype.type(0)
+            for neighbour in range(max(0, c - before), min(C, c + after + 1)):
+                total += x[n, neighbour, l] * x[n, neighbour, l]
+            s = k + alpha * total
+            scale[n, c, l] = s
+            y[n, c, l] = x[n, c, l] * s ** -beta
+
+
+def lrn_forward(x, size, alpha, beta, k):
+    """Local response normalisation across channels of x (N, C, ...). Returns (y, scale), with
+    scale_c = k + alpha * (sum of x_c'^2 over c' in [c - size//2, c + (size - 1)//2])."""
+    x3 = _as_ncl(x)  # (N, C, L)
+    y, scale = np.empty_like(x3), np.empty_like(x3)
+    dtype = x.dtype.type
+    N, C, L = x3.shape
+    parallel_range(lambda start, stop: _lrn_forward(x3, size // 2, (size - 1) // 2, dtype(alpha), dtype(beta),
+                                                    dtype(k), y, scale, start, stop),
+                   N * C, L * (size + 4))
+    return y.reshape(x.shape), scale.reshape(x.shape)
+
+
+@njit(cache=True, nogil=True)
+def _lrn_backward(x, y, scale, gy, before, after, beta, two_alpha_beta, gx, start, stop):
+    # before/after: the mirrored window, c' in [c - before, c + after] sees x_c in its own window.
+    # The rows nc = n * C + c in [start, stop).
+    N, C, L = x.shape
+    for nc in range(start, stop):
+        n, c = nc // C, nc % C
+        for l in range(L):
+            back = x.dtype.type(0)
+            for neighbour in range(max(0, c - before), min(C, c + after + 1)):
+                back += gy[n, neighbour, l] * y[n, neighbour, l] / scale[n, neighbour, l]
+            gx[n, c, l] = gy[n, c, l] * scale[n, c, l] ** -beta - two_alpha_beta * x[n, c, l] * back
+
+
+def lrn_backward(x, y, scale, gy, size, alpha, beta):
+    """Gradient of lrn_forward: gx_j = gy_j scale_j^-beta - 2 alpha beta x_j * sum over the
+    channels c whose window holds j of gy_c y_c / scale_c."""
+    x3, y3, scale3, gy3 = (_as_ncl(a).astype(x.dtype, copy=False) for a in (x, y, scale, gy))
+    gx = np.empty_like(x3)
+    dtype = x.dtype.type
+    N, C, L = x3.shape
+    parallel_range(lambda start, stop: _lrn_backward(x3, y3, scale3, gy3, (size - 1) // 2, size // 2, dtype(beta),
+                                                     dtype(2 * alpha * beta), gx, start, stop),
+                   N * C, L * (3 * size + 4))
+    return gx.reshape(x.shape)
