@@ -1,10 +1,16 @@
 """The CuPy GPU kernels: the same functions, arguments and results as tinycnn.kernels.reference.
 
-Every kernel is a cupy.ElementwiseKernel whose CUDA body is one string below: CuPy runs the body
-once per element of the output (index `i`), compiles it the first time it meets a dtype, and
-keeps the binary in memory and in its on-disk cache (~/.cupy/kernel_cache), so each kernel is
-compiled once per machine. Inputs read at computed positions are declared `raw` and indexed by
-hand; they are made C-contiguous first, so the flat index is the C-order one.
+Every kernel is CUDA source kept as plain data at module level: an ElementwiseSource (the
+arguments of cupy.ElementwiseKernel) or a ReductionSource (those of cupy.ReductionKernel). CuPy is
+touched only when a kernel first runs: `_kernel(source)` builds the CuPy kernel object once per
+process, CuPy compiles it the first time it meets a dtype and keeps the binary in memory and in its
+on-disk cache (~/.cupy/kernel_cache), so each kernel is compiled once per machine. Keeping the
+sources as data lets tests/cuda_harness.py compile the very same bodies as C++ on a machine without
+a GPU and run this module on NumPy arrays (tests/test_cuda_kernels.py).
+
+CuPy runs an elementwise body once per element of the output, index `i`. Inputs read at computed
+positions are declared `raw` and indexed by hand; they are made C-contiguous first, so the flat
+index is the C-order one. `T` is the floating type of the arrays (float or double).
 
 Each thread owns what it writes, so no atomics are needed and the sums add in the reference's
 order:
@@ -15,17 +21,57 @@ order:
     max_pool2d_backward               one thread per (n, c) plane: with only argmax at hand, an
                                       output cannot know which others picked the same pixel, but
                                       they all lie in its plane (fewer threads, still no atomics)
-    batch norm                        CuPy reductions per channel, then one thread per element
+    batch norm                        reductions per channel, then one thread per element
 
 Index maths and names as in kernels/cpu.py, except that `i` is CuPy's element index here, so the
 kernel taps are (ki, kj): tap (ki, kj) of the window at output (oh, ow) reads input pixel
 h = oh*SH - PH + ki*DH, w = ow*SW - PW + kj*DW.
 """
+import math
+from typing import NamedTuple
+
 from tinycnn.backend import cupy
 from tinycnn.kernels import reference
 from tinycnn.kernels.reference import avg_pool_divisor, check_argmax_in_plane, conv_output_size
 
-_IM2COL = cupy.ElementwiseKernel(
+
+class ElementwiseSource(NamedTuple):
+    """cupy.ElementwiseKernel(in_params, out_params, operation, name), as data."""
+    in_params: str
+    out_params: str
+    operation: str
+    name: str
+
+
+class ReductionSource(NamedTuple):
+    """cupy.ReductionKernel(in_params, out_params, map_expr, reduce_expr, post_map_expr, identity,
+    name), as data: map_expr per element, combined pairwise by reduce_expr (a, b), the total `a`
+    written out by post_map_expr."""
+    in_params: str
+    out_params: str
+    map_expr: str
+    reduce_expr: str
+    post_map_expr: str
+    identity: str
+    name: str
+
+
+_compiled = {}  # source name -> the CuPy kernel object, made on first use
+
+
+def _kernel(source):
+    """The CuPy kernel for `source`, built on its first call in this process."""
+    kernel = _compiled.get(source.name)
+    if kernel is None:
+        if isinstance(source, ReductionSource):
+            kernel = cupy.ReductionKernel(*source)
+        else:
+            kernel = cupy.ElementwiseKernel(*source)
+        _compiled[source.name] = kernel
+    return kernel
+
+
+IM2COL = ElementwiseSource(
     "raw T x, int64 N, int64 C, int64 H, int64 W, int64 KH, int64 KW, int64 OH, int64 OW, "
     "int64 SH, int64 SW, int64 PH, int64 PW, int64 DH, int64 DW",
     "T col",
@@ -54,11 +100,11 @@ def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW):
     OH = conv_output_size(H, KH, SH, PH, DH)
     OW = conv_output_size(W, KW, SW, PW, DW)
     col = cupy.empty((C, KH, KW, N, OH, OW), dtype=x.dtype)
-    _IM2COL(x, N, C, H, W, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW, col)
+    _kernel(IM2COL)(x, N, C, H, W, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW, col)
     return col.transpose(3, 0, 1, 2, 4, 5)  # (N, C, KH, KW, OH, OW), a view
 
 
-_COL2IM = cupy.ElementwiseKernel(
+COL2IM = ElementwiseSource(
     "raw T col, int64 N, int64 C, int64 H, int64 W, int64 KH, int64 KW, int64 OH, int64 OW, "
     "int64 SH, int64 SW, int64 PH, int64 PW, int64 DH, int64 DW",
     "T x",
@@ -93,7 +139,7 @@ def col2im(col, H, W, SH, SW, PH, PW, DH, DW):
     N, C, KH, KW, OH, OW = col.shape
     col_channel_major = cupy.ascontiguousarray(col.transpose(1, 2, 3, 0, 4, 5))  # (C, KH, KW, N, OH, OW)
     x = cupy.empty((N, C, H, W), dtype=col.dtype)
-    _COL2IM(col_channel_major, N, C, H, W, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW, x)
+    _kernel(COL2IM)(col_channel_major, N, C, H, W, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW, x)
     return x
 
 
@@ -113,7 +159,7 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
                                      im2col=im2col, col2im=col2im)
 
 
-_MAX_POOL2D_FORWARD = cupy.ElementwiseKernel(
+MAX_POOL2D_FORWARD = ElementwiseSource(
     "raw T x, int64 H, int64 W, int64 KH, int64 KW, int64 OH, int64 OW, "
     "int64 SH, int64 SW, int64 PH, int64 PW, int64 DH, int64 DW",
     "T y, int64 argmax",
@@ -152,11 +198,11 @@ def max_pool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, ceil_mode):
     OW = conv_output_size(W, KW, SW, PW, DW, ceil_mode)
     y = cupy.empty((N, C, OH, OW), dtype=x.dtype)
     argmax = cupy.empty((N, C, OH, OW), dtype=cupy.int64)
-    _MAX_POOL2D_FORWARD(x, H, W, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW, y, argmax)
+    _kernel(MAX_POOL2D_FORWARD)(x, H, W, KH, KW, OH, OW, SH, SW, PH, PW, DH, DW, y, argmax)
     return y, argmax
 
 
-_MAX_POOL2D_BACKWARD = cupy.ElementwiseKernel(
+MAX_POOL2D_BACKWARD = ElementwiseSource(
     "raw T gy, raw int64 argmax, int64 OHOW, int64 HW",
     "raw T gx",
     """
@@ -178,11 +224,11 @@ def max_pool2d_backward(gy, argmax, H, W):
     gy = cupy.ascontiguousarray(gy)
     argmax = cupy.ascontiguousarray(argmax, dtype=cupy.int64)
     gx = cupy.zeros((N, C, H, W), dtype=gy.dtype)
-    _MAX_POOL2D_BACKWARD(gy, argmax, OH * OW, H * W, gx, size=N * C)
+    _kernel(MAX_POOL2D_BACKWARD)(gy, argmax, OH * OW, H * W, gx, size=N * C)
     return gx
 
 
-_AVG_POOL2D_FORWARD = cupy.ElementwiseKernel(
+AVG_POOL2D_FORWARD = ElementwiseSource(
     "raw T x, raw float64 divisor, int64 H, int64 W, int64 KH, int64 KW, int64 OH, int64 OW, "
     "int64 SH, int64 SW, int64 PH, int64 PW",
     "T y",
@@ -213,12 +259,12 @@ def avg_pool2d_forward(x, KH, KW, SH, SW, PH, PW, ceil_mode, count_include_pad):
     OW = conv_output_size(W, KW, SW, PW, 1, ceil_mode)
     divisor = avg_pool_divisor(H, W, KH, KW, SH, SW, PH, PW, OH, OW, count_include_pad, cupy)
     y = cupy.empty((N, C, OH, OW), dtype=x.dtype)
-    _AVG_POOL2D_FORWARD(x, cupy.ascontiguousarray(divisor, dtype=cupy.float64), H, W, KH, KW, OH, OW,
+    _kernel(AVG_POOL2D_FORWARD)(x, cupy.ascontiguousarray(divisor, dtype=cupy.float64), H, W, KH, KW, OH, OW,
                         SH, SW, PH, PW, y)
     return y
 
 
-_AVG_POOL2D_BACKWARD = cupy.ElementwiseKernel(
+AVG_POOL2D_BACKWARD = ElementwiseSource(
     "raw T share, int64 H, int64 W, int64 KH, int64 KW, int64 OH, int64 OW, int64 SH, int64 SW, int64 PH, int64 PW",
     "T gx",
     """
@@ -248,7 +294,7 @@ def avg_pool2d_backward(gy, H, W, KH, KW, SH, SW, PH, PW, ceil_mode, count_inclu
     divisor = avg_pool_divisor(H, W, KH, KW, SH, SW, PH, PW, OH, OW, count_include_pad, cupy)
     share = cupy.ascontiguousarray((gy / divisor).astype(gy.dtype))  # (N, C, OH, OW)
     gx = cupy.empty((N, C, H, W), dtype=gy.dtype)
-    _AVG_POOL2D_BACKWARD(share, H, W, KH, KW, OH, OW, SH, SW, PH, PW, gx)
+    _kernel(AVG_POOL2D_BACKWARD)(share, H, W, KH, KW, OH, OW, SH, SW, PH, PW, gx)
     return gx
 
 
@@ -259,13 +305,13 @@ def _as_ncl(x):
 
 
 # Sum over (N, L) of (x - mean)^2 per channel, accumulated in float64 as kernels/cpu.py does.
-_CENTERED_SQUARES = cupy.ReductionKernel(
+CENTERED_SQUARES = ReductionSource(
     "T x, float64 mean", "float64 total",
     "((double)x - mean) * ((double)x - mean)", "a + b", "total = a", "0",
     "tinycnn_centered_squares")
 
 # y = x * gain + shift, gain and shift broadcast per channel: the affine form of batch norm.
-_SCALE_SHIFT = cupy.ElementwiseKernel(
+SCALE_SHIFT = ElementwiseSource(
     "T x, T gain, T shift", "T y", "y = x * gain + shift", "tinycnn_scale_shift")
 
 
@@ -278,23 +324,23 @@ def batch_norm_forward_training(x, gamma, beta, eps):
     x3 = _as_ncl(x)  # (N, C, L)
     N, C, L = x3.shape
     mean64 = x3.sum(axis=(0, 2), dtype=cupy.float64) / (N * L)  # (C,)
-    var64 = _CENTERED_SQUARES(x3, mean64.reshape(1, C, 1), axis=(0, 2)) / (N * L)
+    var64 = _kernel(CENTERED_SQUARES)(x3, mean64.reshape(1, C, 1), axis=(0, 2)) / (N * L)
     mean, var = mean64.astype(x.dtype), var64.astype(x.dtype)
     inv_std = (1 / cupy.sqrt(var.astype(cupy.float64) + eps)).astype(x.dtype)
     gain = inv_std if gamma is None else gamma * inv_std
     shift = -gain * mean if beta is None else beta - gain * mean
-    y = _SCALE_SHIFT(x3, gain.reshape(1, C, 1), shift.reshape(1, C, 1))
+    y = _kernel(SCALE_SHIFT)(x3, gain.reshape(1, C, 1), shift.reshape(1, C, 1))
     return y.reshape(x.shape), mean, var, inv_std
 
 
 # Per channel: sum of gy * x_hat with x_hat = (x - mean) * inv_std, in float64.
-_SUM_GY_X_HAT = cupy.ReductionKernel(
+SUM_GY_X_HAT = ReductionSource(
     "T gy, T x, T mean, T inv_std", "float64 total",
     "(double)gy * (double)((x - mean) * inv_std)", "a + b", "total = a", "0",
     "tinycnn_sum_gy_x_hat")
 
 # gx = gain * (gy - sum(gy)/n - x_hat * sum(gy x_hat)/n), all but gy, x broadcast per channel.
-_BATCH_NORM_GX = cupy.ElementwiseKernel(
+BATCH_NORM_GX = ElementwiseSource(
     "T gy, T x, T mean, T inv_std, T gain, float64 mean_gy, float64 mean_gy_x_hat", "T gx",
     """
     const T x_hat = (x - mean) * inv_std;
@@ -310,14 +356,14 @@ def batch_norm_backward(gy, x, gamma, mean, inv_std):
     N, C, L = x3.shape
     mean3, inv_std3 = mean.astype(x.dtype).reshape(1, C, 1), inv_std.astype(x.dtype).reshape(1, C, 1)
     gbeta64 = gy3.sum(axis=(0, 2), dtype=cupy.float64)  # (C,)
-    ggamma64 = _SUM_GY_X_HAT(gy3, x3, mean3, inv_std3, axis=(0, 2))
+    ggamma64 = _kernel(SUM_GY_X_HAT)(gy3, x3, mean3, inv_std3, axis=(0, 2))
     gain = inv_std if gamma is None else gamma * inv_std
-    gx = _BATCH_NORM_GX(gy3, x3, mean3, inv_std3, gain.astype(x.dtype).reshape(1, C, 1),
+    gx = _kernel(BATCH_NORM_GX)(gy3, x3, mean3, inv_std3, gain.astype(x.dtype).reshape(1, C, 1),
                         (gbeta64 / (N * L)).reshape(1, C, 1), (ggamma64 / (N * L)).reshape(1, C, 1))
     return gx.reshape(x.shape), ggamma64.astype(x.dtype), gbeta64.astype(x.dtype)
 
 
-_LRN_FORWARD = cupy.ElementwiseKernel(
+LRN_FORWARD = ElementwiseSource(
     "raw T x, int64 C, int64 L, int64 before, int64 after, T alpha, T beta, T k",
     "T y, T scale",
     """
@@ -344,11 +390,11 @@ def lrn_forward(x, size, alpha, beta, k):
     N, C, L = x3.shape
     y, scale = cupy.empty_like(x3), cupy.empty_like(x3)
     dtype = x.dtype.type
-    _LRN_FORWARD(x3, C, L, size // 2, (size - 1) // 2, dtype(alpha), dtype(beta), dtype(k), y, scale)
+    _kernel(LRN_FORWARD)(x3, C, L, size // 2, (size - 1) // 2, dtype(alpha), dtype(beta), dtype(k), y, scale)
     return y.reshape(x.shape), scale.reshape(x.shape)
 
 
-_LRN_BACKWARD = cupy.ElementwiseKernel(
+LRN_BACKWARD = ElementwiseSource(
     "T x, raw T y, raw T scale, raw T gy, int64 C, int64 L, int64 before, int64 after, T beta, T two_alpha_beta",
     "T gx",
     """
@@ -372,6 +418,6 @@ def lrn_backward(x, y, scale, gy, size, alpha, beta):
     x3, y3, scale3, gy3 = (_as_ncl(a).astype(x.dtype, copy=False) for a in (x, y, scale, gy))
     N, C, L = x3.shape
     dtype = x.dtype.type
-    gx = _LRN_BACKWARD(x3, y3, scale3, gy3, C, L, (size - 1) // 2, size // 2, dtype(beta),
+    gx = _kernel(LRN_BACKWARD)(x3, y3, scale3, gy3, C, L, (size - 1) // 2, size // 2, dtype(beta),
                        dtype(2 * alpha * beta))
     return gx.reshape(x.shape)

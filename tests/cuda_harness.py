@@ -1,0 +1,355 @@
+"""Run kernels/gpu.py on a machine without a GPU: its CUDA kernel bodies compiled as C++.
+
+kernels/gpu.py keeps every kernel as data (gpu.ElementwiseSource, gpu.ReductionSource) and asks
+its module global `cupy` for ElementwiseKernel and ReductionKernel only when a kernel first runs.
+`numpy_as_cupy` is NumPy under CuPy's name, with those two classes replaced by ones that
+
+  - wrap the kernel body in a C++ function that loops CuPy's element index `i` over the output
+    (a reduction: the map over each output's items, then the post-map), with every `raw` argument
+    a pointer indexed by hand, every other argument the value at `i` of its broadcast array, and
+    `T` a template parameter instantiated for float and double;
+  - compile it once with the system C++ compiler (g++ or $CXX) into a shared library kept in a
+    temporary directory under the hash of its source, so a session compiles each kernel once and
+    a later session not at all;
+  - call it through ctypes on NumPy arrays, with CuPy's rules for its arguments: `T` bound by the
+    arrays (all must agree), outputs allocated when not given, `size=` for all-raw kernels.
+
+`gpu_module_on_cpu()` puts that stand-in into kernels/gpu.py for the duration of a `with` block, so
+its Python code (shapes, layouts, arguments) and its CUDA code run together and can be compared
+with the reference. The maths run in IEEE float or double on the host, not bit for bit as on a GPU
+(nvcc fuses multiply-adds; -ffp-contract=off here does not), so comparisons use tolerances where
+the GPU's would; index maths, bounds and loop orders are exactly the CUDA code's.
+"""
+import contextlib
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import types
+from typing import NamedTuple
+
+import numpy as np
+
+# What CUDA device code gets from its own headers and the host gets from the C++ library; every
+# name a kernel body uses beyond plain C++ must be mapped here (a missing one is a compile error).
+CUDA_PRELUDE = r"""
+#include <algorithm>
+#include <cmath>
+using std::isnan;  // CUDA: isnan(float), isnan(double)
+using std::max;    // CUDA: max(long long, long long) and the float overloads
+using std::min;
+using std::pow;    // CUDA: pow(float, float) stays in float, as std::pow's float overload
+using std::sqrt;
+// INFINITY is <cmath>'s macro in both.
+"""
+
+# CuPy's type names in a parameter list, as C++ and NumPy types. T stays the template parameter.
+CXX_TYPES = {"float32": "float", "float64": "double", "int32": "int", "int64": "long long", "bool": "bool"}
+NUMPY_TYPES = {"float32": np.float32, "float64": np.float64, "int32": np.int32, "int64": np.int64, "bool": np.bool_}
+T_INSTANCES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+# Names CuPy's generated code declares itself; a parameter of that name would not compile there.
+RESERVED_NAMES = {"i", "n", "_ind"}
+
+COMPILER = os.environ.get("CXX", "g++")
+COMPILE_FLAGS = ["-std=c++17", "-O1", "-ffp-contract=off", "-shared", "-fPIC"]
+CACHE_DIR = os.path.join(tempfile.gettempdir(), f"tinycnn-cuda-harness-{os.getuid()}")
+
+
+def compiler_available():
+    return shutil.which(COMPILER) is not None
+
+
+class Param(NamedTuple):
+    raw: bool
+    type: str  # "T" or a CuPy type name
+    name: str
+
+
+def parse_params(text):
+    """'raw T x, int64 N' -> [Param(True, 'T', 'x'), Param(False, 'int64', 'N')]."""
+    params = []
+    for item in text.split(","):
+        words = item.split()
+        raw = words[0] == "raw"
+        if raw:
+            words = words[1:]
+        if len(words) != 2:
+            raise ValueError(f"cuda_harness: expected '[raw] TYPE NAME' in a parameter list, got {item!r}")
+        type_name, name = words
+        if type_name != "T" and type_name not in CXX_TYPES:
+            raise ValueError(f"cuda_harness: unknown parameter type {type_name!r} in {text!r}")
+        if name in RESERVED_NAMES:
+            raise ValueError(f"cuda_harness: parameter name {name!r} is reserved by CuPy (in {text!r})")
+        params.append(Param(raw, type_name, name))
+    return params
+
+
+def _cxx_type(param):
+    return "T" if param.type == "T" else CXX_TYPES[param.type]
+
+
+def _declarations(params, first_index, position, outputs):
+    """C++ lines binding each parameter to argument slot first_index + k, as two lists: pointers
+    for the raw ones (made once), and for the others the value (input) or a reference (output) at
+    `position` (made per element)."""
+    pointers, per_element = [], []
+    for k, p in enumerate(params, start=first_index):
+        ctype = _cxx_type(p)
+        if p.raw:
+            const = "" if outputs else "const "  # a kernel writing to an input does not compile
+            pointers.append(f"{const}{ctype}* const {p.name} = ({const}{ctype}*)_args[{k}];")
+        elif outputs:
+            per_element.append(f"{ctype}& {p.name} = (({ctype}*)_args[{k}])[({position}) * _steps[{k}]];")
+        else:
+            per_element.append(f"const {ctype} {p.name} = ((const {ctype}*)_args[{k}])[({position}) * _steps[{k}]];")
+    return pointers, per_element
+
+
+def elementwise_cxx(in_params, out_params, operation, name):
+    """The C++ source running an ElementwiseKernel body for i in [0, size)."""
+    inputs, outputs = parse_params(in_params), parse_params(out_params)
+    input_pointers, input_values = _declarations(inputs, 0, "i", False)
+    output_pointers, output_values = _declarations(outputs, len(inputs), "i", True)
+    pointers, per_element = input_pointers + output_pointers, input_values + output_values
+    indent = "\n        "
+    return f"""{CUDA_PRELUDE}
+// {name}: in ({in_params}), out ({out_params})
+template <typename T>
+static void run(long long _size, void** _args, const long long* _steps) {{
+    {indent[5:].join(pointers)}
+    for (long long i = 0; i < _size; ++i) {{
+        {indent.join(per_element)}
+        {{
+{operation};
+        }}
+    }}
+}}
+extern "C" void run_float(long long size, void** args, const long long* steps) {{ run<float>(size, args, steps); }}
+extern "C" void run_double(long long size, void** args, const long long* steps) {{ run<double>(size, args, steps); }}
+"""
+
+
+def reduction_cxx(in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name):
+    """The C++ source of a ReductionKernel: output o reduces items [o * count, (o + 1) * count) of
+    its inputs (laid out so), in order, from `identity`; the type of `a` and `b` is the output's."""
+    inputs, outputs = parse_params(in_params), parse_params(out_params)
+    if any(p.raw for p in inputs + outputs):
+        raise ValueError(f"cuda_harness: raw parameters in reduction {name} are not supported")
+    reduce_type = _cxx_type(outputs[0])
+    item_lines = _declarations(inputs, 0, "_item", False)[1]
+    output_lines = _declarations(outputs, len(inputs), "_out", True)[1]
+    indent = "\n            "
+    return f"""{CUDA_PRELUDE}
+// {name}: in ({in_params}), out ({out_params})
+template <typename T>
+static void run(long long _out_size, long long _count, void** _args, const long long* _steps) {{
+    typedef {reduce_type} _type_reduce;
+    for (long long _out = 0; _out < _out_size; ++_out) {{
+        _type_reduce a = ({identity});
+        for (long long _k = 0; _k < _count; ++_k) {{
+            const long long _item = _out * _count + _k;
+            {indent.join(item_lines)}
+            const _type_reduce b = ({map_expr});
+            a = ({reduce_expr});
+        }}
+        {indent[4:].join(output_lines)}
+        {post_map_expr};
+    }}
+}}
+extern "C" void run_float(long long o, long long c, void** args, const long long* steps) {{ run<float>(o, c, args, steps); }}
+extern "C" void run_double(long long o, long long c, void** args, const long long* steps) {{ run<double>(o, c, args, steps); }}
+"""
+
+
+_libraries = {}  # source hash -> loaded library, for this process
+
+
+def compile_library(cxx_source):
+    """Compile C++ source into a shared library (once: kept in CACHE_DIR under its hash) and load it."""
+    key = hashlib.sha256((cxx_source + COMPILER + " ".join(COMPILE_FLAGS)).encode()).hexdigest()[:24]
+    if key in _libraries:
+        return _libraries[key]
+    os.makedirs(CACHE_DIR, exist_ok=True)
+    library_path = os.path.join(CACHE_DIR, key + ".so")
+    if not os.path.exists(library_path):
+        with tempfile.TemporaryDirectory(dir=CACHE_DIR) as work:
+            source_path = os.path.join(work, "kernel.cpp")
+            with open(source_path, "w") as file:
+                file.write(cxx_source)
+            built = os.path.join(work, "kernel.so")
+            result = subprocess.run([COMPILER, *COMPILE_FLAGS, "-o", built, source_path],
+                                    capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"cuda_harness: {COMPILER} failed on this source:\n{cxx_source}\n{result.stderr}")
+            os.replace(built, library_path)  # atomic: parallel sessions never load half a file
+    library = ctypes.CDLL(library_path)
+    _libraries[key] = library
+    return library
+
+
+def _is_array(value):
+    return isinstance(value, np.ndarray) and value.ndim > 0
+
+
+def _bind_t(params, values, name):
+    """The dtype that T stands for: the one of every array passed for a T parameter."""
+    dtypes = {np.dtype(v.dtype) for p, v in zip(params, values) if p.type == "T" and isinstance(v, np.ndarray)}
+    if len(dtypes) != 1:
+        raise TypeError(f"{name}: expected the arrays for T parameters to share one dtype, got {sorted(map(str, dtypes))}")
+    dtype = dtypes.pop()
+    if dtype not in T_INSTANCES:
+        raise TypeError(f"{name}: T must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def _dtype_of(param, t_dtype):
+    return t_dtype if param.type == "T" else np.dtype(NUMPY_TYPES[param.type])
+
+
+def _check_dtype(param, value, dtype, name):
+    if isinstance(value, np.ndarray) and value.dtype != dtype:
+        raise TypeError(f"{name}: parameter {param.name} expects {dtype}, got an array of {value.dtype}")
+
+
+def _call(function, leading, buffers, steps):
+    pointers = (ctypes.c_void_p * len(buffers))(*[b.ctypes.data for b in buffers])
+    step_array = (ctypes.c_longlong * len(steps))(*steps)
+    function(*[ctypes.c_longlong(v) for v in leading], pointers, step_array)
+
+
+class ElementwiseKernel:
+    """cupy.ElementwiseKernel on NumPy arrays, its body compiled as C++."""
+
+    def __init__(self, in_params, out_params, operation, name="kernel", **options):
+        self.name = name
+        self.inputs, self.outputs = parse_params(in_params), parse_params(out_params)
+        self.library = compile_library(elementwise_cxx(in_params, out_params, operation, name))
+
+    def __call__(self, *args, size=None):
+        params = self.inputs + self.outputs
+        if len(args) not in (len(self.inputs), len(params)):
+            raise TypeError(f"{self.name}: expected {len(self.inputs)} or {len(params)} arguments, got {len(args)}")
+        values = list(args) + [None] * (len(params) - len(args))
+        t_dtype = _bind_t(params, values, self.name)
+        broadcast = [v for p, v in zip(params, values) if not p.raw and _is_array(v)]
+        if size is not None:
+            if broadcast:
+                raise ValueError(f"{self.name}: size= is only for kernels whose array arguments are all raw")
+            shape = (size,)
+        elif broadcast:
+            shape = np.broadcast_shapes(*[v.shape for v in broadcast])
+        else:
+            raise ValueError(f"{self.name}: no non-raw array fixes the size; pass size=")
+        buffers, steps, write_back = [], [], []
+        for k, (p, value) in enumerate(zip(params, values)):
+            dtype = _dtype_of(p, t_dtype)
+            if value is None:  # an output not given: allocated as CuPy does
+                if p.raw:
+                    raise ValueError(f"{self.name}: raw output {p.name} must be given")
+                value = values[k] = np.empty(shape, dtype=dtype)
+            _check_dtype(p, value, dtype, self.name)
+            is_output = k >= len(self.inputs)
+            if p.raw:
+                if not isinstance(value, np.ndarray):
+                    raise TypeError(f"{self.name}: raw parameter {p.name} needs an array")
+                if is_output and not value.flags.c_contiguous:
+                    raise ValueError(f"{self.name}: raw output {p.name} must be C-contiguous")
+                buffer, step = (value if is_output else np.ascontiguousarray(value)), 0
+            elif _is_array(value):
+                if is_output and value.shape != tuple(shape):
+                    raise ValueError(f"{self.name}: output {p.name} has shape {value.shape}, expected {shape}")
+                buffer, step = np.ascontiguousarray(np.broadcast_to(value, shape)), 1
+                if is_output and buffer is not value:
+                    write_back.append((value, buffer))
+            else:  # a scalar: the same value for every i
+                buffer, step = np.array([value], dtype=dtype), 0
+            buffers.append(buffer)
+            steps.append(step)
+        count = int(np.prod(shape))
+        if count:
+            _call(getattr(self.library, "run_" + T_INSTANCES[t_dtype]), [count], buffers, steps)
+        for value, buffer in write_back:
+            value[...] = buffer
+        results = values[len(self.inputs):]
+        return results[0] if len(results) == 1 else tuple(results)
+
+
+class ReductionKernel:
+    """cupy.ReductionKernel on NumPy arrays (inputs broadcast together, `axis` reduced, keepdims
+    False), its expressions compiled as C++. Items are combined in order, not as a tree."""
+
+    def __init__(self, in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name="reduce_kernel",
+                 **options):
+        self.name = name
+        self.inputs, self.outputs = parse_params(in_params), parse_params(out_params)
+        if len(self.outputs) != 1:
+            raise ValueError(f"cuda_harness: {name}: one output supported")
+        self.library = compile_library(reduction_cxx(in_params, out_params, map_expr, reduce_expr, post_map_expr,
+                                                     identity, name))
+
+    def __call__(self, *args, axis=None):
+        if len(args) != len(self.inputs):
+            raise TypeError(f"{self.name}: expected {len(self.inputs)} arguments, got {len(args)}")
+        t_dtype = _bind_t(self.inputs, args, self.name)
+        shape = np.broadcast_shapes(*[a.shape for a in args if _is_array(a)])
+        axes = tuple(range(len(shape))) if axis is None else tuple(a % len(shape) for a in np.atleast_1d(axis))
+        kept = [a for a in range(len(shape)) if a not in axes]
+        out_shape = tuple(shape[a] for a in kept)
+        count = int(np.prod([shape[a] for a in axes]))
+        buffers, steps = [], []
+        for p, value in zip(self.inputs, args):
+            dtype = _dtype_of(p, t_dtype)
+            _check_dtype(p, value, dtype, self.name)
+            if _is_array(value):  # the reduced axes last, so output o reads items [o*count, (o+1)*count)
+                full = np.broadcast_to(value, shape).transpose(kept + list(axes))
+                buffers.append(np.ascontiguousarray(full, dtype=dtype))
+                steps.append(1)
+            else:
+                buffers.append(np.array([value], dtype=dtype))
+                steps.append(0)
+        out = np.empty(out_shape, dtype=_dtype_of(self.outputs[0], t_dtype))
+        buffers.append(out)
+        steps.append(1)
+        if out.size:
+            _call(getattr(self.library, "run_" + T_INSTANCES[t_dtype]), [out.size, count], buffers, steps)
+        return out
+
+
+class _NumpyAsCupy(types.ModuleType):
+    """NumPy under CuPy's name, with ElementwiseKernel and ReductionKernel run as host C++."""
+    ElementwiseKernel = ElementwiseKernel
+    ReductionKernel = ReductionKernel
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+numpy_as_cupy = _NumpyAsCupy("numpy_as_cupy")
+
+
+def kernel_sources(gpu):
+    """Every kernel source that kernels/gpu.py defines, by name."""
+    return {value.name: value for value in vars(gpu).values()
+            if isinstance(value, (gpu.ElementwiseSource, gpu.ReductionSource))}
+
+
+def build(source):
+    """The stand-in kernel for one of gpu.py's sources (compiled now)."""
+    from tinycnn.kernels import gpu
+    if isinstance(source, gpu.ReductionSource):
+        return ReductionKernel(*source)
+    return ElementwiseKernel(*source)
+
+
+@contextlib.contextmanager
+def gpu_module_on_cpu():
+    """kernels/gpu.py with `numpy_as_cupy` as its cupy, for the `with` block: yields the module."""
+    from tinycnn.kernels import gpu
+    saved = gpu.cupy, gpu._compiled
+    gpu.cupy, gpu._compiled = numpy_as_cupy, {}
+    try:
+        yield gpu
+    finally:
+        gpu.cupy, gpu._compiled = saved
