@@ -19,6 +19,10 @@ import numpy
 
 from tinycnn import backend, config
 
+# The `with tinycnn.trace()` in force (tinycnn/trace.py), or None: outside a trace, each Function
+# call and each backward step costs one check of this name and nothing else.
+active_trace = None
+
 
 class Function:
     """One differentiable operation.
@@ -39,6 +43,12 @@ class Function:
     generation = 0
 
     def __call__(self, *inputs):
+        if active_trace is not None:  # inside `with tinycnn.trace()`: it times apply() and records a row
+            return active_trace.call_function(self, inputs)
+        return self.apply(*inputs)
+
+    def apply(self, *inputs):
+        """Run forward on the inputs' arrays and, when a gradient is needed, link the outputs to self."""
         inputs = tuple(x if x is None or isinstance(x, Tensor) else as_tensor(x) for x in inputs)
         arrays = tuple(None if x is None else x.data for x in inputs)
         backend.get_array_module(*arrays, where=self.name)
@@ -100,6 +110,8 @@ class Tensor:
 
     # Make NumPy defer to Tensor's reflected operators: ndarray + Tensor -> Tensor.__radd__.
     __array_ufunc__ = None
+    # register_hook's hooks; a class-level None, so the many tensors without hooks store nothing.
+    _backward_hooks = None
 
     def __init__(self, data, requires_grad=False, name=None):
         if isinstance(data, Tensor):
@@ -160,6 +172,20 @@ class Tensor:
     def zero_grad(self):
         self.grad = None
 
+    def register_hook(self, hook):
+        """Call `hook(grad)` once backward has the complete gradient of this tensor, as torch.
+
+        `grad` is a Tensor of this tensor's shape. The hook may return a replacement (a Tensor or
+        an array of the same shape): the rest of the backward pass uses it, and a leaf stores it in
+        `.grad`. Hooks run in the order they were registered. Returns a HookHandle; its
+        `remove()` unregisters the hook.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("register_hook: cannot register a hook on a tensor that does not require grad")
+        if self._backward_hooks is None:
+            self._backward_hooks = {}
+        return HookHandle(self._backward_hooks, hook)
+
     def to(self, *args, device=None, dtype=None):
         """This tensor on 'cpu' or 'gpu' and/or cast to `dtype`, as torch: `to('gpu')`,
         `to(numpy.float64)`, `to('cpu', numpy.float64)`; the same Tensor when nothing changes.
@@ -213,18 +239,67 @@ class Parameter(Tensor):
         return "Parameter containing:\n" + super().__repr__()
 
 
+class HookHandle:
+    """What Tensor.register_hook and Module.register_*_hook return: `remove()` unregisters the
+    hook (also usable as `with handle:` around the code that needs the hook)."""
+
+    _ids = itertools.count()
+
+    def __init__(self, hooks, hook):
+        self.hooks = hooks  # the dict of hooks the hook was added to, keyed by handle id
+        self.id = next(HookHandle._ids)
+        hooks[self.id] = hook
+
+    def remove(self):
+        self.hooks.pop(self.id, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.remove()
+
+
+def hook_gradient(hook, result, shape):
+    """The array of a gradient a hook returned, checked against the `shape` it must have."""
+    array = result.data if isinstance(result, Tensor) else result
+    if tuple(getattr(array, "shape", ())) != tuple(shape) or not hasattr(array, "dtype"):
+        got = tuple(array.shape) if hasattr(array, "shape") else type(array).__name__
+        name = getattr(hook, "__qualname__", repr(hook))
+        raise RuntimeError(f"hook {name} returned a gradient of shape {got} for a tensor of shape {tuple(shape)}")
+    return array
+
+
+def run_tensor_hooks(tensor, grad):
+    """Call the hooks of `tensor` (Tensor.register_hook) on its complete gradient; each may
+    replace it, for the next hook and the rest of the backward pass."""
+    for hook in list(tensor._backward_hooks.values()):
+        result = hook(Tensor(grad))
+        if result is not None:
+            grad = hook_gradient(hook, result, tensor.shape)
+    return grad
+
+
+def accumulate_grad(tensor, grad):
+    """tensor.grad += grad (in the tensor's dtype), as PyTorch: gradients add up across backward calls."""
+    if grad.dtype != tensor.dtype:
+        grad = grad.astype(tensor.dtype)
+    tensor.grad = grad if tensor.grad is None else tensor.grad + grad
+
+
 def run_backward(output, grad, retain_graph=False):
     """Propagate `grad` from `output` to the leaves, newest function first.
 
     The graph is a DAG ordered by `generation` (one more than the newest input). A max-heap on
     generation pops a function only after every function that consumes its outputs has run, so
     each output's gradient is complete when it is used; no recursion, so depth is unlimited.
+    Tensor hooks (register_hook) run at the two points where a gradient becomes complete.
     """
     # id -> (tensor, gradient summed so far). Holding the tensor keeps it alive (functions only
     # hold weak references to their outputs) until its creator has consumed the gradient.
     grads = {id(output): (output, grad)}
-    leaf_grads = {}  # the same, for leaves and retain_grad tensors: written to .grad at the end
-    if output.creator is None or output.retains_grad:
+    leaf_grads = {}  # the same, for leaves: written to .grad at the end
+    if output.creator is None:
         leaf_grads[id(output)] = (output, grad)
     counter = itertools.count()  # tie-breaker so the heap never compares Functions
     heap = []
@@ -249,10 +324,22 @@ def run_backward(output, grad, retain_graph=False):
                                "freed by the first backward. Pass retain_graph=True to the first call.")
         outputs = [ref() for ref in function.outputs]
         grad_outputs = [None if y is None else grads.pop(id(y), (None, None))[1] for y in outputs]
+        # Hook point 1: every consumer of these outputs has run, so their gradients are complete.
+        # A hook may replace one; retain_grad() keeps what the hooks leave (as PyTorch 2).
+        for index, (y, g) in enumerate(zip(outputs, grad_outputs)):
+            if g is None:
+                continue
+            if y._backward_hooks:
+                grad_outputs[index] = g = run_tensor_hooks(y, g)
+            if y.retains_grad:
+                accumulate_grad(y, g)
         if any(g is not None for g in grad_outputs):
             grad_outputs = [g if g is not None else backend.get_array_module(y.data).zeros_like(y.data)
                             for g, y in zip(grad_outputs, outputs)]
-            grad_inputs = function.backward(*grad_outputs)
+            if active_trace is None:
+                grad_inputs = function.backward(*grad_outputs)
+            else:  # inside `with tinycnn.trace()`: it times the backward and records the row
+                grad_inputs = active_trace.call_backward(function, grad_outputs)
             if not isinstance(grad_inputs, tuple):
                 grad_inputs = (grad_inputs,)
             if len(grad_inputs) != len(function.inputs):
@@ -264,17 +351,19 @@ def run_backward(output, grad, retain_graph=False):
                 if tuple(gx.shape) != x.shape:
                     raise RuntimeError(f"{function.name}.backward returned a gradient of shape "
                                        f"{tuple(gx.shape)} for an input of shape {x.shape}")
-                if x.creator is None or x.retains_grad:
+                if x.creator is None:
                     accumulate(leaf_grads, x, gx)
-                if x.creator is not None:
+                else:
                     accumulate(grads, x, gx)
                     push(x.creator)
         if not retain_graph:
             function.release()
+    # Hook point 2: a leaf's gradient is complete once the whole graph has run. (PyTorch calls a
+    # leaf's hooks as soon as its last consumer is done: earlier, with the same gradient.)
     for tensor, g in leaf_grads.values():
-        if g.dtype != tensor.dtype:
-            g = g.astype(tensor.dtype)
-        tensor.grad = g if tensor.grad is None else tensor.grad + g
+        if tensor._backward_hooks:
+            g = run_tensor_hooks(tensor, g)
+        accumulate_grad(tensor, g)
 
 
 def as_array(value, like=None):
