@@ -42,7 +42,10 @@ def create(name, **kwargs):
         close = difflib.get_close_matches(str(name), _FACTORIES, n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known models: {', '.join(list())}"
         raise ValueError(f"models.create: unknown model {name!r}{hint}")
-    return _FACTORIES[name](**kwargs)
+    model = _FACTORIES[name](**kwargs)
+    # How it was made, so fit(out_dir=...) can record a run that `tinycnn eval` rebuilds.
+    model.registered_as = (name, dict(kwargs))
+    return model
 
 
 def list():  # noqa: A001 - the registry's list, as timm.list_models

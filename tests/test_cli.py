@@ -67,8 +67,10 @@ def test_train_writes_checkpoint_history_and_plots_and_eval_reads_them(tmp_path,
 def _interrupt_after_first_epoch(monkeypatch):
     real_fit = training.fit
 
-    def fit(*args, **kwargs):
+    def fit(*args, on_epoch_end=None, **kwargs):
         def stop(row):
+            if on_epoch_end is not None:
+                on_epoch_end(row)
             if row["epoch"] == 1:
                 raise KeyboardInterrupt  # as Ctrl-C right after epoch 1's checkpoint
         return real_fit(*args, **kwargs, on_epoch_end=stop)
@@ -106,7 +108,7 @@ def test_resume_refuses_a_finished_run_and_another_model(tmp_path, capsys):
     assert cli.main(["train", "lenet", "--epochs", "1", "--out", str(out), *TINY]) == 0
     ckpt = str(out / "last.ckpt")
     assert cli.main(["train", "lenet", "--epochs", "1", "--out", str(out), "--resume", ckpt, *TINY]) == 1
-    assert "already has 1 epochs" in capsys.readouterr().err
+    assert "already has 1 epoch;" in capsys.readouterr().err  # not "1 epochs"
     assert cli.main(["train", "lenet5", "--epochs", "2", "--out", str(out), "--resume", ckpt, *TINY]) == 1
     assert "checkpoint of 'lenet'" in capsys.readouterr().err
 

@@ -19,13 +19,15 @@ import pickle
 import tempfile
 
 from tinycnn import backend, random
+from tinycnn.errors import UserError
 
 MAGIC = b"TINYCNN-CHECKPOINT\n"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated, corrupted or not a tinycnn checkpoint."""
+class CheckpointError(UserError, ValueError):
+    """A checkpoint file is missing, truncated, corrupted or not a tinycnn checkpoint (a ValueError
+    too, as it was before UserError existed)."""
 
 
 # What the restricted unpickler may build: containers, and NumPy arrays, scalars and dtypes (under

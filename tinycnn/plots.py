@@ -8,6 +8,9 @@ writes into the run directory
                         channel when there are several input channels other than RGB)
     feature_maps.png    one test image and the first convolution's output maps for it
     confusion.png       the confusion matrix on the test set (rows: true class, columns: predicted)
+
+The curves need only the history and the filters only the weights; `tinycnn plot` draws those even
+where the data set is not at hand, and says which figures it skipped.
 """
 import os
 
@@ -15,6 +18,8 @@ import numpy
 
 from tinycnn import backend, config, nn
 from tinycnn.autograd import Tensor
+
+FIGURES = ("curves.png", "filters.png", "feature_maps.png", "confusion.png")
 
 
 def _pyplot():
@@ -154,15 +159,12 @@ def plot_confusion(confusion, path, class_names=None):
     return path
 
 
-def plot_run(directory, model, history, test_set, device="cpu", num_classes=None):
-    """All four figures of a run into `directory`; returns the paths written."""
+def plot_test_figures(directory, model, test_set, device="cpu", num_classes=None):
+    """The two figures that need the test set, feature_maps.png and confusion.png; returns their paths."""
     from tinycnn import data
     from tinycnn.train import evaluate
-    os.makedirs(directory, exist_ok=True)
-    paths = [plot_curves(history, os.path.join(directory, "curves.png")),
-             plot_filters(model, os.path.join(directory, "filters.png"))]
     x, y = test_set.get_batch(numpy.array([0]), numpy.random.default_rng(0))
-    paths.append(plot_feature_maps(model, x[0], os.path.join(directory, "feature_maps.png"), label=int(y[0])))
+    paths = [plot_feature_maps(model, x[0], os.path.join(directory, "feature_maps.png"), label=int(y[0]))]
     classes = getattr(test_set, "classes", None)
     if num_classes is None and classes is not None:
         num_classes = len(classes)
@@ -174,3 +176,11 @@ def plot_run(directory, model, history, test_set, device="cpu", num_classes=None
                       num_classes=num_classes)
     paths.append(plot_confusion(result["confusion"], os.path.join(directory, "confusion.png"), classes))
     return paths
+
+
+def plot_run(directory, model, history, test_set, device="cpu", num_classes=None):
+    """All four figures of a run into `directory`; returns the paths written."""
+    os.makedirs(directory, exist_ok=True)
+    paths = [plot_curves(history, os.path.join(directory, "curves.png")),
+             plot_filters(model, os.path.join(directory, "filters.png"))]
+    return paths + plot_test_figures(directory, model, test_set, device, num_classes)

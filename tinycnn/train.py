@@ -25,10 +25,15 @@ import numpy
 
 import tinycnn.functional as F
 from tinycnn import backend, checkpoint, config
-from tinycnn.autograd import Tensor
+from tinycnn.autograd import Parameter, Tensor
+from tinycnn.errors import UserError
 
 HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_top1", "train_top5", "test_loss", "test_top1", "test_top5",
                   "epoch_time_s", "train_images_per_s")
+
+
+class TrainingDiverged(UserError, FloatingPointError):
+    """The loss became infinite or NaN: the learning rate (or the data) needs changing."""
 
 
 def split_outputs(outputs):
@@ -109,13 +114,13 @@ def train_epoch(model, optimizer, loader, device="cpu", label_smoothing=0.0, los
 
             value = float(loss.item())
             if not math.isfinite(value):
-                raise FloatingPointError(f"training diverged: the loss is {value} after {seen} images of this "
+                raise TrainingDiverged(f"training diverged: the loss is {value} after {seen} images of this "
                                          "epoch; lower the learning rate")
             c1, c5 = correct_topk(logits.data, y)
             n = len(y)
             total_loss, correct1, correct5, seen = total_loss + value * n, correct1 + c1, correct5 + c5, seen + n
             elapsed = time.perf_counter() - start
-            bar.update(loss=f"{total_loss / seen:.4f}", acc=f"{correct1 / seen:.4f}", img_s=f"{seen / elapsed:.0f}")
+            bar.update(loss=f"{total_loss / seen:.4f}", acc=f"{correct1 / seen:.2%}", img_s=f"{seen / elapsed:.0f}")
     finally:
         bar.close()
     elapsed = time.perf_counter() - start
@@ -155,7 +160,7 @@ def evaluate(model, loader, device="cpu", progress=None, num_classes=None, descr
                 if confusion is not None:
                     predicted = backend.to_cpu(scores).argmax(axis=1)
                     numpy.add.at(confusion, (backend.to_cpu(y), predicted), 1)
-                bar.update(acc=f"{correct1 / seen:.4f}")
+                bar.update(acc=f"{correct1 / seen:.2%}")
     finally:
         bar.close()
         model.train(was_training)
@@ -171,11 +176,16 @@ def fit(model, optimizer, train_loader, epochs, test_loader=None, scheduler=None
         progress=None, log=print, on_epoch_end=None):
     """Train for epochs start_epoch+1 .. epochs; returns the history (a list of dicts, one per epoch).
 
-    scheduler.step() is called once per epoch. With out_dir, history.json, history.csv and the
-    checkpoint last.ckpt (holding `settings`, the run's configuration) are written after each epoch.
+    scheduler.step() is called once per epoch. With out_dir, the checkpoint last.ckpt, history.json
+    and history.csv are written after each epoch; the checkpoint holds the run's settings, those of
+    run_settings() (what can be told from the arguments) updated with `settings`, so `tinycnn eval`,
+    `tinycnn plot` and `tinycnn train --resume` accept the run directory.
     `log(line)` receives a one-line summary per epoch; `on_epoch_end(row)` is called last.
     """
     history = list(history or [])
+    if out_dir is not None:
+        derived = run_settings(model, optimizer, train_loader, epochs, test_loader, scheduler, device, label_smoothing)
+        settings = {**derived, **(settings or {})}
     for epoch in range(start_epoch, epochs):
         lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
@@ -194,12 +204,73 @@ def fit(model, optimizer, train_loader, epochs, test_loader=None, scheduler=None
         if log is not None:
             log(format_row(row, epochs))
         if out_dir is not None:
-            save_history(history, out_dir)
+            # The checkpoint first: it is what a resumed run reads, and with `tinycnn train
+            # --overwrite` the moment the old run is replaced.
             checkpoint.save(checkpoint.training_state(model, epoch + 1, optimizer, scheduler, train_loader, history,
                                                       settings), os.path.join(out_dir, "last.ckpt"))
+            save_history(history, out_dir)
         if on_epoch_end is not None:
             on_epoch_end(row)
     return history
+
+
+# The optimizers and data sets `tinycnn train` can rebuild, by the names its settings use.
+_OPTIMIZER_NAMES = {"SGD": "sgd", "Adam": "adam", "AdamW": "adamw", "RMSprop": "rmsprop"}
+_DATASET_NAMES = {"MNIST": "mnist", "CIFAR10": "cifar10"}
+
+
+def _dataset_and_limit(loader):
+    """(data set name, N) for a loader over the first N images (N None: all) of MNIST or CIFAR-10,
+    else (None, None)."""
+    dataset, limit = loader.dataset, None
+    while type(dataset).__name__ == "Subset":
+        if not numpy.array_equal(dataset.indices, numpy.arange(len(dataset.indices))):
+            return None, None  # not the first N images: the command line cannot say which
+        limit = len(dataset.indices) if limit is None else min(limit, len(dataset.indices))
+        dataset = dataset.dataset
+    name = _DATASET_NAMES.get(type(dataset).__name__)
+    return (name, limit) if name is not None else (None, None)
+
+
+def run_settings(model, optimizer, train_loader, epochs, test_loader=None, scheduler=None, device="cpu",
+                 label_smoothing=0.0):
+    """The settings of a run built in Python, in the form `tinycnn train` writes them, as far as they
+    can be told from the objects; what cannot be told is left out.
+
+    The model's name and arguments are known when it was built by tinycnn.models.create; the data
+    set when the loaders read MNIST or CIFAR-10 (or their first N images); the optimizer and
+    schedule when `tinycnn train` would build the same ones (each is rebuilt and compared).
+    `tinycnn eval` and `plot` need the model and the data set; `--resume` needs them all.
+    """
+    from tinycnn import cli  # the settings are in the command line's terms, so are its builders
+    settings = {"epochs": epochs, "device": device, "label_smoothing": label_smoothing, "seed": None,
+                "model_args": {}, "data_dir": None, "warmup_epochs": 0}
+    if hasattr(model, "registered_as"):
+        settings["model"], settings["model_args"] = model.registered_as[0], dict(model.registered_as[1])
+    name, limit_train = _dataset_and_limit(train_loader)
+    transform = getattr(train_loader.dataset, "transform", None)
+    if name is not None and type(transform).__name__ == "Normalize":  # no augmentation
+        settings.update(dataset=name, limit_train=limit_train, augment=False, batch_size=train_loader.batch_size)
+    if test_loader is not None:
+        test_name, limit_test = _dataset_and_limit(test_loader)
+        if test_name is not None and test_name == settings.get("dataset", test_name):
+            settings.update(dataset=test_name, limit_test=limit_test)
+    group = optimizer.param_groups[0]
+    if type(optimizer).__name__ in _OPTIMIZER_NAMES and len(optimizer.param_groups) == 1:
+        candidate = {"optimizer": _OPTIMIZER_NAMES[type(optimizer).__name__], "lr": group.get("initial_lr", group["lr"]),
+                     "momentum": group.get("momentum", 0.9), "weight_decay": group["weight_decay"]}
+        rebuilt = cli.build_optimizer(candidate, [Parameter(numpy.zeros(1))]).param_groups[0]
+        same = all(rebuilt[key] == value for key, value in group.items() if key not in ("params", "lr", "initial_lr"))
+        if same:
+            settings.update(candidate)
+    schedule = {"scheduler": "none", "step_size": None}
+    if type(scheduler).__name__ == "CosineAnnealingLR" and scheduler.T_max == epochs and scheduler.eta_min == 0:
+        schedule["scheduler"] = "cosine"
+    elif type(scheduler).__name__ == "StepLR" and scheduler.gamma == 0.1:
+        schedule.update(scheduler="step", step_size=scheduler.step_size)
+    if scheduler is None or schedule["scheduler"] != "none":
+        settings.update(schedule)
+    return settings
 
 
 def format_row(row, epochs):
