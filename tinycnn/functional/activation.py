@@ -5,11 +5,22 @@ always returns a new tensor, because overwriting the input would destroy what ba
 """
 from tinycnn import backend
 from tinycnn.autograd import Function
+from tinycnn.explain import Example, Explanation
 
 __all__ = ["leaky_relu", "log_softmax", "relu", "sigmoid", "softmax", "tanh"]
 
 
 class ReLU(Function):
+    explanation = Explanation(
+        forward="y = max(x, 0), element by element",
+        backward="""
+1. Each y_i depends on x_i alone, so dL/dx_i = dL/dy_i * dy_i/dx_i = gy_i * dy_i/dx_i.
+2. dy_i/dx_i = 1 where x_i > 0 (y = x there) and 0 where x_i < 0 (y = 0 there).
+3. At x_i = 0 the derivative does not exist; take 0, as PyTorch does.
+4. y_i > 0 exactly where x_i > 0, so gx = gy * [y > 0] needs only the output.""",
+        saved="y, the output: its sign is the mask [x > 0] of step 4.")
+    examples = {"relu": Example(shape=(2, 3, 4, 4))}
+
     def forward(self, x):
         xp = backend.get_array_module(x)
         y = xp.maximum(x, 0)
@@ -28,6 +39,16 @@ def relu(input, inplace=False):
 
 
 class LeakyReLU(Function):
+    explanation = Explanation(
+        forward="y = x where x > 0, negative_slope * x elsewhere, element by element",
+        backward="""
+1. Each y_i depends on x_i alone: gx_i = gy_i * dy_i/dx_i.
+2. dy_i/dx_i = 1 where x_i > 0 and negative_slope where x_i < 0 (at 0, the slope).
+3. So gx = gy where x > 0, negative_slope * gy elsewhere.""",
+        saved="x, the input: with a negative slope (which may be negative) the output's sign does not\n"
+              "always say which side of 0 x was on, so the input itself is kept.")
+    examples = {"leaky_relu": Example(shape=(2, 3, 4, 4), options={"negative_slope": 0.1})}
+
     def __init__(self, negative_slope):
         self.negative_slope = negative_slope
 
@@ -48,6 +69,16 @@ def leaky_relu(input, negative_slope=0.01, inplace=False):
 
 
 class Sigmoid(Function):
+    explanation = Explanation(
+        forward="y = sigma(x) = 1 / (1 + exp(-x)), computed as (1 + tanh(x / 2)) / 2, element by element",
+        backward="""
+1. Each y_i depends on x_i alone: gx_i = gy_i * dy_i/dx_i.
+2. d/dx (1 + e^-x)^-1 = e^-x / (1 + e^-x)^2 = [1 / (1 + e^-x)] * [e^-x / (1 + e^-x)].
+3. The first factor is y; the second is 1 - 1 / (1 + e^-x) = 1 - y.
+4. So gx = gy * y * (1 - y): the output is all backward needs.""",
+        saved="y, the output (step 4).")
+    examples = {"sigmoid": Example(shape=(2, 3, 4, 4))}
+
     def forward(self, x):
         xp = backend.get_array_module(x)
         # sigma(x) = 1 / (1 + e^-x) = (1 + tanh(x/2)) / 2; the tanh form never overflows.
@@ -66,6 +97,15 @@ def sigmoid(input):
 
 
 class Tanh(Function):
+    explanation = Explanation(
+        forward="y = tanh(x) = (e^x - e^-x) / (e^x + e^-x), element by element",
+        backward="""
+1. Each y_i depends on x_i alone: gx_i = gy_i * dy_i/dx_i.
+2. tanh = sinh / cosh, so by the quotient rule d tanh/dx = (cosh^2 - sinh^2) / cosh^2 = 1 - tanh^2.
+3. So gx = gy * (1 - y^2): the output is all backward needs.""",
+        saved="y, the output (step 3).")
+    examples = {"tanh": Example(shape=(2, 3, 4, 4))}
+
     def forward(self, x):
         y = backend.get_array_module(x).tanh(x)
         self.save_for_backward(y)
@@ -87,6 +127,17 @@ def _check_dim(op, x, dim):
 
 
 class Softmax(Function):
+    explanation = Explanation(
+        forward="y_i = exp(x_i) / sum_j exp(x_j) along `dim` (x - max x is used: the same ratios, no overflow)",
+        backward="""
+1. Every y_i depends on every x_j of its slice along dim: gx_j = sum_i gy_i dy_i/dx_j.
+2. Write y_i = e_i / S with S = sum_k e_k, e_k = exp(x_k). de_i/dx_j = [i == j] e_i and dS/dx_j = e_j.
+3. Quotient rule: dy_i/dx_j = ([i == j] e_i S - e_i e_j) / S^2 = y_i ([i == j] - y_j).
+4. So gx_j = sum_i gy_i y_i ([i == j] - y_j) = y_j gy_j - y_j sum_i gy_i y_i
+           = y_j (gy_j - sum_i gy_i y_i), with the sum along dim.""",
+        saved="y, the output (step 4 uses only y and gy).")
+    examples = {"softmax": Example(shape=(2, 5, 3), options={"dim": 1})}
+
     def __init__(self, dim):
         self.dim = dim
 
@@ -111,6 +162,16 @@ def softmax(input, dim):
 
 
 class LogSoftmax(Function):
+    explanation = Explanation(
+        forward="y_i = x_i - log sum_j exp(x_j) along `dim` (computed with x - max x, so every exp is at most 1)",
+        backward="""
+1. Every y_i depends on every x_j of its slice along dim: gx_j = sum_i gy_i dy_i/dx_j.
+2. d/dx_j log sum_k exp(x_k) = exp(x_j) / sum_k exp(x_k) = softmax_j.
+3. So dy_i/dx_j = [i == j] - softmax_j.
+4. gx_j = gy_j - softmax_j sum_i gy_i, with softmax_j = exp(y_j).""",
+        saved="y, the output: softmax = exp(y) is recomputed from it in step 4.")
+    examples = {"log_softmax": Example(shape=(2, 5, 3), options={"dim": 1})}
+
     def __init__(self, dim):
         self.dim = dim
 

@@ -4,12 +4,25 @@ import numpy
 from tinycnn import backend, kernels
 from tinycnn.arithmetic import sum_to
 from tinycnn.autograd import Function
+from tinycnn.explain import Example, Explanation
 
 __all__ = ["add", "cat", "concat", "flatten", "linear"]
 
 
 class Linear(Function):
     """y = x W^T + b, with x (..., in), W (out, in), b (out,) -> y (..., out)."""
+
+    explanation = Explanation(
+        forward="y[n, o] = sum_i x[n, i] W[o, i] + b[o]   (y = x W^T + b; leading axes of x act as n)",
+        backward="""
+1. dy[n, o]/dx[n, i] = W[o, i], so gx[n, i] = sum_o gy[n, o] W[o, i]: gx = gy W.
+2. dy[n, o]/dW[o, i] = x[n, i], and W is used by every row n, so the rows' gradients add up:
+   gW[o, i] = sum_n gy[n, o] x[n, i]: gW = gy^T x.
+3. dy[n, o]/db[o] = 1 for every row n: gb[o] = sum_n gy[n, o].""",
+        saved="x and W, the inputs themselves (no copy): gW needs x (step 2), gx needs W (step 1).\n"
+              "b is not kept: its gradient needs only gy.",
+        kernels=("matmul",))
+    examples = {"linear": Example(shape=(2, 5), inputs=lambda shape, rng: [(3, shape[-1]), (3,)])}
 
     def forward(self, x, W, b):
         self._check(x, W, b)
@@ -56,6 +69,20 @@ def linear(input, weight, bias=None):
 class Concat(Function):
     """Join tensors along one axis; all other axes must agree."""
 
+    explanation = Explanation(
+        forward="y = [x_0, x_1, ...] joined along the axis: x_k fills the slice of y after the earlier inputs",
+        backward="""
+1. Each element of y is a copy of exactly one element of one input: dy/dx is 1 there, 0 elsewhere.
+2. So input k's gradient is gy's slice where x_k was copied: gx_k = gy[..., start_k:start_k + size_k, ...]
+   along the axis, start_k being the sum of the earlier inputs' sizes.""",
+        saved="only each input's size along the axis (Python ints): no array.")
+    examples = {
+        "concat": Example(shape=(2, 3, 4), inputs=lambda shape, rng: [(shape[0], 2) + shape[2:]],
+                          options={"axis": 1}, as_list=True),
+        "cat": Example(shape=(2, 3, 4), inputs=lambda shape, rng: [(shape[0], 2) + shape[2:]],
+                       options={"dim": 1}, as_list=True),
+    }
+
     def __init__(self, axis):
         self.axis = axis
 
@@ -99,6 +126,15 @@ class AddN(Function):
     """The sum of any number of tensors in one op (residual and multi-branch joins); inputs
     broadcast against each other as in `a + b`."""
 
+    explanation = Explanation(
+        forward="y = x_0 + x_1 + ... (inputs broadcast against each other, as a + b)",
+        backward="""
+1. dy/dx_k = 1 for every input: each input receives gy as it is.
+2. An input that was broadcast (a bias of shape (C,) added to (N, C)) was reused along the broadcast
+   axes, so its gradient sums gy over them back to its own shape (arithmetic.sum_to).""",
+        saved="only the inputs' shapes: no array.")
+    examples = {"add": Example(shape=(2, 3, 4), inputs=lambda shape, rng: [shape, shape[-1:]])}
+
     def forward(self, *xs):
         self.shapes = [x.shape for x in xs]
         y = xs[0]
@@ -124,6 +160,14 @@ def add(*tensors):
 
 class Flatten(Function):
     """Merge axes start_dim..end_dim (inclusive) into one."""
+
+    explanation = Explanation(
+        forward="y = x reshaped, axes start_dim..end_dim merged into one: (N, C, H, W) -> (N, C*H*W)",
+        backward="""
+1. y holds the same elements as x in the same order, only the shape differs: dy/dx is the identity.
+2. So gx = gy reshaped back to x's shape.""",
+        saved="only x's shape: no array.")
+    examples = {"flatten": Example(shape=(2, 3, 4, 4), options={"start_dim": 1})}
 
     def __init__(self, start_dim, end_dim):
         self.start_dim, self.end_dim = start_dim, end_dim

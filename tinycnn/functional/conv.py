@@ -15,6 +15,7 @@ import operator
 
 from tinycnn import backend, kernels
 from tinycnn.autograd import Function
+from tinycnn.explain import Example, Explanation
 
 __all__ = ["conv2d", "pad"]
 
@@ -49,6 +50,26 @@ class Conv2d(Function):
 
     Inputs x (N, C, H, W), W (OC, C / groups, KH, KW), b (OC,) or None -> y (N, OC, OH, OW).
     """
+
+    explanation = Explanation(
+        forward="""
+y[n, o, oh, ow] = sum over c, i, j of W[o, c, i, j] * x_padded[n, c, oh*SH + i*DH, ow*SW + j*DW] + b[o]
+As a matrix product: im2col lays every window of x out as a column, col (C*KH*KW, N*OH*OW), and
+y = W_mat col + b with W_mat = W viewed as (OC, C*KH*KW) (one product per group).""",
+        backward="""
+1. For a matrix product Y = A B, dL/dA = gY B^T and dL/dB = A^T gY.
+2. With A = W_mat and B = col: gW = gy col^T. The product's inner axis runs over every sample and
+   output position, so the weight's gradient sums over all the places it was used.
+3. gcol = W_mat^T gy: the gradient of every entry of every column.
+4. im2col copied each pixel of x into every window that covers it (KH*KW of them at stride 1), so
+   its adjoint col2im adds those column gradients back into the pixel: gx = col2im(W_mat^T gy).
+   Gradients that land in the zero padding are dropped: the padding is not an input.
+5. b[o] is added to every output of channel o: gb[o] = sum of gy[:, o] over N, OH, OW.""",
+        saved="x and W, the inputs themselves (no copy). col is not kept: backward runs im2col again for gW,\n"
+              "which spares KH*KW times x's memory for one more pass over x.",
+        kernels=("conv2d_forward", "conv2d_backward", "im2col", "col2im"))
+    examples = {"conv2d": Example(shape=(2, 3, 7, 7), inputs=lambda shape, rng: [(4, shape[1], 3, 3), (4,)],
+                                  options={"stride": 2, "padding": 1})}
 
     def __init__(self, stride=1, padding=0, dilation=1, groups=1):
         self.SH, self.SW = _pair("conv2d", "stride", stride)
@@ -150,6 +171,16 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 class Pad(Function):
     """Constant padding of the last len(pad) // 2 axes; negative amounts crop, as torch.nn.functional.pad."""
+
+    explanation = Explanation(
+        forward="y = x with `before` and `after` elements of the constant value added at the two ends of each padded\n"
+                "axis (a negative amount crops instead); pad lists the last axis first, as PyTorch",
+        backward="""
+1. Every element of y is either a copy of one element of x (dy/dx = 1) or the constant (no x in it).
+2. So gx takes gy's elements where x was copied, the inner part: gy with the added borders sliced off.
+3. Elements of x that a negative amount cropped away never reached y: their gradient is 0.""",
+        saved="only x's shape and the (before, after) amounts: no array.")
+    examples = {"pad": Example(shape=(2, 3, 4, 4), options={"pad": (1, 2, -1, 0)})}
 
     def __init__(self, pad, value):
         self.pad = pad

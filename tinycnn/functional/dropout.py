@@ -2,11 +2,21 @@
 1 / (1 - p), so the expected activation is unchanged and evaluation needs no rescaling."""
 from tinycnn import backend, random
 from tinycnn.autograd import Function, as_tensor
+from tinycnn.explain import Example, Explanation
 
 __all__ = ["dropout"]
 
 
 class Dropout(Function):
+    explanation = Explanation(
+        forward="y = x * mask, mask_i = 1 / (1 - p) with probability 1 - p, else 0 (drawn once per call)",
+        backward="""
+1. The mask is a constant drawn in forward: y_i = mask_i x_i is linear in x_i.
+2. dy_i/dx_i = mask_i, so gx = gy * mask: dropped units pass no gradient, kept ones pass it scaled
+   by 1 / (1 - p), exactly as their values were.""",
+        saved="mask, new memory of x's shape and dtype (the explain check replays the same mask on every call).")
+    examples = {"dropout": Example(shape=(2, 3, 4, 4), options={"p": 0.5})}
+
     def __init__(self, p):
         self.p = p
 

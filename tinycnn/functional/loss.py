@@ -6,6 +6,7 @@ as in PyTorch.
 """
 from tinycnn import backend
 from tinycnn.autograd import Function
+from tinycnn.explain import Example, Explanation
 
 __all__ = ["cross_entropy", "mse_loss", "nll_loss"]
 
@@ -68,6 +69,24 @@ class CrossEntropy(Function):
     'mean' divides sum(l) by sum of w_t over the items, exactly as PyTorch does.
     """
 
+    explanation = Explanation(
+        forward="""
+per item (a row z of K scores, label t): log p = log_softmax(z) = z - log sum_k exp(z_k)
+l = -sum_k c_k log p_k, target weights c_k = (1 - eps) w_t [k == t] + (eps / K) w_k
+    (w: class weights, 1 without; eps: label smoothing)
+loss = sum(l) / D with D = sum of w_t over the items ('mean'), sum(l) ('sum'), or l per item ('none')""",
+        backward="""
+1. d log p_k / dz_j = [k == j] - p_j (the derivative of log_softmax, p = softmax(z)).
+2. dl/dz_j = -sum_k c_k ([k == j] - p_j) = p_j sum_k c_k - c_j.
+3. Without weights or smoothing c is one-hot at t and sum_k c_k = 1: dl/dz = p - onehot(t).
+4. The reduction scales each item's gradient by gy / D ('mean'), gy ('sum') or its own gy ('none').
+5. So gz = (gy / D) (p sum_k c_k - c) for 'mean'; the labels and the class weights get no gradient.""",
+        saved="log p and c, (M, K) each for M labelled items (new memory; p = exp(log p) in step 5),\n"
+              "and D, the divisor of 'mean'.")
+    examples = {"cross_entropy": Example(
+        shape=(4, 5), inputs=lambda shape, rng: [rng.integers(0, shape[1], shape[:1] + shape[2:])],
+        options={"label_smoothing": 0.1})}
+
     def __init__(self, reduction, label_smoothing):
         self.reduction, self.label_smoothing = reduction, label_smoothing
 
@@ -113,6 +132,18 @@ class NLLLoss(Function):
     """Negative log-likelihood of log-probabilities: l = -w_t input[t] per item; 'mean' divides
     the sum by the sum of w_t, as PyTorch."""
 
+    explanation = Explanation(
+        forward="""
+per item (a row x of K log-probabilities, label t): l = -w_t x_t   (w: class weights, 1 without)
+loss = sum(l) / D with D = sum of w_t over the items ('mean'), sum(l) ('sum'), or l per item ('none')""",
+        backward="""
+1. l depends on one element of its row only: dl/dx_k = -w_t where k == t, 0 for every other class.
+2. The reduction scales it by gy / D ('mean'), gy ('sum') or the item's own gy ('none').
+3. So gx[m, t_m] = -w_t gy / D for 'mean' and 0 elsewhere; the labels get no gradient.""",
+        saved="the labels (a view of the target, no copy), w_t per item, and D: where step 3 writes, and what.")
+    examples = {"nll_loss": Example(
+        shape=(4, 5), inputs=lambda shape, rng: [rng.integers(0, shape[1], shape[:1] + shape[2:])])}
+
     def __init__(self, reduction):
         self.reduction = reduction
 
@@ -146,6 +177,15 @@ def nll_loss(input, target, weight=None, reduction="mean"):
 
 
 class MSELoss(Function):
+    explanation = Explanation(
+        forward="loss = mean over all n elements of (x - t)^2 ('mean'; 'sum' adds them, 'none' keeps each)",
+        backward="""
+1. d (x_i - t_i)^2 / dx_i = 2 (x_i - t_i), and d/dt_i = -2 (x_i - t_i).
+2. 'mean' divides by n: gx = gy * 2 (x - t) / n.
+3. The target gets the opposite gradient, gt = -gx (it is a Tensor like any other).""",
+        saved="d = x - t, new memory of x's shape: both gradients are multiples of it.")
+    examples = {"mse_loss": Example(shape=(2, 3, 4), inputs=lambda shape, rng: [shape])}
+
     def __init__(self, reduction):
         self.reduction = reduction
 

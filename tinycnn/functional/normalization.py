@@ -6,6 +6,7 @@ what backward needs and update the running statistics.
 """
 from tinycnn import backend, kernels
 from tinycnn.autograd import Function, Tensor
+from tinycnn.explain import Example, Explanation
 
 __all__ = ["batch_norm", "local_response_norm"]
 
@@ -22,6 +23,30 @@ class BatchNorm(Function):
     batch, with the unbiased variance (times n / (n - 1), n = N * H * W), as PyTorch. Evaluation
     normalises with the running statistics, which are then constants.
     """
+
+    explanation = Explanation(
+        forward="""
+per channel c, over its n = N*H*W values: mean = sum x / n, var = sum (x - mean)^2 / n,
+x_hat = (x - mean) * inv_std with inv_std = 1 / sqrt(var + eps), y = gamma x_hat + beta
+(training; evaluation uses the running statistics instead, and y is then affine in x)""",
+        backward="""
+Sums run over the n values of one channel.
+1. dy/dbeta = 1 and dy/dgamma = x_hat: gbeta = sum gy, ggamma = sum gy * x_hat.
+2. g_hat = dL/dx_hat = gamma * gy.
+3. x reaches x_hat directly and through mean and var, which depend on all n values:
+   dL/dvar  = sum g_hat (x - mean) * (-1/2) (var + eps)^(-3/2)
+   dL/dmean = -inv_std sum g_hat   (the term through var vanishes: sum (x - mean) = 0)
+   gx = g_hat inv_std + dL/dvar * 2 (x - mean) / n + dL/dmean / n
+4. Substituting x - mean = x_hat / inv_std:
+   gx = gamma inv_std (gy - sum(gy) / n - x_hat sum(gy x_hat) / n)
+   = gamma inv_std (gy - gbeta / n - x_hat ggamma / n): the two sums of step 1 reused.""",
+        saved="x and gamma (the inputs themselves, no copy) and the batch's mean and inv_std, (C,) each:\n"
+              "x_hat is recomputed from them rather than kept, sparing an array of x's size.",
+        kernels=("batch_norm_forward_training", "batch_norm_backward"))
+    # Training mode without running statistics: they are state the op updates, not inputs.
+    examples = {"batch_norm": Example(shape=(4, 3, 2, 2),
+                                      inputs=lambda shape, rng: [None, None, (shape[1],), (shape[1],)],
+                                      options={"training": True})}
 
     def __init__(self, running_mean, running_var, training, momentum, eps):
         # The running statistics are state updated in place, not inputs: no gradient reaches them.
@@ -107,6 +132,22 @@ class LocalResponseNorm(Function):
     """Normalise each value by the energy of its neighbouring channels (AlexNet, GoogLeNet):
     y_c = x_c / (k + alpha * sum of x^2 over the window of c)^beta, where `alpha` here is the
     coefficient of each square (kernels.lrn_forward has the window)."""
+
+    explanation = Explanation(
+        forward="""
+scale_c = k + a * sum of x_c'^2 over the channels c' in [c - size//2, c + (size - 1)//2] (zeros beyond)
+y_c = x_c * scale_c^(-beta),  a = alpha / size (PyTorch, Caffe) or alpha (alpha_divided_by_size=False)""",
+        backward="""
+1. y_c depends on x_c directly and on every x_j of its window through scale_c; d scale_c/dx_j = 2 a x_j.
+2. dy_c/dx_j = [c == j] scale_c^(-beta) - beta x_c scale_c^(-beta-1) * 2 a x_j.
+3. gx_j = sum_c gy_c dy_c/dx_j = gy_j scale_j^(-beta) - 2 a beta x_j sum_c gy_c x_c scale_c^(-beta-1),
+   the sum over the channels c whose window holds j: c in [j - (size-1)//2, j + size//2] (the window
+   mirrored, which matters for an even size).
+4. x_c scale_c^(-beta-1) = y_c / scale_c, so the sum is a window sum of gy * y / scale.""",
+        saved="x and y (the input and output themselves, no copy) and scale, new memory of x's size (step 4).",
+        kernels=("lrn_forward", "lrn_backward"))
+    examples = {"local_response_norm": Example(shape=(2, 5, 3, 3),
+                                               options={"size": 3, "alpha": 0.5, "beta": 0.75, "k": 2.0})}
 
     def __init__(self, size, alpha, beta, k):
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k

@@ -7,6 +7,7 @@ import operator
 
 from tinycnn import backend, kernels
 from tinycnn.autograd import Function, Tensor
+from tinycnn.explain import Example, Explanation
 from tinycnn.functional.conv import _check_non_negative, _check_positive, _pair
 
 __all__ = ["adaptive_avg_pool2d", "avg_pool2d", "global_avg_pool2d", "max_pool2d"]
@@ -58,6 +59,20 @@ def _check_no_empty_window(op, x, size, kernel, stride, padding, dilation, out, 
 class MaxPool2d(Function):
     """y[n, c, oh, ow] = max of x over the window at (oh, ow); padding never wins (it is -inf)."""
 
+    explanation = Explanation(
+        forward="y[n, c, oh, ow] = max over i < KH, j < KW of x_padded[n, c, oh*SH + i*DH, ow*SW + j*DW]\n"
+                "(padding is -inf, so it never wins); argmax records where each maximum came from",
+        backward="""
+1. y = x[argmax]: near x, y moves with its window's winning pixel alone, so dy/dx is 1 at the winner
+   and 0 at every other pixel of the window.
+2. So each gy goes to its window's winner: gx[argmax] += gy, and 0 to the pixels that did not win.
+3. With overlapping windows (stride < kernel) one pixel can win several: its gradients add up.
+4. At a tie the max is not differentiable; the first winner takes all, as PyTorch.""",
+        saved="argmax, the flat index h*W + w of each window's winner: int64, one per output (new memory).\n"
+              "x itself is not kept.",
+        kernels=("max_pool2d_forward", "max_pool2d_backward"))
+    examples = {"max_pool2d": Example(shape=(2, 3, 6, 6), options={"kernel_size": 3, "stride": 2, "padding": 1})}
+
     def __init__(self, KH, KW, SH, SW, PH, PW, DH, DW, ceil_mode):
         self.KH, self.KW, self.SH, self.SW = KH, KW, SH, SW
         self.PH, self.PW, self.DH, self.DW = PH, PW, DH, DW
@@ -98,6 +113,19 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
 class AvgPool2d(Function):
     """y[n, c, oh, ow] = sum of x over the window at (oh, ow), divided by the window's count."""
+
+    explanation = Explanation(
+        forward="y[n, c, oh, ow] = (1 / d) sum over i < KH, j < KW of x_padded[n, c, oh*SH + i, ow*SW + j]\n"
+                "d: the window clipped to the padded input (count_include_pad) or its real pixels only",
+        backward="""
+1. dy[oh, ow]/dx[h, w] = 1 / d[oh, ow] for every pixel (h, w) of that window, 0 outside it.
+2. gx[h, w] = sum over the windows that cover (h, w) of gy[oh, ow] / d[oh, ow]: each output gradient
+   spread evenly over its window, overlaps adding up (col2im of the spread gradient).
+3. Shares that fall on the padding are dropped.""",
+        saved="only x's height and width: d is recomputed from the sizes, and no array is kept.",
+        kernels=("avg_pool2d_forward", "avg_pool2d_backward"))
+    examples = {"avg_pool2d": Example(shape=(2, 3, 6, 6), options={
+        "kernel_size": 3, "stride": 2, "padding": 1, "count_include_pad": False})}
 
     def __init__(self, KH, KW, SH, SW, PH, PW, ceil_mode, count_include_pad):
         self.KH, self.KW, self.SH, self.SW, self.PH, self.PW = KH, KW, SH, SW, PH, PW
@@ -146,6 +174,19 @@ class AdaptiveAvgPool2d(Function):
     and (OW, W) averaging matrices of `_adaptive_bins`.
     """
 
+    explanation = Explanation(
+        forward="""
+bins: row bin i covers [floor(i H / OH), ceil((i + 1) H / OH)), column bins likewise (they may overlap)
+A_H (OH, H): A_H[i, h] = 1 / (bin i's size) inside bin i, 0 outside; A_W (OW, W) the same
+y[n, c] = A_H x[n, c] A_W^T: the mean over each bin's rectangle, as two averaging matrix products""",
+        backward="""
+1. y[oh, ow] = sum over h, w of A_H[oh, h] x[h, w] A_W[ow, w]: linear in x.
+2. dy[oh, ow]/dx[h, w] = A_H[oh, h] A_W[ow, w].
+3. gx[h, w] = sum over oh, ow of A_H[oh, h] gy[oh, ow] A_W[ow, w], that is gx = A_H^T gy A_W:
+   the transposed averaging matrices carry each bin's gradient back to its pixels.""",
+        saved="A_H (OH, H) and A_W (OW, W), new memory: step 3 reuses them.")
+    examples = {"adaptive_avg_pool2d": Example(shape=(2, 3, 7, 5), options={"output_size": (3, 2)})}
+
     def __init__(self, output_size):
         self.output_size = output_size
 
@@ -188,6 +229,14 @@ def adaptive_avg_pool2d(input, output_size):
 
 class GlobalAvgPool2d(Function):
     """y[n, c, 0, 0] = mean of x[n, c] over all H x W positions."""
+
+    explanation = Explanation(
+        forward="y[n, c, 0, 0] = (1 / (H W)) sum over h, w of x[n, c, h, w]",
+        backward="""
+1. dy[n, c]/dx[n, c, h, w] = 1 / (H W) for every position of the plane.
+2. So gx[n, c, h, w] = gy[n, c] / (H W): the plane's gradient spread evenly.""",
+        saved="only x's shape: no array.")
+    examples = {"global_avg_pool2d": Example(shape=(2, 3, 4, 4))}
 
     def forward(self, x):
         if x.ndim != 4:
