@@ -8,8 +8,8 @@ from collections import OrderedDict
 
 import numpy
 
-from tinycnn import backend
-from tinycnn.autograd import Parameter, Tensor
+from tinycnn import autograd, backend, config
+from tinycnn.autograd import Function, HookHandle, Parameter, Tensor, hook_gradient
 
 
 def _as_numpy(value):
@@ -32,6 +32,8 @@ class Module:
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "_forward_hooks", OrderedDict())
+        object.__setattr__(self, "_forward_pre_hooks", OrderedDict())
+        object.__setattr__(self, "_backward_hooks", OrderedDict())
 
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
@@ -70,24 +72,51 @@ class Module:
         self._buffers[name] = persistent
 
     def __call__(self, *args, **kwargs):
+        if autograd.active_trace is not None:  # inside `with tinycnn.trace()`: it notes which module runs
+            return autograd.active_trace.call_module(self, args, kwargs)
+        return self._call_with_hooks(args, kwargs)
+
+    def _call_with_hooks(self, args, kwargs):
+        # PyTorch's order: pre-hooks (may replace the arguments), forward, forward hooks (may
+        # replace the output); full backward hooks watch the arguments and the final output.
+        for hook in list(self._forward_pre_hooks.values()):
+            result = hook(self, args)
+            if result is not None:
+                args = result if isinstance(result, tuple) else (result,)
+        backward_hooks = None
+        if self._backward_hooks and config.enable_backprop:
+            backward_hooks = ModuleBackwardHooks(self)
+            args = backward_hooks.watch_inputs(args)
         output = self.forward(*args, **kwargs)
-        for hook in self._forward_hooks.values():
+        for hook in list(self._forward_hooks.values()):
             result = hook(self, args, output)
             if result is not None:
                 output = result
+        if backward_hooks is not None:
+            output = backward_hooks.watch_output(output)
         return output
 
-    def register_forward_hook(self, hook):
-        """Call hook(module, inputs, output) after every forward (to inspect feature maps, count
-        operations, ...); returns a handle whose remove() unregisters it."""
-        key = object()
-        self._forward_hooks[key] = hook
-        hooks = self._forward_hooks
+    def register_forward_pre_hook(self, hook):
+        """Call hook(module, args) before every forward; it may return replacement arguments (a
+        tuple, or one value for a single argument), as torch. Returns a HookHandle (`.remove()`)."""
+        return HookHandle(self._forward_pre_hooks, hook)
 
-        class Handle:
-            def remove(self):
-                hooks.pop(key, None)
-        return Handle()
+    def register_forward_hook(self, hook):
+        """Call hook(module, args, output) after every forward (to inspect feature maps, count
+        operations, ...); it may return a replacement output. Returns a HookHandle (`.remove()`)."""
+        return HookHandle(self._forward_hooks, hook)
+
+    def register_full_backward_hook(self, hook):
+        """Call hook(module, grad_input, grad_output) in backward, as torch, once the gradients
+        with respect to this call's positional arguments are computed.
+
+        grad_output holds the gradients of the output's tensors; grad_input one entry per
+        positional argument: the gradient that this module's operations send to it, or None (a
+        non-tensor, or a tensor that needs no gradient, such as the image at the first layer). The
+        hook may return a replacement grad_input (a tuple of the same length). Returns a
+        HookHandle (`.remove()`).
+        """
+        return HookHandle(self._backward_hooks, hook)
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__}.forward")
@@ -267,6 +296,98 @@ class Module:
         if not lines:
             return head + ")"
         return head + "\n  " + "\n  ".join(lines) + "\n)"
+
+
+class BackwardHookFunction(Function):
+    """The identity, whose backward hands the gradients to a module's backward hooks (as
+    PyTorch's function of the same name). `side` is "inputs" or "output"."""
+
+    def __init__(self, hooks, side):
+        self.hooks, self.side = hooks, side
+
+    def forward(self, *arrays):
+        return arrays
+
+    def backward(self, *grads):
+        if self.side == "output":
+            return self.hooks.output_gradients(grads)
+        return self.hooks.input_gradients(grads)
+
+
+class ModuleBackwardHooks:
+    """One module call, watched for register_full_backward_hook.
+
+    An identity Function on the positional tensor arguments and one on the output: in backward,
+    the output's identity runs first and records grad_output; the inputs' identity runs when
+    every operation of the module has sent its gradient back, so it sees the complete grad_input,
+    calls the hooks (which may replace it) and passes the result on.
+    """
+
+    def __init__(self, module):
+        self.module = module
+        self.num_args = 0
+        self.positions = ()  # the positional arguments that are tensors needing a gradient
+        self.grad_output = ()
+
+    def watch_inputs(self, args):
+        self.num_args = len(args)
+        self.positions = tuple(i for i, a in enumerate(args) if isinstance(a, Tensor) and a.requires_grad)
+        if not self.positions:
+            return args
+        watched = BackwardHookFunction(self, "inputs")(*(args[i] for i in self.positions))
+        watched = watched if isinstance(watched, tuple) else (watched,)
+        args = list(args)
+        for position, tensor in zip(self.positions, watched):
+            args[position] = tensor
+        return tuple(args)
+
+    def watch_output(self, output):
+        if isinstance(output, Tensor):
+            items = [output]
+        elif isinstance(output, (tuple, list)):
+            items = list(output)
+        else:
+            raise TypeError(f"{type(self.module).__name__}: a full backward hook needs forward to return a "
+                            f"Tensor or a tuple of Tensors, got {type(output).__name__}")
+        places = [i for i, item in enumerate(items) if isinstance(item, Tensor) and item.requires_grad]
+        if not places:
+            return output
+        watched = BackwardHookFunction(self, "output")(*(items[i] for i in places))
+        watched = watched if isinstance(watched, tuple) else (watched,)
+        for place, tensor in zip(places, watched):
+            items[place] = tensor
+        if isinstance(output, Tensor):
+            return items[0]
+        if hasattr(output, "_fields"):  # a namedtuple such as ModelOutputs
+            return type(output)(*items)
+        return type(output)(items)
+
+    def output_gradients(self, grads):
+        self.grad_output = tuple(Tensor(g) for g in grads)
+        if not self.positions:  # no argument needs a gradient: the hooks run now, with grad_input all None
+            self.call_hooks(())
+        return grads
+
+    def input_gradients(self, grads):
+        return self.call_hooks(grads)
+
+    def call_hooks(self, grads):
+        grad_input = [None] * self.num_args
+        for position, g in zip(self.positions, grads):
+            grad_input[position] = Tensor(g)
+        for hook in list(self.module._backward_hooks.values()):
+            result = hook(self.module, tuple(grad_input), self.grad_output)
+            if result is None:
+                continue
+            name = getattr(hook, "__qualname__", repr(hook))
+            if not isinstance(result, (tuple, list)) or len(result) != self.num_args:
+                raise RuntimeError(f"backward hook {name} of {type(self.module).__name__} returned {result!r}; "
+                                   f"expected a tuple of {self.num_args} gradients (grad_input)")
+            for position in self.positions:
+                if result[position] is not None:
+                    shape = grad_input[position].shape
+                    grad_input[position] = Tensor(hook_gradient(hook, result[position], shape))
+        return tuple(None if grad_input[p] is None else grad_input[p].data for p in self.positions)
 
 
 class Sequential(Module):
