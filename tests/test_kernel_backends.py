@@ -1,0 +1,567 @@
+"""Every kernel backend against the float64 reference, and the reference against PyTorch.
+
+One parametrised test per primitive runs each backend on drawn cases and compares it with
+tinycnn.kernels.reference computed in float64 on the same values:
+
+    reference     tinycnn.kernels.reference in the case's dtype (float32 or float64)
+    numba         tinycnn.kernels.cpu
+    cuda_on_cpu   tinycnn.kernels.gpu with its CUDA bodies compiled as C++ and NumPy standing in
+                  for CuPy (tests/cuda_harness.py): the GPU code's index maths on any machine
+    cupy          tinycnn.kernels.gpu on a CUDA device (skipped without CuPy and a GPU)
+
+The reference is then checked against torch.nn.functional directly, so the oracle is not trusted on
+its own word. Output shapes are computed here from PyTorch's documented formula, not with the
+kernels' helpers. Gathers (im2col, max pooling) must equal the reference exactly; kernels that sum
+within support.TOLERANCES of the case's dtype. The draws include strided and transposed inputs,
+ties in max pooling, batch 1 and one channel, dilation, ceil_mode, count_include_pad, even LRN
+sizes, and convolutions on the Numba backend's pixel-major path (ungrouped, 4 or more input
+channels, outputs narrower than 16: kernels/cpu_conv.py).
+"""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as torch_F
+from hypothesis import assume, example, given, strategies as st
+
+import tinycnn
+import tinycnn.kernels.cpu
+import tinycnn.kernels.gpu  # imports without CuPy: its kernels are built on first use
+import tinycnn.kernels.reference
+from tinycnn import backend as array_backend
+
+import cuda_harness
+from conftest import _gpu_params
+from support import TOLERANCES, assert_close
+
+reference = tinycnn.kernels.reference
+
+BACKENDS = [
+    "reference",
+    "numba",
+    pytest.param("cuda_on_cpu", marks=pytest.mark.skipif(not cuda_harness.compiler_available(),
+                                                          reason=f"needs the C++ compiler {cuda_harness.COMPILER}")),
+    _gpu_params(),
+]
+DTYPES = st.sampled_from([np.float32, np.float64])
+LAYOUTS = st.sampled_from(["contiguous", "strided", "transposed"])
+
+
+def run(backend, primitive, *args, **kwargs):
+    """Call `primitive` of `backend` on NumPy arguments; arrays come back as NumPy arrays."""
+    if backend == "reference":
+        return getattr(tinycnn.kernels.reference, primitive)(*args, **kwargs)
+    if backend == "numba":
+        return getattr(tinycnn.kernels.cpu, primitive)(*args, **kwargs)
+    if backend == "cuda_on_cpu":
+        with cuda_harness.gpu_module_on_cpu() as gpu:
+            return getattr(gpu, primitive)(*args, **kwargs)
+    on_device = [array_backend.to_gpu(a) if isinstance(a, np.ndarray) else a for a in args]
+    result = getattr(tinycnn.kernels.gpu, primitive)(*on_device, **kwargs)
+    if isinstance(result, tuple):
+        return tuple(None if r is None else array_backend.to_cpu(r) for r in result)
+    return array_backend.to_cpu(result)
+
+
+def _array(seed, shape, dtype, layout="contiguous"):
+    """Uniform [-1, 1) values of `shape`; 'strided' and 'transposed' are views whose memory is not
+    C-ordered (every other element of a wider array; the transpose of the reversed shape)."""
+    rng = np.random.default_rng(seed)
+    if layout == "strided" and len(shape):
+        return rng.uniform(-1, 1, size=shape[:-1] + (2 * shape[-1],)).astype(dtype)[..., ::2]
+    if layout == "transposed":
+        return rng.uniform(-1, 1, size=shape[::-1]).astype(dtype).T
+    return rng.uniform(-1, 1, size=shape).astype(dtype)
+
+
+def _f64(a):
+    return None if a is None else np.array(a, dtype=np.float64)
+
+
+def _assert_same(actual, expected, dtype, what):
+    """Exactly the float64 reference's values (a gather of dtype values), in `dtype`."""
+    assert actual.dtype == dtype, f"{what}: dtype {actual.dtype} != {np.dtype(dtype)}"
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    np.testing.assert_array_equal(actual, expected.astype(dtype), err_msg=what)
+
+
+def _assert_close(actual, expected, dtype, what):
+    assert actual.dtype == dtype, f"{what}: dtype {actual.dtype} != {np.dtype(dtype)}"
+    assert_close(actual, expected, dtype, what)
+
+
+def output_size(size, kernel, stride, padding, dilation=1, ceil_mode=False):
+    """PyTorch's documented output length (torch.nn.MaxPool2d): floor or ceil of
+    (size + 2 padding - dilation (kernel - 1) - 1) / stride + 1, where with ceil_mode the last
+    window must start inside the input or its left padding."""
+    exact = (size + 2 * padding - dilation * (kernel - 1) - 1) / stride
+    out = int(np.ceil(exact) if ceil_mode else np.floor(exact)) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+@st.composite
+def windows(draw, pooling=False, dilation=True, kernels=(1, 4)):
+    """(N, C, H, W) and a window (KH, KW, SH, SW, PH, PW, DH, DW) with at least one output.
+    Pooling windows keep PyTorch's rule that padding is at most half the kernel."""
+    N, C = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    KH, KW = draw(st.integers(*kernels)), draw(st.integers(*kernels))
+    SH, SW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    # Dilation up to 3, as far as the dilated window (at most 9 wide) fits the largest input.
+    DH = draw(st.integers(1, min(3, 8 // max(1, KH - 1)))) if dilation else 1
+    DW = draw(st.integers(1, min(3, 8 // max(1, KW - 1)))) if dilation else 1
+    PH = draw(st.integers(0, KH // 2 if pooling else 3))
+    PW = draw(st.integers(0, KW // 2 if pooling else 3))
+    H = draw(st.integers(max(1, DH * (KH - 1) + 1 - 2 * PH), 9))
+    W = draw(st.integers(max(1, DW * (KW - 1) + 1 - 2 * PW), 9))
+    return (N, C, H, W), (KH, KW, SH, SW, PH, PW, DH, DW)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(windows(), DTYPES, LAYOUTS, st.integers(0, 2**16))
+@example(((1, 1, 1, 1), (1, 1, 1, 1, 0, 0, 1, 1)), np.float32, "contiguous", 0)  # one pixel
+@example(((1, 2, 5, 7), (3, 2, 2, 3, 3, 1, 2, 1)), np.float64, "contiguous", 1)  # padding wider than the window
+def test_im2col(backend, shape_window, dtype, layout, seed):
+    (N, C, H, W), window = shape_window
+    KH, KW, SH, SW, PH, PW, DH, DW = window
+    x = _array(seed, (N, C, H, W), dtype, layout)
+    col = run(backend, "im2col", x, *window)
+    OH, OW = output_size(H, KH, SH, PH, DH), output_size(W, KW, SW, PW, DW)
+    assert col.shape == (N, C, KH, KW, OH, OW)
+    _assert_same(col, reference.im2col(_f64(x), *window), dtype, f"im2col {(N, C, H, W)} {window} {layout}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_im2col_tap_that_only_sees_the_left_padding(backend):
+    # Kernel width 3, dilation 2, padding 2 on a 1-pixel row: tap 0 lands at w = -2 for the only
+    # output. Numba once zero-filled past the row there, over the next sample's column (seen as
+    # sample 0 convolving to 0, depending on thread timing: hence many inputs).
+    window = (1, 3, 1, 1, 0, 2, 1, 2)
+    for seed in range(20):
+        x = _array(seed, (2, 1, 1, 1), np.float32)
+        _assert_same(run(backend, "im2col", x, *window), reference.im2col(_f64(x), *window), np.float32,
+                     f"im2col seed {seed}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(windows(), DTYPES, LAYOUTS, st.integers(0, 2**16))
+@example(((1, 1, 7, 6), (3, 3, 1, 2, 1, 2, 2, 1)), np.float32, "contiguous", 0)  # overlapping dilated windows
+def test_col2im(backend, shape_window, dtype, layout, seed):
+    (N, C, H, W), window = shape_window
+    KH, KW, SH, SW, PH, PW, DH, DW = window
+    OH, OW = output_size(H, KH, SH, PH, DH), output_size(W, KW, SW, PW, DW)
+    col = _array(seed, (N, C, KH, KW, OH, OW), dtype, layout)
+    x = run(backend, "col2im", col, H, W, SH, SW, PH, PW, DH, DW)
+    _assert_close(x, reference.col2im(_f64(col), H, W, SH, SW, PH, PW, DH, DW), dtype,
+                  f"col2im {(N, C, H, W)} {window} {layout}")
+
+
+@st.composite
+def convolutions(draw):
+    """A conv2d case: (x shape, W shape, (SH, SW, PH, PW, DH, DW), groups). Half the draws are on
+    the pixel-major path of the Numba kernels (groups 1, 4 to 8 input channels, narrow outputs)."""
+    (N, C, H, W), (KH, KW, SH, SW, PH, PW, DH, DW) = draw(windows())
+    if draw(st.booleans()):  # pixel-major
+        C, groups = draw(st.integers(4, 8)), 1
+    else:
+        groups = draw(st.sampled_from([g for g in (1, 2, 3) if C % g == 0]))
+    OC = groups * draw(st.integers(1, 3))
+    return (N, C, H, W), (OC, C // groups, KH, KW), (SH, SW, PH, PW, DH, DW), groups
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(convolutions(), DTYPES, LAYOUTS, st.booleans(), st.sampled_from([(True, True, True), (False, True, False),
+                                                                        (True, False, False)]),
+       st.integers(0, 2**16))
+def test_conv2d(backend, convolution, dtype, layout, bias, needs_grad, seed):
+    x_shape, w_shape, window, groups = convolution
+    x = _array(seed, x_shape, dtype, layout)
+    W = _array(seed + 1, w_shape, dtype, layout)
+    b = _array(seed + 2, w_shape[:1], dtype) if bias else None
+    what = f"conv2d {x_shape} {w_shape} {window} groups={groups} {layout}"
+    y = run(backend, "conv2d_forward", x, W, b, *window, groups)
+    SH, SW, PH, PW, DH, DW = window
+    OH, OW = output_size(x_shape[2], w_shape[2], SH, PH, DH), output_size(x_shape[3], w_shape[3], SW, PW, DW)
+    assert y.shape == (x_shape[0], w_shape[0], OH, OW), what
+    _assert_close(y, reference.conv2d_forward(_f64(x), _f64(W), _f64(b), *window, groups), dtype, what)
+    gy = _array(seed + 3, y.shape, dtype, layout)
+    grads = run(backend, "conv2d_backward", gy, x, W, *window, groups, needs_grad=needs_grad)
+    expected = reference.conv2d_backward(_f64(gy), _f64(x), _f64(W), *window, groups)
+    for name, wanted, actual, wanted_array in zip(("gx", "gW", "gb"), needs_grad, grads, expected):
+        if wanted:
+            _assert_close(actual, wanted_array, dtype, f"{what} {name}")
+        else:
+            assert actual is None, f"{what} {name}: not asked for, got an array"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("x_shape, w_shape, window", [
+    ((4, 16, 1, 1), (8, 16, 3, 3), (1, 1, 1, 1, 1, 1)),  # a ResNet's last stage on 32x32: only the centre tap
+    ((4, 16, 2, 2), (8, 16, 3, 3), (2, 2, 1, 1, 1, 1)),  # stride 2: the first row and column are dead
+    ((2, 3, 3, 2), (5, 3, 3, 3), (1, 1, 2, 1, 3, 1)),  # dilated rows: the top tap lands under the input
+    ((2, 6, 3, 2), (5, 6, 3, 3), (1, 1, 2, 1, 3, 1)),  # the same, pixel-major
+    ((2, 3, 1, 1), (2, 3, 3, 3), (1, 1, 3, 3, 3, 3)),  # every tap lands in the padding
+    ((2, 4, 1, 1), (2, 4, 3, 3), (1, 1, 3, 3, 3, 3)),  # the same, pixel-major
+    ((1, 4, 2, 20), (3, 4, 3, 3), (1, 1, 1, 1, 1, 1)),  # 4 channels but wide rows: channel-major
+])
+def test_conv2d_taps_that_only_see_padding(backend, x_shape, w_shape, window):
+    x, W = _array(0, x_shape, np.float64), _array(1, w_shape, np.float64)
+    y = run(backend, "conv2d_forward", x, W, W[:, 0, 0, 0], *window, 1)
+    _assert_close(y, reference.conv2d_forward(x, W, W[:, 0, 0, 0], *window, 1), np.float64, "y")
+    gy = _array(2, y.shape, np.float64)
+    grads = run(backend, "conv2d_backward", gy, x, W, *window, 1)
+    for actual, wanted, name in zip(grads, reference.conv2d_backward(gy, x, W, *window, 1), ("gx", "gW", "gb")):
+        _assert_close(actual, wanted, np.float64, name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("x_shape, w_shape, window, groups", [
+    ((64, 20, 12, 12), (50, 20, 5, 5), (1, 1, 0, 0, 1, 1), 1),  # LeNet's second layer: pixel-major
+    ((16, 1, 28, 28), (20, 1, 5, 5), (1, 1, 0, 0, 1, 1), 1),  # LeNet's first: the small weight product
+    ((8, 64, 20, 20), (64, 64, 3, 3), (1, 1, 1, 1, 1, 1), 1),  # wide rows: channel-major, one sample a chunk
+    ((16, 24, 20, 20), (48, 8, 3, 3), (1, 1, 2, 2, 2, 2), 3),  # grouped and dilated
+    ((32, 512, 1, 1), (256, 512, 3, 3), (1, 1, 1, 1, 1, 1), 1),  # dead taps cut, products split in two
+])
+def test_conv2d_at_real_layer_sizes(backend, x_shape, w_shape, window, groups):
+    # Big enough for several chunks on every Numba thread, in float32 against the float64 reference.
+    x, W, b = _array(0, x_shape, np.float32), _array(1, w_shape, np.float32), _array(2, w_shape[:1], np.float32)
+    y = run(backend, "conv2d_forward", x, W, b, *window, groups)
+    gy = _array(3, y.shape, np.float32)
+    grads = run(backend, "conv2d_backward", gy, x, W, *window, groups)
+    expected = (reference.conv2d_forward(_f64(x), _f64(W), _f64(b), *window, groups),) \
+        + reference.conv2d_backward(_f64(gy), _f64(x), _f64(W), *window, groups)
+    OC, C_group, KH, KW = w_shape
+    terms = {"y": C_group * KH * KW, "gx": OC // groups * KH * KW, "gW": y.shape[0] * y.shape[2] * y.shape[3]}
+    terms["gb"] = terms["gW"]
+    for actual, wanted, name in zip((y,) + grads, expected, ("y", "gx", "gW", "gb")):
+        assert actual.dtype == np.float32, name
+        # Each value sums `terms` float32 products of numbers in [-1, 1]: allow 1e-6 per term.
+        np.testing.assert_allclose(actual, wanted, rtol=1e-5, atol=1e-6 * terms[name], err_msg=name)
+
+
+def test_numba_conv2d_gives_the_same_bits_on_any_thread_count():
+    # Several chunks on several threads; gW and gb add the chunks' shares in a fixed order, so the
+    # thread count must not change a bit of the result.
+    from tinycnn.kernels import parallel
+    cpu = tinycnn.kernels.cpu
+    x, W, gy = _array(0, (32, 16, 12, 12), np.float32), _array(1, (24, 16, 3, 3), np.float32), \
+        _array(2, (32, 24, 12, 12), np.float32)
+    results = []
+    previous = parallel.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            parallel.set_num_threads(threads)
+            results.append((cpu.conv2d_forward(x, W, W[:, 0, 0, 0], 1, 1, 1, 1, 1, 1, 1),)
+                           + cpu.conv2d_backward(gy, x, W, 1, 1, 1, 1, 1, 1, 1))
+    finally:
+        parallel.set_num_threads(previous)
+    for other in results[1:]:
+        for actual, expected in zip(other, results[0]):
+            np.testing.assert_array_equal(actual, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("M, K, N", [(1, 3, 4), (7, 5, 3), (64, 800, 500), (500, 64, 800), (2, 2000, 1000)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul(backend, M, K, N, dtype):
+    # Big products are split across the Numba threads; b transposed, as Linear passes its weight.
+    a, b = _array(0, (M, K), dtype), _array(1, (N, K), dtype).T
+    product = run(backend, "matmul", a, b)
+    assert product.dtype == dtype and product.shape == (M, N)
+    expected = _f64(a) @ _f64(b)
+    # K float products of numbers in [-1, 1] per value: float32 round-off grows with K.
+    atol = 1e-6 * K if dtype == np.float32 else 1e-12 * K
+    np.testing.assert_allclose(product, expected, rtol=TOLERANCES[np.dtype(dtype)]["rtol"], atol=atol)
+
+
+def _with_ties(x, dtype):
+    """Few distinct values (-2 ... 2), so windows hold equal maxima."""
+    return np.round(x * 2).astype(dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(windows(pooling=True), st.booleans(), DTYPES, LAYOUTS, st.booleans(), st.integers(0, 2**16))
+# ceil_mode: the rows keep a last partial window; the columns drop one that would start in the padding
+@example(((1, 1, 6, 5), (3, 2, 3, 2, 1, 1, 1, 1)), True, np.float32, "contiguous", False, 0)
+@example(((1, 1, 1, 1), (1, 2, 1, 1, 0, 1, 1, 2)), False, np.float32, "contiguous", False, 0)  # padding only
+@example(((2, 3, 6, 6), (2, 2, 2, 2, 0, 0, 1, 1)), False, np.float32, "strided", True, 3)  # 2x2 with ties
+@example(((2, 3, 7, 7), (3, 3, 2, 2, 1, 1, 1, 1)), True, np.float64, "transposed", True, 4)  # 3x3 with ties
+def test_max_pool2d(backend, shape_window, ceil_mode, dtype, layout, ties, seed):
+    (N, C, H, W), window = shape_window
+    KH, KW, SH, SW, PH, PW, DH, DW = window
+    x = _array(seed, (N, C, H, W), dtype, layout)
+    if ties:
+        x = _with_ties(x, dtype)
+    y, argmax = run(backend, "max_pool2d_forward", x, *window, ceil_mode)
+    y_ref, argmax_ref = reference.max_pool2d_forward(_f64(x), *window, ceil_mode)
+    what = f"max_pool2d {(N, C, H, W)} {window} ceil_mode={ceil_mode} {layout}"
+    OH, OW = output_size(H, KH, SH, PH, DH, ceil_mode), output_size(W, KW, SW, PW, DW, ceil_mode)
+    assert y.shape == (N, C, OH, OW), what
+    _assert_same(y, y_ref, dtype, what)
+    np.testing.assert_array_equal(argmax, argmax_ref, err_msg=what + " argmax (the first maximum wins)")
+    assert argmax.dtype == np.int64, what
+    gy = _array(seed + 1, y.shape, dtype, layout)
+    if argmax_ref.min() < 0 or argmax_ref.max() >= H * W:
+        # A dilated window of padding only has no winner in the input: its backward must refuse,
+        # not write outside the gradient (F.max_pool2d rejects such windows up front).
+        with pytest.raises(ValueError, match="max_pool2d_backward: expected argmax indices"):
+            run(backend, "max_pool2d_backward", gy, argmax, H, W)
+        return
+    # One pixel may win several overlapping windows; its gradients add up.
+    gx = run(backend, "max_pool2d_backward", gy, argmax, H, W)
+    _assert_close(gx, reference.max_pool2d_backward(_f64(gy), argmax_ref, H, W), dtype, what + " backward")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_pool2d_propagates_nan_as_the_reference(backend):
+    x = _array(0, (1, 2, 5, 5), np.float64)
+    x[0, 0, 1, 1] = np.nan
+    x[0, 1, 3, 4] = np.nan
+    y, argmax = run(backend, "max_pool2d_forward", x, 3, 3, 2, 2, 1, 1, 1, 1, True)
+    y_ref, argmax_ref = reference.max_pool2d_forward(x, 3, 3, 2, 2, 1, 1, 1, 1, True)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(argmax, argmax_ref)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(windows(pooling=True, dilation=False), st.booleans(), st.booleans(), DTYPES, LAYOUTS, st.integers(0, 2**16))
+@example(((1, 1, 5, 4), (3, 2, 2, 3, 1, 1, 1, 1)), True, False, np.float32, "contiguous", 0)  # partial windows
+@example(((2, 2, 6, 6), (2, 2, 2, 2, 0, 0, 1, 1)), False, True, np.float32, "strided", 1)  # the unrolled 2x2
+@example(((2, 2, 7, 7), (3, 3, 2, 2, 1, 1, 1, 1)), True, False, np.float64, "transposed", 2)  # the unrolled 3x3
+def test_avg_pool2d(backend, shape_window, ceil_mode, count_include_pad, dtype, layout, seed):
+    (N, C, H, W), (KH, KW, SH, SW, PH, PW, _, _) = shape_window
+    options = (KH, KW, SH, SW, PH, PW, ceil_mode, count_include_pad)
+    x = _array(seed, (N, C, H, W), dtype, layout)
+    what = f"avg_pool2d {(N, C, H, W)} {options} {layout}"
+    y = run(backend, "avg_pool2d_forward", x, *options)
+    assert y.shape == (N, C, output_size(H, KH, SH, PH, 1, ceil_mode), output_size(W, KW, SW, PW, 1, ceil_mode)), what
+    _assert_close(y, reference.avg_pool2d_forward(_f64(x), *options), dtype, what)
+    gy = _array(seed + 1, y.shape, dtype, layout)
+    gx = run(backend, "avg_pool2d_backward", gy, H, W, *options)
+    _assert_close(gx, reference.avg_pool2d_backward(_f64(gy), H, W, *options), dtype, what + " backward")
+
+
+@st.composite
+def normalization_shapes(draw):
+    """(N, C, ...) with 0, 1 or 2 trailing axes: batch norm and LRN see them as one."""
+    N, C = draw(st.integers(1, 3)), draw(st.integers(1, 5))
+    trailing = draw(st.lists(st.integers(1, 5), min_size=0, max_size=2))
+    return (N, C, *trailing)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(normalization_shapes(), st.booleans(), DTYPES, LAYOUTS, st.integers(0, 2**16))
+# A channel whose mean is large beside its spread (x = 1.6928, 1.6935): folding the mean into one
+# multiply-add, x * gain + (beta - gain * mean), cancels two large float32 terms and lands 4e-5 off.
+@example((1, 2), False, np.float32, "contiguous", 86)
+def test_batch_norm(backend, shape, affine, dtype, layout, seed):
+    if shape[0] * int(np.prod(shape[2:])) == 1:
+        shape = (2,) + shape[1:]  # one value per channel has no variance to normalise by
+    x = _array(seed, shape, dtype, layout) * 3 + 1
+    C = shape[1]
+    gamma = _array(seed + 1, (C,), dtype) if affine else None
+    beta = _array(seed + 2, (C,), dtype) if affine else None
+    what = f"batch_norm {shape} affine={affine} {layout}"
+    outputs = run(backend, "batch_norm_forward_training", x, gamma, beta, 1e-5)
+    expected = reference.batch_norm_forward_training(_f64(x), _f64(gamma), _f64(beta), 1e-5)
+    assert outputs[0].shape == shape and all(a.shape == (C,) for a in outputs[1:]), what
+    for name, actual, oracle in zip(("y", "mean", "var", "inv_std"), outputs, expected):
+        _assert_close(actual, oracle, dtype, f"{what} {name}")
+    _, mean, _, inv_std = expected
+    mean, inv_std = mean.astype(dtype), inv_std.astype(dtype)
+    gy = _array(seed + 3, shape, dtype, layout)
+    grads = run(backend, "batch_norm_backward", gy, x, gamma, mean, inv_std)
+    expected = reference.batch_norm_backward(_f64(gy), _f64(x), _f64(gamma), _f64(mean), _f64(inv_std))
+    for name, actual, oracle in zip(("gx", "ggamma", "gbeta"), grads, expected):
+        _assert_close(actual, oracle, dtype, f"{what} {name}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(normalization_shapes(), st.integers(1, 6), DTYPES, LAYOUTS, st.integers(0, 2**16))
+def test_lrn(backend, shape, size, dtype, layout, seed):
+    # Even sizes make the window lopsided ([c - size//2, c + (size-1)//2]) and the backward
+    # window its mirror image, which a symmetric implementation would get wrong.
+    alpha, beta, k = 0.3, 0.75, 2.0
+    x = _array(seed, shape, dtype, layout) * 2
+    what = f"lrn {shape} size={size} {layout}"
+    y, scale = run(backend, "lrn_forward", x, size, alpha, beta, k)
+    y_ref, scale_ref = reference.lrn_forward(_f64(x), size, alpha, beta, k)
+    _assert_close(y, y_ref, dtype, what + " y")
+    _assert_close(scale, scale_ref, dtype, what + " scale")
+    gy = _array(seed + 1, shape, dtype, layout)
+    y_in, scale_in = y_ref.astype(dtype), scale_ref.astype(dtype)
+    gx = run(backend, "lrn_backward", x, y_in, scale_in, gy, size, alpha, beta)
+    _assert_close(gx, reference.lrn_backward(_f64(x), _f64(y_in), _f64(scale_in), _f64(gy), size, alpha, beta),
+                  dtype, what + " backward")
+
+
+# Gradchecks of every backend's backward against its own forward, by central differences in float64
+# along a random direction v: <gx, v> = (f(x + eps v) - f(x - eps v)) . gy / (2 eps).
+
+def _directional_check(forward, backward_gx, x, seed, eps=1e-6):
+    v = _array(seed + 7, x.shape, np.float64)
+    y = forward(x)
+    gy = _array(seed + 8, y.shape, np.float64)
+    numeric = (np.sum(forward(x + eps * v) * gy) - np.sum(forward(x - eps * v) * gy)) / (2 * eps)
+    analytic = np.sum(backward_gx(gy) * v)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(windows(pooling=True, kernels=(2, 3)), st.booleans(), st.integers(0, 2**16))
+@example(((2, 2, 6, 6), (2, 2, 2, 2, 0, 0, 1, 1)), False, 0)
+@example(((2, 2, 7, 7), (3, 3, 2, 2, 1, 1, 1, 1)), True, 1)
+def test_max_pool2d_gradcheck(backend, shape_window, ceil_mode, seed):
+    (N, C, H, W), window = shape_window
+    # Distinct values 1e-3 apart at least, so a 1e-6 step never changes a window's winner.
+    x = np.random.default_rng(seed).permutation(N * C * H * W).reshape(N, C, H, W) * 1e-3
+    _, argmax = run(backend, "max_pool2d_forward", x, *window, ceil_mode)
+    assume(argmax.min() >= 0 and argmax.max() < H * W)  # no window of padding only
+    _directional_check(lambda a: run(backend, "max_pool2d_forward", a, *window, ceil_mode)[0],
+                       lambda gy: run(backend, "max_pool2d_backward", gy, argmax, H, W), x, seed)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(windows(pooling=True, dilation=False, kernels=(2, 3)), st.booleans(), st.booleans(), st.integers(0, 2**16))
+@example(((2, 2, 6, 6), (2, 2, 2, 2, 0, 0, 1, 1)), False, True, 0)
+@example(((2, 2, 7, 7), (3, 3, 2, 2, 1, 1, 1, 1)), True, False, 1)
+def test_avg_pool2d_gradcheck(backend, shape_window, ceil_mode, count_include_pad, seed):
+    (N, C, H, W), (KH, KW, SH, SW, PH, PW, _, _) = shape_window
+    options = (KH, KW, SH, SW, PH, PW, ceil_mode, count_include_pad)
+    _directional_check(lambda a: run(backend, "avg_pool2d_forward", a, *options),
+                       lambda gy: run(backend, "avg_pool2d_backward", gy, H, W, *options),
+                       _array(seed, (N, C, H, W), np.float64), seed)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(convolutions(), st.integers(0, 2**16))
+def test_conv2d_gradcheck(backend, convolution, seed):
+    x_shape, w_shape, window, groups = convolution
+    x, W, b = _array(seed, x_shape, np.float64), _array(seed + 1, w_shape, np.float64), \
+        _array(seed + 2, w_shape[:1], np.float64)
+    y = run(backend, "conv2d_forward", x, W, b, *window, groups)
+    _directional_check(lambda a: run(backend, "conv2d_forward", a, W, b, *window, groups),
+                       lambda gy: run(backend, "conv2d_backward", gy, x, W, *window, groups)[0], x, seed)
+    _directional_check(lambda a: run(backend, "conv2d_forward", x, a, b, *window, groups),
+                       lambda gy: run(backend, "conv2d_backward", gy, x, W, *window, groups)[1], W, seed)
+    _directional_check(lambda a: run(backend, "conv2d_forward", x, W, a, *window, groups),
+                       lambda gy: run(backend, "conv2d_backward", gy, x, W, *window, groups)[2], b, seed)
+    assert y.dtype == np.float64
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(normalization_shapes(), st.integers(0, 2**16))
+def test_batch_norm_gradcheck(backend, shape, seed):
+    if shape[0] * int(np.prod(shape[2:])) == 1:
+        shape = (2,) + shape[1:]
+    C = shape[1]
+    x, gamma, beta = _array(seed, shape, np.float64), _array(seed + 1, (C,), np.float64), \
+        _array(seed + 2, (C,), np.float64)
+
+    def backward(gy, which):
+        _, mean, _, inv_std = run(backend, "batch_norm_forward_training", x, gamma, beta, 1e-5)
+        return run(backend, "batch_norm_backward", gy, x, gamma, mean, inv_std)[which]
+
+    _directional_check(lambda a: run(backend, "batch_norm_forward_training", a, gamma, beta, 1e-5)[0],
+                       lambda gy: backward(gy, 0), x, seed)
+    _directional_check(lambda a: run(backend, "batch_norm_forward_training", x, a, beta, 1e-5)[0],
+                       lambda gy: backward(gy, 1), gamma, seed)
+    _directional_check(lambda a: run(backend, "batch_norm_forward_training", x, gamma, a, 1e-5)[0],
+                       lambda gy: backward(gy, 2), beta, seed)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(normalization_shapes(), st.integers(1, 6), st.integers(0, 2**16))
+def test_lrn_gradcheck(backend, shape, size, seed):
+    alpha, beta, k = 0.3, 0.75, 2.0
+    x = _array(seed, shape, np.float64) * 2
+    y, scale = run(backend, "lrn_forward", x, size, alpha, beta, k)
+    _directional_check(lambda a: run(backend, "lrn_forward", a, size, alpha, beta, k)[0],
+                       lambda gy: run(backend, "lrn_backward", x, y, scale, gy, size, alpha, beta), x, seed)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(windows(), st.integers(0, 2**16))
+def test_col2im_is_the_adjoint_of_im2col(backend, shape_window, seed):
+    # <im2col(x), c> = <x, col2im(c)> for every x and c: col2im is exactly im2col's transpose.
+    (N, C, H, W), window = shape_window
+    KH, KW, SH, SW, PH, PW, DH, DW = window
+    x = _array(seed, (N, C, H, W), np.float64)
+    col = run(backend, "im2col", x, *window)
+    c = _array(seed + 1, col.shape, np.float64)
+    np.testing.assert_allclose(np.sum(col * c), np.sum(x * run(backend, "col2im", c, H, W, SH, SW, PH, PW, DH, DW)),
+                               rtol=1e-12, atol=1e-12)
+
+
+def _empty_batch_conv2d(backend):
+    x, W = np.zeros((0, 3, 5, 5), np.float32), _array(0, (4, 3, 3, 3), np.float32)
+    y = run(backend, "conv2d_forward", x, W, None, 1, 1, 1, 1, 1, 1, 1)
+    assert y.shape == (0, 4, 5, 5)
+    gx, gW, gb = run(backend, "conv2d_backward", y, x, W, 1, 1, 1, 1, 1, 1, 1)
+    assert gx.shape == x.shape and gW.shape == W.shape and gb.shape == (4,) and not gW.any() and not gb.any()
+
+
+def _empty_batch_columns(backend):
+    x = np.zeros((0, 3, 5, 5), np.float32)
+    assert run(backend, "im2col", x, 3, 3, 1, 1, 1, 1, 1, 1).shape == (0, 3, 3, 3, 5, 5)
+    assert run(backend, "col2im", np.zeros((0, 3, 3, 3, 5, 5), np.float32), 5, 5, 1, 1, 1, 1, 1, 1).shape == x.shape
+
+
+def _empty_batch_max_pool2d(backend):
+    x = np.zeros((0, 3, 5, 5), np.float32)
+    y, argmax = run(backend, "max_pool2d_forward", x, 2, 2, 2, 2, 0, 0, 1, 1, False)
+    assert y.shape == argmax.shape == (0, 3, 2, 2)
+    assert run(backend, "max_pool2d_backward", y, argmax, 5, 5).shape == x.shape
+
+
+def _empty_batch_avg_pool2d(backend):
+    x = np.zeros((0, 3, 5, 5), np.float32)
+    y = run(backend, "avg_pool2d_forward", x, 2, 2, 2, 2, 0, 0, False, True)
+    assert y.shape == (0, 3, 2, 2)
+    assert run(backend, "avg_pool2d_backward", y, 5, 5, 2, 2, 2, 2, 0, 0, False, True).shape == x.shape
+
+
+def _empty_batch_lrn(backend):
+    x = np.zeros((0, 3, 5, 5), np.float32)
+    y, scale = run(backend, "lrn_forward", x, 3, 0.3, 0.75, 2.0)
+    assert y.shape == scale.shape == x.shape
+    assert run(backend, "lrn_backward", x, y, scale, y, 3, 0.3, 0.75).shape == x.shape
+
+
+def _empty_batch_batch_norm(backend):
+    x = np.zeros((0, 3, 5, 5), np.float32)
+    with warnings.catch_warnings():  # the mean of no values: NumPy warns, and says NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        y, mean, var, inv_std = run(backend, "batch_norm_forward_training", x, None, None, 1e-5)
+        assert y.shape == x.shape and mean.shape == var.shape == inv_std.shape == (3,)
+        assert np.isnan(mean).all() and np.isnan(var).all()
+        gx, ggamma, gbeta = run(backend, "batch_norm_backward", x, x, None, mean, inv_std)
+    assert gx.shape == x.shape and ggamma.shape == gbeta.shape == (3,) and not gbeta.any()
+
+
+EMPTY_BATCH_CHECKS = {
+    "columns": _empty_batch_columns, "conv2d": _empty_batch_conv2d, "max_pool2d": _empty_batch_max_pool2d,
+    "avg_pool2d": _empty_batch_avg_pool2d, "lrn": _empty_batch_lrn, "batch_norm": _empty_batch_batch_norm,
+}
+
+
+# Known failures on an empty batch, in files outside this test's reach; strict, so a fix shows up.
+EMPTY_BATCH_BUGS = {
+    ("reference", "max_pool2d"): "kernels/reference.py max_pool2d_backward: gy.reshape(N * C, -1) with N = 0",
+    ("numba", "max_pool2d"): "kernels/cpu_pool.py max_pool2d_backward: reshape(N * C, -1) with N = 0",
+    ("numba", "conv2d"): "kernels/cpu_conv.py _conv_chunks: divides by min(count, N) = 0",
+    ("numba", "lrn"): "kernels/cpu_norm.py _as_ncl: reshape(N, C, -1) with N = 0",
+    ("numba", "batch_norm"): "kernels/cpu_norm.py _as_ncl: reshape(N, C, -1) with N = 0",
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("primitives", EMPTY_BATCH_CHECKS)
+def test_an_empty_batch(backend, primitives, request):
+    # N = 0 (a filtered batch, an empty last batch): empty results of the right shapes, and for
+    # batch norm statistics of no values (NaN), as NumPy's mean says.
+    if (backend, primitives) in EMPTY_BATCH_BUGS:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=EMPTY_BATCH_BUGS[backend, primitives]))
+    EMPTY_BATCH_CHECKS[primitives](backend)
