@@ -118,7 +118,8 @@ def test_code_locations_are_the_def_lines(name):
     assert source_line(*locations[f"tinycnn.functional.{name}"]).startswith(f"def {name}(")
     assert source_line(*locations[f"{cls.__name__}.forward"]).startswith("def forward(")
     assert source_line(*locations[f"{cls.__name__}.backward"]).startswith("def backward(")
-    kernel_rows = {label.split()[-1]: where for label, where in locations.items() if label.startswith("reference kernel")}
+    kernel_rows = {label.split()[-1]: where for label, where in locations.items()
+                   if label.startswith("reference kernel")}
     assert sorted(kernel_rows) == sorted(cls.explanation.kernels)
     for kernel, (path, line) in kernel_rows.items():
         assert path == os.path.join("kernels", "reference.py")
@@ -161,6 +162,12 @@ def test_shape_and_seed():
 def test_explain_prints_and_returns_the_same_text(capsys):
     text = tinycnn.explain("relu")
     assert capsys.readouterr().out == text + "\n"
+
+
+def test_explain_builds_its_graph_inside_no_grad():
+    with tinycnn.no_grad():
+        text = tinycnn.explain("sigmoid", file=io.StringIO())
+    assert text == explained("sigmoid") and max_error(text) < 1e-6
 
 
 def test_explain_leaves_tinycnn_random_stream_alone():

@@ -79,8 +79,8 @@ def public_functions():
 
 
 def find(name):
-    """(public function, Function class, Example) for an op name; ValueError naming the closest
-    names for an unknown one."""
+    """(public function, Function class, Example) for an op name; UnknownOpError (a ValueError)
+    naming the closest names for an unknown one."""
     from tinycnn import functional
     names = public_functions()
     if name not in names:
@@ -139,13 +139,15 @@ def explain(name, shape=None, seed=0, file=None):
         return function(*tensors, **example.options)
 
     try:
-        outputs = _outputs(call, inputs)
-        op = outputs[0].creator
-        if not isinstance(op, cls):
-            raise RuntimeError(f"explain {name}: the example's output was made by {type(op).__name__}, "
-                               f"not by {cls.__name__}, the class that declares the example")
-        saved = _saved_arrays(op, inputs, input_names, outputs)  # before backward releases them
-        gradients = _compare_gradients(call, inputs, outputs, checked, seed)
+        # Inside the caller's no_grad() or shape_only there would be no graph or no numbers.
+        with config.using(enable_backprop=True, shape_only=False):
+            outputs = _outputs(call, inputs)
+            op = outputs[0].creator
+            if not isinstance(op, cls):
+                raise RuntimeError(f"explain {name}: the example's output was made by {type(op).__name__}, "
+                                   f"not by {cls.__name__}, the class that declares the example")
+            saved = _saved_arrays(op, inputs, input_names, outputs)  # before backward releases them
+            gradients = _compare_gradients(call, inputs, outputs, checked, seed)
     finally:
         random.set_rng_state(rng_state)
 
@@ -315,7 +317,10 @@ def _format(name, function, cls, example, inputs, input_names, outputs, saved, g
             new += array.nbytes if what == "new memory" else 0
     if not saved:
         write("    no arrays")
-    write(f"  total {total:,} bytes, of which {new:,} are new memory (the rest keeps input or output arrays alive)")
+    if total > new:
+        write(f"  total {total:,} bytes, of which {new:,} new memory (the rest keeps the input or output arrays alive)")
+    else:
+        write(f"  total {total:,} bytes")
     write()
     write("where the code is")
     rows = [(f"tinycnn.functional.{name}", _where(function)),
