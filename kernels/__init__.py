@@ -1,13 +1,22 @@
 """Kernel dispatch: one function per primitive, routed by array type and tinycnn.config.kernels.
 
-    CuPy array                      -> CuPy GPU kernel  (tinycnn.kernels.gpu)
-    NumPy array                     -> Numba CPU kernel (tinycnn.kernels.cpu)
-    NumPy array, kernels == "numpy" -> the readable NumPy reference (tinycnn.kernels.reference)
+    CuPy array                          -> CuPy GPU kernels   (tinycnn.kernels.gpu)
+    NumPy array, kernels "auto"/"numba" -> Numba CPU kernels  (tinycnn.kernels.cpu)
+    NumPy array, kernels "numpy"        -> the readable NumPy reference (tinycnn.kernels.reference)
 
-tinycnn.functional calls only these names, so the maths of an op lives in one place per backend.
-The three implementations take the same arguments and return the same results (the reference is
-the test oracle). kernels.cpu and kernels.gpu are imported on first use: importing Numba costs a
-fraction of a second, CuPy more, and neither is needed to build a model or run the reference.
+Choose with `tinycnn.config.set_kernels("numpy")`, `with tinycnn.config.using(kernels="numpy"):` or
+TINYCNN_KERNELS=numpy in the environment. "numba" insists on Numba: a CuPy array under it is an
+error rather than a silent switch to the GPU kernels. A CuPy array under "numpy" still runs the
+CuPy kernels ("numpy" chooses among the CPU implementations).
+
+tinycnn.functional calls only these functions, so the maths of an op lives in one place per
+backend. Each is written out below with the reference's arguments (the reference's own docstring
+has the maths); the first argument decides the backend. The three implementations take the same
+arguments and return the same results (the reference is the test oracle).
+
+kernels.cpu and kernels.gpu are imported on first use: importing Numba costs a fraction of a
+second, CuPy more, and neither is needed to build a model or to run the reference. The first use of
+the Numba kernels also limits OpenBLAS to one thread (see tinycnn._threading).
 """
 from tinycnn import config
 from tinycnn.backend import is_gpu_array
@@ -22,25 +31,127 @@ PRIMITIVES = (
     "lrn_forward", "lrn_backward",
 )
 
+_numba_kernels = None  # tinycnn.kernels.cpu, once imported
+
 
 def implementation(name, array):
-    """The module whose `name` function handles `array` under the current config."""
+    """The module (tinycnn.kernels.gpu, .cpu or .reference) whose function `name` runs when
+    tinycnn.kernels.<name> is called with `array` as its first argument under the current
+    tinycnn.config.kernels. Raises ValueError for a name that is not one of PRIMITIVES, and the
+    call's own error where no backend can run it (a CuPy array under kernels="numba", say)."""
+    if name not in PRIMITIVES:
+        raise ValueError(f"tinycnn.kernels.implementation: expected one of the primitives {PRIMITIVES}, got {name!r}")
+    return _backend(name, array)
+
+
+def _backend(name, array):
+    """The module that runs primitive `name` for `array` (implementation() without the name check,
+    for the dispatchers below, whose names are right by construction)."""
+    kernels = config.kernels
     if is_gpu_array(array):
+        if kernels == "numba":
+            raise TypeError(f"tinycnn.kernels.{name}: kernels='numba' runs on NumPy arrays, got a CuPy array; "
+                            "choose kernels='auto' for the CuPy kernels, or move the data to the CPU")
         from tinycnn.kernels import gpu
         return gpu
-    if config.kernels == "numpy":
+    if kernels == "auto" or kernels == "numba":
+        return _numba(name)
+    if kernels == "numpy":
         return reference
-    from tinycnn.kernels import cpu  # "auto" and "numba"
-    return cpu
+    # config.set_kernels and config.using check the value; this catches `config.kernels = ...`.
+    raise ValueError(f"tinycnn.kernels.{name}: tinycnn.config.kernels must be 'auto', 'numba' or 'numpy', "
+                     f"got {kernels!r}")
 
 
-def _dispatcher(name):
-    def dispatch(*args, **kwargs):
-        return getattr(implementation(name, args[0]), name)(*args, **kwargs)
-    dispatch.__name__ = name
-    dispatch.__doc__ = getattr(reference, name).__doc__
-    return dispatch
+def _numba(name):
+    global _numba_kernels
+    if _numba_kernels is None:
+        try:
+            from tinycnn.kernels import cpu
+        except ImportError as error:
+            raise ImportError(f"tinycnn.kernels.{name}: the Numba kernels could not be imported ({error}); install "
+                              "numba, or choose the NumPy reference with tinycnn.config.set_kernels('numpy') or "
+                              "TINYCNN_KERNELS=numpy") from error
+        _numba_kernels = cpu
+    return _numba_kernels
 
 
-for _name in PRIMITIVES:
-    globals()[_name] = _dispatcher(_name)
+def matmul(a, b):
+    """a @ b for 2-D a (M, K) and b (K, N), on a's backend (see the module docstring to choose
+    another); the maths in tinycnn.kernels.reference.matmul."""
+    return _backend("matmul", a).matmul(a, b)
+
+
+def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW):
+    """(N, C, H, W) -> (N, C, KH, KW, OH, OW): every window of x as a column, on x's backend (see the
+    module docstring to choose another); the maths in tinycnn.kernels.reference.im2col."""
+    return _backend("im2col", x).im2col(x, KH, KW, SH, SW, PH, PW, DH, DW)
+
+
+def col2im(col, H, W, SH, SW, PH, PW, DH, DW):
+    """(N, C, KH, KW, OH, OW) -> (N, C, H, W), the adjoint of im2col, on col's backend (see the module
+    docstring to choose another); the maths in tinycnn.kernels.reference.col2im."""
+    return _backend("col2im", col).col2im(col, H, W, SH, SW, PH, PW, DH, DW)
+
+
+def conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups):
+    """y (N, OC, OH, OW) = W * x + b, on x's backend (see the module docstring to choose another);
+    the maths in tinycnn.kernels.reference.conv2d_forward."""
+    return _backend("conv2d_forward", x).conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups)
+
+
+def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, True, True)):
+    """(gx, gW, gb) of conv2d_forward, each None where needs_grad says so, on gy's backend (see the
+    module docstring to choose another); the maths in tinycnn.kernels.reference.conv2d_backward."""
+    return _backend("conv2d_backward", gy).conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad)
+
+
+def max_pool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, ceil_mode):
+    """(y, argmax) of max pooling, on x's backend (see the module docstring to choose another); the
+    maths in tinycnn.kernels.reference.max_pool2d_forward."""
+    return _backend("max_pool2d_forward", x).max_pool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, ceil_mode)
+
+
+def max_pool2d_backward(gy, argmax, H, W):
+    """gx (N, C, H, W) of max pooling, on gy's backend (see the module docstring to choose another);
+    the maths in tinycnn.kernels.reference.max_pool2d_backward."""
+    return _backend("max_pool2d_backward", gy).max_pool2d_backward(gy, argmax, H, W)
+
+
+def avg_pool2d_forward(x, KH, KW, SH, SW, PH, PW, ceil_mode, count_include_pad):
+    """y of average pooling, on x's backend (see the module docstring to choose another); the maths
+    in tinycnn.kernels.reference.avg_pool2d_forward."""
+    return _backend("avg_pool2d_forward", x).avg_pool2d_forward(x, KH, KW, SH, SW, PH, PW, ceil_mode,
+                                                                count_include_pad)
+
+
+def avg_pool2d_backward(gy, H, W, KH, KW, SH, SW, PH, PW, ceil_mode, count_include_pad):
+    """gx (N, C, H, W) of average pooling, on gy's backend (see the module docstring to choose
+    another); the maths in tinycnn.kernels.reference.avg_pool2d_backward."""
+    return _backend("avg_pool2d_backward", gy).avg_pool2d_backward(gy, H, W, KH, KW, SH, SW, PH, PW, ceil_mode,
+                                                                   count_include_pad)
+
+
+def batch_norm_forward_training(x, gamma, beta, eps):
+    """(y, mean, var, inv_std) of batch normalisation with the batch's statistics, on x's backend
+    (see the module docstring to choose another); the maths in
+    tinycnn.kernels.reference.batch_norm_forward_training."""
+    return _backend("batch_norm_forward_training", x).batch_norm_forward_training(x, gamma, beta, eps)
+
+
+def batch_norm_backward(gy, x, gamma, mean, inv_std):
+    """(gx, ggamma, gbeta) of batch_norm_forward_training, on gy's backend (see the module docstring
+    to choose another); the maths in tinycnn.kernels.reference.batch_norm_backward."""
+    return _backend("batch_norm_backward", gy).batch_norm_backward(gy, x, gamma, mean, inv_std)
+
+
+def lrn_forward(x, size, alpha, beta, k):
+    """(y, scale) of local response normalisation across channels, on x's backend (see the module
+    docstring to choose another); the maths in tinycnn.kernels.reference.lrn_forward."""
+    return _backend("lrn_forward", x).lrn_forward(x, size, alpha, beta, k)
+
+
+def lrn_backward(x, y, scale, gy, size, alpha, beta):
+    """gx of lrn_forward, on x's backend (see the module docstring to choose another); the maths in
+    tinycnn.kernels.reference.lrn_backward."""
+    return _backend("lrn_backward", x).lrn_backward(x, y, scale, gy, size, alpha, beta)

@@ -15,11 +15,19 @@ by which thread runs them, so results are the same from run to run whatever the 
 
 TINYCNN_NUM_THREADS sets the number of threads (calling thread included); without it, the number
 of cores this process may use. `set_num_threads` changes it at run time.
+
+Each chunk's matrix products run on OpenBLAS with one thread, since the threads here already fill
+the cores: this module, imported with the Numba kernels at the first kernel call, sets that limit
+once for the process through threadpoolctl (tinycnn._threading explains why there and not per call).
 """
 import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+
+from tinycnn import _threading
+
+_threading.limit_blas_threads()
 
 # A call with fewer element operations than this runs on the calling thread alone: waking a pool
 # thread measured 80-90 microseconds here, about what 10^5 element operations of a kernel take.

@@ -13,6 +13,7 @@ from tinycnn.gradcheck import GradcheckError, gradcheck
 from tinycnn.random import get_rng_state, manual_seed, set_rng_state
 from tinycnn import backend, functional, nn, optim  # noqa: E402
 from tinycnn.summary import summary
+from tinycnn.graph import draw_graph
 from tinycnn.explain import explain
 
 __version__ = "0.1.0"
@@ -20,5 +21,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Function", "GradcheckError", "Parameter", "Tensor", "backend", "config", "enable_grad",
     "functional", "get_rng_state", "gradcheck", "manual_seed", "nn", "no_grad", "optim",
-    "set_rng_state", "summary", "tensor", "explain",
+    "set_rng_state", "summary", "tensor", "draw_graph", "explain",
 ]

@@ -15,15 +15,17 @@ import argparse
 import inspect
 import math
 import os
-import tempfile
 import sys
+import tempfile
 import time
+import warnings
 
 import tinycnn
 from tinycnn import backend, checkpoint, data, optim
 from tinycnn.data import transforms
 from tinycnn.errors import UserError
 from tinycnn.explain import explain_command, parse_shape
+from tinycnn import gradflow, graph
 import tinycnn.models as models
 from tinycnn import train as training
 
@@ -185,6 +187,26 @@ def build_parser():
     x.add_argument("--shape", type=parse_shape, metavar="N,C,H,W",
                    help="the main input's shape, as many axes as the op's example (default: the example's)")
     x.add_argument("--seed", type=int, default=0, help="random seed of the example's inputs")
+
+    g = commands.add_parser("graph", help="draw a network's autograd graph (ops, tensors, shapes) as PNG, SVG or .dot")
+    g.add_argument("model", help="a name from `tinycnn list-models`")
+    g.add_argument("--out", required=True, metavar="FILE",
+                   help="FILE.png or FILE.svg (drawn with matplotlib), or FILE.dot (Graphviz text)")
+    g.add_argument("--depth", type=_non_negative_int, metavar="K",
+                   help="fold modules nested deeper than K levels into one box each (without it: every op)")
+    g.add_argument("--input", type=_input_shape, metavar="C,H,W",
+                   help="input shape (default: the one the network is specified for)")
+
+    f = commands.add_parser("gradflow", help="plot per-layer gradient norms against depth, at init and after training")
+    f.add_argument("models", nargs="+", metavar="MODEL", help="names from `tinycnn list-models`")
+    f.add_argument("--out", required=True, metavar="DIR", help="directory for gradflow.png and gradflow.csv")
+    f.add_argument("--steps", type=_non_negative_int, default=100, help="SGD steps on MNIST before the second measure")
+    f.add_argument("--batch-size", type=_positive_int, default=64, help="images per step and in the measured batch")
+    f.add_argument("--lr", type=_non_negative_float, default=0.05, help="SGD learning rate (momentum 0.9)")
+    f.add_argument("--in-channels", type=_positive_int, default=1,
+                   help="input channels the networks are built with (MNIST's one channel is repeated)")
+    f.add_argument("--data-dir", help="where the MNIST files are (default: $TINYCNN_DATA)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the weights, the measured batch and the data order")
     return parser
 
 
@@ -379,6 +401,7 @@ def train_command(args):
     check_schedule(settings)
     download = not settings.get("no_download", False)
     check_data_dir(settings["data_dir"], download)
+    tinycnn.config.tune_allocator()  # each step's big buffers reused, not fetched zeroed (tinycnn._threading)
     if settings.get("seed") is not None:  # None: a run of fit() (its weights and random state are restored)
         tinycnn.manual_seed(settings["seed"])
     model = build_model(settings)
@@ -420,11 +443,15 @@ def train_command(args):
 
     progress = False if settings["no_progress"] else None
     started = time.perf_counter()
-    history = training.fit(model, optimizer, train_loader, settings["epochs"], test_loader, scheduler,
-                           device=settings["device"], label_smoothing=settings["label_smoothing"],
-                           start_epoch=start_epoch, history=history, out_dir=settings["out"], settings=settings,
-                           progress=progress, log=lambda line: print(line, flush=True),
-                           on_epoch_end=forget_the_old_run)
+    with warnings.catch_warnings():
+        # An overflow (a learning rate far too large) ends in a non-finite loss, which fit reports
+        # as one line saying what to do; NumPy's warnings on the way there would only bury it.
+        warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero) encountered", RuntimeWarning)
+        history = training.fit(model, optimizer, train_loader, settings["epochs"], test_loader, scheduler,
+                               device=settings["device"], label_smoothing=settings["label_smoothing"],
+                               start_epoch=start_epoch, history=history, out_dir=settings["out"],
+                               settings=settings, progress=progress, log=lambda line: print(line, flush=True),
+                               on_epoch_end=forget_the_old_run)
     print(f"done in {time.perf_counter() - started:.1f}s: test accuracy {history[-1]['test_top1']:.2%} "
           f"({len(test_set)} images); run directory {settings['out']}")
     if settings["plots"]:
@@ -537,7 +564,8 @@ def list_models_command(args):
 
 
 COMMANDS = {"train": train_command, "eval": eval_command, "summary": summary_command, "plot": plot_command,
-            "list-models": list_models_command, "explain": explain_command}
+            "list-models": list_models_command, "explain": explain_command, "graph": graph.cli_command,
+            "gradflow": gradflow.cli_command}
 
 
 def main(argv=None):
