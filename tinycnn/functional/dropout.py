@@ -14,7 +14,7 @@ class Dropout(Function):
 1. The mask is a constant drawn in forward: y_i = mask_i x_i is linear in x_i.
 2. dy_i/dx_i = mask_i, so gx = gy * mask: dropped units pass no gradient, kept ones pass it scaled
    by 1 / (1 - p), exactly as their values were.""",
-        saved="mask, new memory of x's shape and dtype (the explain check replays the same mask on every call).")
+        saved="mask, new memory of x's shape and dtype: the one random draw, kept so backward uses the same mask.")
     examples = {"dropout": Example(shape=(2, 3, 4, 4), options={"p": 0.5})}
 
     def __init__(self, p):
