@@ -77,81 +77,119 @@ def _numba(name):
 
 
 def matmul(a, b):
-    """a @ b for 2-D a (M, K) and b (K, N), on a's backend (see the module docstring to choose
-    another); the maths in tinycnn.kernels.reference.matmul."""
+    """a @ b for 2-D a (M, K) and b (K, N).
+
+    Runs on a's backend: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.matmul, which has the maths."""
     return _backend("matmul", a).matmul(a, b)
 
 
 def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW):
-    """(N, C, H, W) -> (N, C, KH, KW, OH, OW): every window of x as a column, on x's backend (see the
-    module docstring to choose another); the maths in tinycnn.kernels.reference.im2col."""
+    """(N, C, H, W) -> (N, C, KH, KW, OH, OW): every window of x as a column.
+
+    Runs on x's backend: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.im2col, which has the maths."""
     return _backend("im2col", x).im2col(x, KH, KW, SH, SW, PH, PW, DH, DW)
 
 
 def col2im(col, H, W, SH, SW, PH, PW, DH, DW):
-    """(N, C, KH, KW, OH, OW) -> (N, C, H, W), the adjoint of im2col, on col's backend (see the module
-    docstring to choose another); the maths in tinycnn.kernels.reference.col2im."""
+    """(N, C, KH, KW, OH, OW) -> (N, C, H, W), the adjoint of im2col.
+
+    Runs on col's backend: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.col2im, which has the maths."""
     return _backend("col2im", col).col2im(col, H, W, SH, SW, PH, PW, DH, DW)
 
 
 def conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups):
-    """y (N, OC, OH, OW) = W * x + b, on x's backend (see the module docstring to choose another);
-    the maths in tinycnn.kernels.reference.conv2d_forward."""
+    """y (N, OC, OH, OW) = W * x + b.
+
+    Runs on x's backend: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.conv2d_forward, which has the maths."""
     return _backend("conv2d_forward", x).conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups)
 
 
 def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, True, True)):
-    """(gx, gW, gb) of conv2d_forward, each None where needs_grad says so, on gy's backend (see the
-    module docstring to choose another); the maths in tinycnn.kernels.reference.conv2d_backward."""
+    """(gx, gW, gb) of conv2d_forward, each None where needs_grad says so.
+
+    Runs on gy's backend: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.conv2d_backward, which has the maths."""
     return _backend("conv2d_backward", gy).conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad)
 
 
 def max_pool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, ceil_mode):
-    """(y, argmax) of max pooling, on x's backend (see the module docstring to choose another); the
-    maths in tinycnn.kernels.reference.max_pool2d_forward."""
+    """(y, argmax) of max pooling.
+
+    Runs on x's backend: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.max_pool2d_forward, which has the maths."""
     return _backend("max_pool2d_forward", x).max_pool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, ceil_mode)
 
 
 def max_pool2d_backward(gy, argmax, H, W):
-    """gx (N, C, H, W) of max pooling, on gy's backend (see the module docstring to choose another);
-    the maths in tinycnn.kernels.reference.max_pool2d_backward."""
+    """gx (N, C, H, W) of max pooling.
+
+    Runs on gy's backend: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.max_pool2d_backward, which has the maths."""
     return _backend("max_pool2d_backward", gy).max_pool2d_backward(gy, argmax, H, W)
 
 
 def avg_pool2d_forward(x, KH, KW, SH, SW, PH, PW, ceil_mode, count_include_pad):
-    """y of average pooling, on x's backend (see the module docstring to choose another); the maths
-    in tinycnn.kernels.reference.avg_pool2d_forward."""
+    """y of average pooling.
+
+    Runs on x's backend: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.avg_pool2d_forward, which has the maths."""
     return _backend("avg_pool2d_forward", x).avg_pool2d_forward(x, KH, KW, SH, SW, PH, PW, ceil_mode,
                                                                 count_include_pad)
 
 
 def avg_pool2d_backward(gy, H, W, KH, KW, SH, SW, PH, PW, ceil_mode, count_include_pad):
-    """gx (N, C, H, W) of average pooling, on gy's backend (see the module docstring to choose
-    another); the maths in tinycnn.kernels.reference.avg_pool2d_backward."""
+    """gx (N, C, H, W) of average pooling.
+
+    Runs on gy's backend: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.avg_pool2d_backward, which has the maths."""
     return _backend("avg_pool2d_backward", gy).avg_pool2d_backward(gy, H, W, KH, KW, SH, SW, PH, PW, ceil_mode,
                                                                    count_include_pad)
 
 
 def batch_norm_forward_training(x, gamma, beta, eps):
-    """(y, mean, var, inv_std) of batch normalisation with the batch's statistics, on x's backend
-    (see the module docstring to choose another); the maths in
-    tinycnn.kernels.reference.batch_norm_forward_training."""
+    """(y, mean, var, inv_std) of batch normalisation with the batch's statistics.
+
+    Runs on x's backend: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.batch_norm_forward_training, which has the maths."""
     return _backend("batch_norm_forward_training", x).batch_norm_forward_training(x, gamma, beta, eps)
 
 
 def batch_norm_backward(gy, x, gamma, mean, inv_std):
-    """(gx, ggamma, gbeta) of batch_norm_forward_training, on gy's backend (see the module docstring
-    to choose another); the maths in tinycnn.kernels.reference.batch_norm_backward."""
+    """(gx, ggamma, gbeta) of batch_norm_forward_training.
+
+    Runs on gy's backend: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.batch_norm_backward, which has the maths."""
     return _backend("batch_norm_backward", gy).batch_norm_backward(gy, x, gamma, mean, inv_std)
 
 
 def lrn_forward(x, size, alpha, beta, k):
-    """(y, scale) of local response normalisation across channels, on x's backend (see the module
-    docstring to choose another); the maths in tinycnn.kernels.reference.lrn_forward."""
+    """(y, scale) of local response normalisation across channels.
+
+    Runs on x's backend: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.lrn_forward, which has the maths."""
     return _backend("lrn_forward", x).lrn_forward(x, size, alpha, beta, k)
 
 
 def lrn_backward(x, y, scale, gy, size, alpha, beta):
-    """gx of lrn_forward, on x's backend (see the module docstring to choose another); the maths in
-    tinycnn.kernels.reference.lrn_backward."""
+    """gx of lrn_forward.
+
+    Runs on x's backend: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.lrn_backward, which has the maths."""
     return _backend("lrn_backward", x).lrn_backward(x, y, scale, gy, size, alpha, beta)
