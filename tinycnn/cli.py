@@ -12,7 +12,6 @@ Every expected failure (unknown model, bad argument, missing data, unreadable ch
 one line `tinycnn: error: ...` to stderr and exits with status 1 (2 for a malformed command line).
 """
 import argparse
-import inspect
 import math
 import os
 import sys
@@ -252,11 +251,13 @@ def build_model(settings):
         kwargs.setdefault("in_channels", channels)
     typed = " ".join(f"--model-arg {key}={value}" for key, value in model_args.items())
     try:
-        inspect.signature(getattr(models, name)).bind(**kwargs)
-    except TypeError as error:
-        raise UserError(f"{typed or name}: {name}() does not take these arguments ({error})") from None
-    try:
         return models.create(name, **kwargs)
+    except TypeError as error:
+        # Python's own words for a keyword the factory (or the class it passes **kwargs to) lacks;
+        # any other TypeError is a bug and keeps its traceback.
+        if not any(str(error).endswith(f"unexpected keyword argument '{key}'") for key in model_args):
+            raise
+        raise UserError(f"{typed}: {name}() does not take these arguments ({error})") from None
     except ValueError as error:
         if not model_args:
             raise  # the factory refused its own defaults: a bug, keep the traceback

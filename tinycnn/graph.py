@@ -28,8 +28,8 @@ from tinycnn.autograd import Parameter, Tensor
 __all__ = ["ModuleCall", "ModuleRecord", "build_graph", "draw_graph", "record_modules", "write_dot"]
 
 FONT_SIZE = 8                          # points
-CHAR_WIDTH = 0.602 * FONT_SIZE / 72    # inches: DejaVu Sans Mono's advance is 0.602 em
-LINE_HEIGHT = 1.2 * FONT_SIZE / 72     # inches, matplotlib's default line spacing
+CHAR_WIDTH = 0.64 * FONT_SIZE / 72     # inches: DejaVu Sans Mono's advance (0.602 em) and a little room
+LINE_HEIGHT = 1.25 * FONT_SIZE / 72    # inches: matplotlib's line spacing (1.2) and a little room
 BOX_PAD = 0.3 * FONT_SIZE / 72         # inches each side: the bbox pad of 0.3 (in font sizes)
 COLUMN_GAP = 0.25                      # inches between neighbouring boxes of one row
 ROW_GAP = 0.22                         # inches between rows
@@ -163,7 +163,8 @@ class Node:
         self.kind = kind      # a key of COLOURS, or "dummy"
         self.lines = lines    # the label, one string per line
         self.row = 0
-        self.x = 0.0
+        self.x = 0.0  # inches from the left, and from the top, of the box's centre
+        self.y = 0.0
 
     @property
     def width(self):
@@ -187,6 +188,9 @@ class Graph:
     def __init__(self):
         self.nodes = []
         self.edges = []
+        # node key -> (x0, y0, x1, y1) in pixels of its drawn label, filled in by drawing a PNG or
+        # SVG (a test checks that no two overlap)
+        self.extents = {}
 
     def add(self, kind, lines):
         node = Node(f"n{len(self.nodes)}", kind, lines)
@@ -295,7 +299,7 @@ def build_graph(output, depth=None, modules=None):
         elif id(t) not in root_ids and not readers:
             continue  # made and used inside one folded module
         is_root = id(t) in root_ids
-        node = graph.add(_tensor_kind(t, is_root), _tensor_lines(t, modules, is_root))
+        node = graph.add(_tensor_kind(t, is_root, modules), _tensor_lines(t, modules, is_root))
         if producer is not None:
             graph.edges.append((producer, node))
         for reader in readers:
@@ -304,14 +308,15 @@ def build_graph(output, depth=None, modules=None):
     return graph
 
 
-def _tensor_kind(t, is_root):
+def _tensor_kind(t, is_root, modules):
     if is_root:
         return "output"
     if t.creator is not None:
         return "tensor"
     if isinstance(t, Parameter):
         return "parameter"
-    return "input" if t.requires_grad else "constant"
+    given_to_model = modules is not None and id(t) in modules.model_input_ids()
+    return "input" if t.requires_grad or given_to_model else "constant"
 
 
 def _tensor_lines(t, modules, is_root):
@@ -506,15 +511,58 @@ def _render(graph, path, dpi):
         points += [(node.x, node.y) for node in route[1:-1]]
         points.append((route[-1].x, route[-1].y - route[-1].height / 2))
         xs, ys = zip(*points)
-        axes.plot(xs[:-1] + (xs[-1],), ys, color="#555555", linewidth=0.7, zorder=1)
+        axes.plot(xs, ys, color="#555555", linewidth=0.7, zorder=1)
         axes.annotate("", xy=points[-1], xytext=points[-2], zorder=1,
                       arrowprops=dict(arrowstyle="-|>", color="#555555", linewidth=0.7, shrinkA=0, shrinkB=0,
                                       mutation_scale=7))
+    labels = {}
     for node in graph.nodes:
         style = "square" if node.kind in ("op", "module") else "round"
-        axes.text(node.x, node.y, "\n".join(node.lines), ha="center", va="center", family="DejaVu Sans Mono",
+        labels[node.key] = axes.text(node.x, node.y, "\n".join(node.lines), ha="center", va="center", family="DejaVu Sans Mono",
                   fontsize=FONT_SIZE, zorder=2,
                   bbox=dict(boxstyle=f"{style},pad=0.3", facecolor=COLOURS[node.kind], edgecolor="#333333",
                             linewidth=0.8 if node.kind != "module" else 1.2))
     figure.savefig(path, dpi=dpi)
+    renderer = figure.canvas.get_renderer()
+    for key, text in labels.items():
+        text.update_bbox_position_size(renderer)
+        box = text.get_bbox_patch().get_window_extent(renderer)
+        graph.extents[key] = tuple(float(value) for value in box.extents)
     plt.close(figure)
+
+
+def cli_command(args):
+    """`tinycnn graph MODEL --out FILE.png|.svg|.dot [--depth K] [--input C,H,W]`."""
+    import numpy
+
+    import tinycnn.models as models
+    from tinycnn import config
+    from tinycnn.errors import UserError
+
+    extension = os.path.splitext(args.out)[1].lower()
+    if extension not in (".png", ".svg", ".dot"):
+        raise UserError(f"graph --out {args.out}: expected a file name ending in .png, .svg or .dot")
+    try:
+        shape = args.input or models.default_input_shape(args.model)
+    except ValueError as error:  # the only ValueError it raises: an unknown name, with close ones
+        raise UserError(str(error)) from None
+    model = models.create(args.model)
+    # Two images: BatchNorm in training mode refuses one value per channel (Inception's 1x1 aux maps).
+    image = Tensor(numpy.zeros((2,) + tuple(shape), dtype=numpy.float32))
+    # The graph's structure does not depend on the values: skip the arithmetic of the costly ops.
+    try:
+        with config.using(shape_only=True), record_modules(model) as modules:
+            output = model(image)
+    except ValueError as error:
+        if args.input is None:
+            raise  # the network fails on its own input shape: a bug
+        raise UserError(f"graph {args.model} --input {','.join(map(str, shape))}: {error}") from None
+    graph = draw_graph(output, args.out, depth=args.depth, modules=modules)
+    ops, boxes = graph.count("op"), graph.count("module")
+    print(f"wrote {args.out}: {_plural(ops, 'op')}, {_plural(boxes, 'module box')}, "
+          f"{_plural(len(graph.nodes) - ops - boxes, 'tensor')}, {_plural(1 + max(n.row for n in graph.nodes), 'row')}")
+    return 0
+
+
+def _plural(count, noun):
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}{'es' if noun.endswith('x') else 's'}"
