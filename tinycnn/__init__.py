@@ -15,11 +15,12 @@ from tinycnn import backend, functional, nn, optim  # noqa: E402
 from tinycnn.summary import summary
 from tinycnn.graph import draw_graph
 from tinycnn.explain import explain
+from tinycnn.trace import trace
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Function", "GradcheckError", "Parameter", "Tensor", "backend", "config", "enable_grad",
     "functional", "get_rng_state", "gradcheck", "manual_seed", "nn", "no_grad", "optim",
-    "set_rng_state", "summary", "tensor", "draw_graph", "explain",
+    "set_rng_state", "summary", "tensor", "draw_graph", "explain", "trace",
 ]

@@ -27,6 +27,7 @@ from tinycnn.explain import explain_command, parse_shape
 from tinycnn import gradflow, graph
 import tinycnn.models as models
 from tinycnn import train as training
+from tinycnn.trace import trace_command
 
 # --augment, training images only: random shifts of up to 2 pixels for MNIST (zero padding, then a
 # random 28x28 window), the usual 4-pixel-padded random crop and horizontal flip for CIFAR-10.
@@ -206,6 +207,15 @@ def build_parser():
                    help="input channels the networks are built with (MNIST's one channel is repeated)")
     f.add_argument("--data-dir", help="where the MNIST files are (default: $TINYCNN_DATA)")
     f.add_argument("--seed", type=int, default=0, help="seed of the weights, the measured batch and the data order")
+
+    r = commands.add_parser("trace", help="trace one training step: each op's module, shapes, gradient norms, memory, time")
+    r.add_argument("model", help="a name from `tinycnn list-models`")
+    r.add_argument("--batch-size", type=_positive_int, default=2,
+                   help="images in the random batch (BatchNorm in training needs 2 where a map is 1x1)")
+    r.add_argument("--input", type=_input_shape, metavar="C,H,W",
+                   help="input shape (default: the one the network is specified for)")
+    r.add_argument("--csv", metavar="FILE", help="also write the rows to FILE (times in s, sizes in bytes)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the weights, images and labels")
     return parser
 
 
@@ -566,7 +576,7 @@ def list_models_command(args):
 
 COMMANDS = {"train": train_command, "eval": eval_command, "summary": summary_command, "plot": plot_command,
             "list-models": list_models_command, "explain": explain_command, "graph": graph.cli_command,
-            "gradflow": gradflow.cli_command}
+            "gradflow": gradflow.cli_command, "trace": trace_command}
 
 
 def main(argv=None):
