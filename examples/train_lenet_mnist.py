@@ -7,13 +7,14 @@ The MNIST files are read from --data-dir, else $TINYCNN_DATA, else ~/.cache/tiny
 there when missing).
 """
 import argparse
+import sys
 import time
 
 import tinycnn
 import tinycnn.functional as F
 import tinycnn.models as models
 from tinycnn import optim
-from tinycnn.data import MNIST, DataLoader, Subset, transforms
+from tinycnn.data import MNIST, DataError, DataLoader, Subset, transforms
 from tinycnn.train import correct_topk, evaluate
 
 
@@ -26,14 +27,18 @@ def main():
     parser.add_argument("--limit-test", type=int, help="use only the first N test images")
     parser.add_argument("--quick", action="store_true", help="1 epoch on 2,000 / 1,000 images")
     parser.add_argument("--data-dir", help="default: $TINYCNN_DATA, else ~/.cache/tinycnn")
+    parser.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.limit_train, args.limit_test = 1, args.limit_train or 2000, args.limit_test or 1000
 
     normalize = transforms.Normalize(transforms.MNIST_MEAN, transforms.MNIST_STD)  # uint8 -> float32
-    train_set = MNIST(root=args.data_dir, train=True, transform=normalize)
-    test_set = MNIST(root=args.data_dir, train=False, transform=normalize)
+    try:
+        train_set = MNIST(root=args.data_dir, train=True, transform=normalize, download=not args.no_download)
+        test_set = MNIST(root=args.data_dir, train=False, transform=normalize, download=not args.no_download)
+    except DataError as error:  # missing or damaged files: the message says where to put them
+        sys.exit(f"train_lenet_mnist.py: error: {error}")
     if args.limit_train:
         train_set = Subset(train_set, range(min(args.limit_train, len(train_set))))
     if args.limit_test:

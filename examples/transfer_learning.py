@@ -10,6 +10,7 @@
 """
 import argparse
 import os
+import sys
 import tempfile
 
 import numpy
@@ -17,7 +18,7 @@ import numpy
 import tinycnn
 import tinycnn.models as models
 from tinycnn import nn, optim
-from tinycnn.data import MNIST, DataLoader, TensorDataset, transforms
+from tinycnn.data import MNIST, DataError, DataLoader, TensorDataset, transforms
 from tinycnn.train import evaluate, fit
 
 
@@ -54,6 +55,7 @@ def head_only(body_weights, train_set, test_set, epochs, batch_size):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", help="default: $TINYCNN_DATA, else ~/.cache/tinycnn")
+    parser.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--limit-train", type=int, default=10000, help="training images per task")
     parser.add_argument("--limit-test", type=int, default=5000, help="test images per task")
@@ -63,7 +65,11 @@ def main():
         args.epochs, args.limit_train, args.limit_test = 1, 1500, 1000
 
     normalize = transforms.Normalize(transforms.MNIST_MEAN, transforms.MNIST_STD)
-    train, test = (MNIST(root=args.data_dir, train=split, transform=normalize) for split in (True, False))
+    try:
+        train, test = (MNIST(root=args.data_dir, train=split, transform=normalize, download=not args.no_download)
+                       for split in (True, False))
+    except DataError as error:  # missing or damaged files: the message says where to put them
+        sys.exit(f"transfer_learning.py: error: {error}")
     first = [0, 1, 2, 3, 4]
     second = [5, 6, 7, 8, 9]
 

@@ -4,6 +4,7 @@
     >>> models.list()[:3]
     ['alexnet', 'alexnet_paper', 'densenet121']
     >>> net = models.create("resnet18", num_classes=10)     # or models.resnet18(num_classes=10)
+    >>> models.save_weights(net, "resnet18.npz")
     >>> models.load_weights(net, "resnet18.npz")            # .npz, or .pth through torch
 
 Where the paper and the widely used implementation differ, both exist: `alexnet_paper` and
@@ -13,6 +14,7 @@ pretrained weights load with `load_weights`.
 """
 import difflib
 import os
+import warnings
 
 import numpy
 
@@ -87,11 +89,25 @@ def load_weights(model, path, strict=True):
 
     PyTorch's BatchNorm saves a `num_batches_tracked` counter that only matters for momentum=None;
     those keys are skipped when the model has no such buffer.
+
+    strict=True: every key must be there with its shape. strict=False loads what fits: keys absent
+    on one side are reported, and an array whose shape differs from the model's (the usual case: a
+    1000-class ImageNet head loaded into a 10-class network) is skipped with a warning naming it;
+    that layer keeps its initial values and its keys are among the missing ones.
     """
     state = _read_state_dict(path)
     own = model.state_dict()
     state = {key: value for key, value in state.items()
              if not (key.endswith("num_batches_tracked") and key not in own)}
+    if not strict:
+        mismatched = {key: (tuple(value.shape), tuple(own[key].shape)) for key, value in state.items()
+                      if key in own and tuple(value.shape) != tuple(own[key].shape)}
+        if mismatched:
+            shapes = ", ".join(f"{key} ({theirs} in the file, {ours} in the model)"
+                               for key, (theirs, ours) in mismatched.items())
+            warnings.warn(f"load_weights: skipped {shapes}: the shapes differ (a head of another size?); "
+                          "those parameters keep their initial values", stacklevel=2)
+            state = {key: value for key, value in state.items() if key not in mismatched}
     return model.load_state_dict(state, strict=strict)
 
 

@@ -17,8 +17,9 @@ Two variants:
   2014): 64-192-384-256-256 filters, no LRN, no groups, an adaptive 6x6 average pool so any input
   of at least 63x63 works; state_dict keys `features.0.weight` ... `classifier.6.bias`.
 
-The source documents' AlexNet code omits one of the three 3x3 convolutions (conv3-conv5); both
-variants here have all five convolutional layers, as the paper's Figure 2.
+Both variants have all five convolutional layers of the paper's Figure 2 (three 3x3 convolutions,
+conv3-conv5, after the pooled conv1 and conv2); short re-implementations that drop one of them are
+not AlexNet.
 """
 from collections import OrderedDict
 

@@ -30,10 +30,10 @@ carry `aux_loss_weight = 0.3`; the loss is loss(logits) + 0.3 * (loss(aux1) + lo
 mode, or built with `aux_logits=False`, they return the logits tensor.
 
 `paper_table_summary()` recomputes Table 1's "params" and "ops" columns on `googlenet_paper` (see
-its docstring for the three rows where the printed figures differ). The source documents' Inception
-snippet applies the pool projection before the pool; here, as in the paper, the 3x3 max pool comes
-first and the 1x1 projection after. Another snippet uses a 1x1 convolution where the 5x5 belongs
-and gives every branch the same width; the widths here are Table 1's.
+its docstring for the three rows where the printed figures differ). As in the paper (Szegedy et
+al., section 5 and Figure 2(b)), the fourth branch of an Inception module is a 3x3 max pool
+followed by the 1x1 "pool proj" convolution, the third branch a 1x1 reduction followed by a real
+5x5 convolution, and each branch has its own width from Table 1.
 """
 from collections import OrderedDict, namedtuple
 

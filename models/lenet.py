@@ -27,10 +27,9 @@ Three networks:
 - `lenet_d2l()`: Dive into Deep Learning's version (6-16-120-84, sigmoid, average pooling, conv1
   padded by 2 so a 28x28 input works); 61,706 parameters.
 
-The source documents' "LeNet-5" code is a modern network under the 1998 name (ReLU, max pooling,
-20-50-500 with 'same' padding, or 32-64-100, fully connected C3-like layers, softmax output);
-`lenet5` here follows section II.B and Table I, and `lenet` is the Caffe network those snippets
-approximate.
+Much code called "LeNet-5" is a modern network under the 1998 name (ReLU, max pooling, 20-50-500
+or 32-64-100 filters, a fully connected C3, softmax output); `lenet5` here follows the paper's
+section II.B and Table I, and `lenet` is the Caffe network such code approximates.
 """
 import numpy
 

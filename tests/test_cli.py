@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+import tinycnn
 import tinycnn.models as models
 from tinycnn import backend, checkpoint, cli
 from tinycnn import train as training
@@ -177,3 +178,163 @@ def test_augment_shifts_mnist_training_images_without_losing_ink():
     assert np.isclose(ink[1], ink[0], rtol=1e-5).sum() >= 60
     assert np.all(ink[1] <= ink[0] + 1e-3)
     assert cli.load_dataset("mnist", False, DATA, limit=8, download=False, augment=False).transform is not None
+
+
+def _train(out, *extra, epochs="1"):
+    return cli.main(["train", "lenet", "--epochs", epochs, "--scheduler", "none", "--out", str(out), *TINY, *extra])
+
+
+def test_a_run_is_never_replaced_without_overwrite_which_waits_for_the_first_checkpoint(tmp_path, capsys,
+                                                                                         monkeypatch):
+    out = tmp_path / "run"
+    assert _train(out, "--lr", "0.02") == 0
+    (out / "curves.png").write_bytes(b"a figure of the old run")
+    old = {name: (out / name).read_bytes() for name in ("last.ckpt", "history.json", "history.csv")}
+    capsys.readouterr()
+
+    # Refused before any work: with no data at hand the error is still about the run directory.
+    status = cli.main(["train", "lenet", "--out", str(out), "--data-dir", str(tmp_path / "no-data"), "--no-download"])
+    _one_line_error(status, capsys.readouterr().err, f"--out {out} already holds a run", "--resume",
+                    "new --out", "--overwrite")
+    assert {name: (out / name).read_bytes() for name in old} == old
+
+    # --overwrite, interrupted before its first checkpoint: the old run is all still there.
+    real_train_epoch = training.train_epoch
+
+    def interrupted(*args, **kwargs):
+        real_train_epoch(*args, **kwargs)
+        raise KeyboardInterrupt
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "train_epoch", interrupted)
+        assert _train(out, "--lr", "0.05", "--overwrite") == 130
+    assert {name: (out / name).read_bytes() for name in old} == old
+    assert (out / "curves.png").exists()
+
+    # --overwrite to the end: the new run, and no figure of the old one left behind.
+    assert _train(out, "--lr", "0.05", "--overwrite", epochs="2") == 0
+    state = checkpoint.load(out / "last.ckpt")
+    assert state["epoch"] == 2 and state["settings"]["lr"] == 0.05
+    assert [row["lr"] for row in json.loads((out / "history.json").read_text())] == [0.05, 0.05]
+    assert not (out / "curves.png").exists()
+
+
+def _unwritable_directories(tmp_path):
+    """Directories this process really cannot write in: a chmod 555 directory (unless the process
+    is root, which permission bits do not stop, as a probe file shows) and /sys (read-only even for
+    root on Linux)."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    found = []
+    for directory in (str(locked), "/sys"):
+        try:
+            with open(os.path.join(directory, "probe"), "w"):
+                pass
+            os.remove(os.path.join(directory, "probe"))
+        except OSError:
+            found.append(directory)
+    return locked, found
+
+
+def test_a_bad_out_is_refused_before_the_data_is_read(tmp_path, capsys):
+    # --data-dir names nothing and downloads are off: had the data been read first, the error
+    # would be about the data.
+    no_data = ["--data-dir", str(tmp_path / "no-data"), "--no-download"]
+    (tmp_path / "a-file").write_text("not a directory")
+    cases = [(tmp_path / "a-file", "is a file, expected a directory"),
+             (tmp_path / "a-file" / "run", f"cannot be made: {tmp_path / 'a-file'} is a file")]
+    locked, unwritable = _unwritable_directories(tmp_path)
+    assert unwritable, "no unwritable directory to test with"
+    cases += [(os.path.join(directory, "run"), f"cannot write in {directory}") for directory in unwritable]
+    for out, message in cases:
+        status = cli.main(["train", "lenet", "--out", str(out), *no_data])
+        _one_line_error(status, capsys.readouterr().err, f"--out {out}", message)
+    if str(locked) not in unwritable:  # root: the check must not refuse what it can write
+        assert cli.main(["train", "lenet", "--out", str(locked / "run"), *no_data]) == 1
+        assert "not found in" in capsys.readouterr().err  # it went on, to the (missing) data
+    status = cli.main(["train", "lenet", "--out", str(tmp_path / "run"), "--data-dir", str(tmp_path / "a-file")])
+    _one_line_error(status, capsys.readouterr().err, "--data-dir", "is a file, expected a directory")
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_says_which_typed_options_differ_and_which_value_it_uses(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out, "--lr", "0.01") == 0
+    capsys.readouterr()
+    resume = ["--resume", str(out / "last.ckpt")]
+    assert _train(out, *resume, "--lr", "0.5", "--optimizer", "sgd", epochs="2") == 0
+    printed = capsys.readouterr().out
+    assert "--lr 0.5 differs from the checkpoint's 0.01: using 0.01" in printed, printed
+    assert "--epochs 2 differs from the checkpoint's 1: using 2" in printed, printed
+    assert "--optimizer" not in printed  # typed, but the same as the checkpoint's
+    assert "--limit-test" not in printed
+    # --limit-test typed in the first run and not now: the checkpoint's 64 test images, not 10,000.
+    assert "96 training / 64 test images" in printed
+    state = checkpoint.load(out / "last.ckpt")
+    assert state["epoch"] == 2 and state["settings"]["lr"] == 0.01
+    assert [row["lr"] for row in state["history"]] == [0.01, 0.01]
+
+    command = ["train", "lenet", "--epochs", "3", "--scheduler", "none", "--out", str(out), *resume,
+               *[arg if arg != "64" else "32" for arg in TINY]]
+    assert cli.main(command) == 0
+    printed = capsys.readouterr().out
+    assert "--limit-test 32 differs from the checkpoint's 64: using 32" in printed
+    assert "96 training / 32 test images" in printed
+
+
+def test_plot_draws_the_curves_without_the_data_and_says_what_it_skipped(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _train(out) == 0
+    capsys.readouterr()
+    assert cli.main(["plot", str(out), "--data-dir", str(tmp_path / "no-data"), "--no-download"]) == 0
+    printed = capsys.readouterr().out
+    assert (out / "curves.png").stat().st_size > 1000 and (out / "filters.png").stat().st_size > 1000
+    assert not (out / "feature_maps.png").exists() and not (out / "confusion.png").exists()
+    assert "skipped feature_maps.png, confusion.png: no mnist test set" in printed, printed
+    assert "wrote" in printed and "curves.png" in printed
+
+    (out / "curves.png").unlink()
+    (out / "last.ckpt").unlink()  # a history alone still gives the curves
+    assert cli.main(["plot", str(out)]) == 0
+    assert (out / "curves.png").exists()
+    assert "skipped filters.png, feature_maps.png, confusion.png: no last.ckpt" in capsys.readouterr().out
+    status = cli.main(["plot", str(tmp_path / "nothing")])
+    _one_line_error(status, capsys.readouterr().err, "not a directory")
+
+
+def test_only_expected_failures_are_one_line_and_bugs_keep_their_traceback(tmp_path, monkeypatch, capsys):
+    def bug(*args, **kwargs):
+        raise KeyError("a bug in tinycnn")
+    monkeypatch.setattr(training, "fit", bug)
+    with pytest.raises(KeyError, match="a bug in tinycnn"):
+        _train(tmp_path / "run")
+    monkeypatch.setattr(models, "create", lambda *args, **kwargs: bug())
+    with pytest.raises(KeyError):
+        cli.main(["summary", "lenet"])
+    monkeypatch.undo()
+    # A user's mistakes, caught on purpose, are one line: a bad --model-arg name and value, a
+    # too-small --input, a diverged loss.
+    _one_line_error(cli.main(["train", "lenet", "--model-arg", "colour=3", "--out", str(tmp_path / "a"), *TINY]),
+                    capsys.readouterr().err, "--model-arg colour=3", "lenet() does not take these arguments")
+    _one_line_error(cli.main(["summary", "lenet", "--input", "1,4,4"]), capsys.readouterr().err,
+                    "summary lenet --input 1,4,4")
+    _one_line_error(*run("train", "lenet", "--lr", "1e30", "--out", str(tmp_path / "b"), *TINY)[::2],
+                    "training diverged", "lower the learning rate")
+
+
+def test_lr_inf_is_refused_without_numpy_warnings_and_help_shows_defaults_and_version(tmp_path):
+    _one_line_error(*run("train", "lenet", "--lr", "inf", "--out", str(tmp_path / "a"))[::2],
+                    "--lr: expected a finite number >= 0, got 'inf'")
+    status, out, err = run("train", "-h")
+    assert status == 0 and err == ""
+    for text in ("(default: 8)", "(default: 0.01)", "(default: cosine)", "(default: a third of the run)"):
+        assert text in " ".join(out.split()), text  # joined: argparse wraps lines
+    status, out, _ = run("--version")
+    assert status == 0 and out.strip() == f"tinycnn {tinycnn.__version__}"
+
+
+@pytest.mark.parametrize("script", ["train_lenet_mnist.py", "transfer_learning.py"])
+def test_examples_print_one_line_on_a_data_error(tmp_path, script):
+    done = subprocess.run([sys.executable, os.path.join(REPOSITORY, "examples", script), "--quick", "--data-dir",
+                           str(tmp_path), "--no-download"], capture_output=True, text=True, timeout=120)
+    _one_line_error(done.returncode, done.stderr, f"{script}: error:", "not found in")

@@ -135,3 +135,15 @@ def test_several_outputs_are_listed():
 def test_bad_input_shape():
     with pytest.raises(ValueError, match=r"summary: expected input_shape \(C, H, W\) or \(N, C, H, W\)"):
         tinycnn.summary(models.lenet(), (28, 28), print_table=False)
+
+
+def test_modules_that_do_not_run_are_named_so_rows_and_totals_agree():
+    # GoogLeNet's auxiliary classifiers run only in training mode; summary runs in eval mode.
+    model = models.create("googlenet_paper")
+    result = tinycnn.summary(model, (3, 224, 224), print_table=False)
+    aux_params = sum(p.size for name, p in model.named_parameters() if name.startswith("aux"))
+    assert result.not_run == ["aux1", "aux2"] and result.not_run_params == aux_params == 6_379_728
+    assert sum(row.params for row in result.rows) + result.not_run_params == result.total_params == 13_378_280
+    assert "not run for this input: aux1, aux2 - 6,379,728 params" in result.table()
+    plain = tinycnn.summary(models.lenet(), (1, 28, 28), print_table=False)
+    assert plain.not_run == [] and "not run" not in plain.table()

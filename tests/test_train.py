@@ -5,6 +5,7 @@ repository: these tests need the four official MNIST files there and fail, not s
 """
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -235,7 +236,64 @@ def test_progress_bar_shows_loss_accuracy_and_speed_and_stays_off_when_asked(cap
     model, optimizer, scheduler, loader = _tiny_run()
     fit(model, optimizer, loader, 1, progress=True, log=None)
     bar = capsys.readouterr().err
-    assert "loss=" in bar and "acc=" in bar and "img_s=" in bar, bar
+    assert "loss=" in bar and "img_s=" in bar, bar
+    assert re.search(r"acc=\d{1,3}\.\d\d%", bar), bar  # a percentage, as the epoch's log line
     fit(model, optimizer, loader, 1, progress=False, log=None)
     fit(model, optimizer, loader, 1, progress=None, log=None)  # stderr is not a terminal under pytest
     assert capsys.readouterr().err == ""
+
+
+def _mnist_run(mnist, out_dir=None, epochs=1, settings=None, model=None):
+    train, test = mnist
+    tinycnn.manual_seed(4)
+    model = model if model is not None else models.create("lenet")
+    optimizer = optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-4)
+    train_loader = DataLoader(Subset(train, range(96)), batch_size=32, shuffle=True)
+    test_loader = DataLoader(Subset(test, range(64)), batch_size=500)
+    history = fit(model, optimizer, train_loader, epochs, test_loader, out_dir=out_dir, settings=settings,
+                  progress=False, log=None)
+    return model, history
+
+
+def test_a_run_of_fit_is_accepted_by_eval_plot_and_resume(mnist, tmp_path, capsys):
+    from tinycnn import cli
+    whole, _ = _mnist_run(mnist, epochs=2)
+    out = tmp_path / "run"
+    _, history = _mnist_run(mnist, out_dir=out, epochs=1)
+    settings = checkpoint.load(out / "last.ckpt")["settings"]
+    assert {key: settings[key] for key in ("model", "dataset", "limit_train", "limit_test", "optimizer", "lr",
+                                           "momentum", "weight_decay", "scheduler", "batch_size")} == {
+        "model": "lenet", "dataset": "mnist", "limit_train": 96, "limit_test": 64, "optimizer": "sgd", "lr": 0.02,
+        "momentum": 0.9, "weight_decay": 1e-4, "scheduler": "none", "batch_size": 32}
+    data = ["--data-dir", data_root(), "--no-download"]
+    assert cli.main(["eval", str(out / "last.ckpt"), "--limit-test", "64", "--no-progress", *data]) == 0
+    assert f"top-1 {history[-1]['test_top1']:.2%}" in capsys.readouterr().out
+    assert cli.main(["plot", str(out), *data]) == 0
+    assert all((out / name).exists() for name in ("curves.png", "filters.png", "feature_maps.png", "confusion.png"))
+    # --resume rebuilds the run from those settings and continues it exactly.
+    assert cli.main(["train", "lenet", "--epochs", "2", "--out", str(out), "--resume", str(out / "last.ckpt"),
+                     "--no-progress", *data]) == 0
+    resumed = checkpoint.load(out / "last.ckpt")
+    assert resumed["epoch"] == 2
+    for key, value in whole.state_dict().items():
+        np.testing.assert_array_equal(resumed["model"][key], value, err_msg=key)
+
+
+def test_fit_records_what_it_cannot_tell_as_missing_and_eval_says_so(mnist, tmp_path, capsys):
+    from tinycnn import cli
+    out = tmp_path / "run"
+    _mnist_run(mnist, out_dir=out, model=models.lenet())  # not through models.create: no name known
+    assert "model" not in checkpoint.load(out / "last.ckpt")["settings"]
+    assert cli.main(["eval", str(out / "last.ckpt")]) == 1
+    assert "holds no run settings (model and data set)" in capsys.readouterr().err
+    _mnist_run(mnist, out_dir=out, model=models.lenet(), settings={"model": "lenet"})  # told by the caller
+    assert cli.main(["eval", str(out / "last.ckpt"), "--limit-test", "64", "--no-progress", "--data-dir",
+                     data_root()]) == 0
+
+
+def test_diverged_training_is_a_user_error_naming_the_fix():
+    from tinycnn.errors import UserError
+    model, optimizer, scheduler, loader = _tiny_run()
+    optimizer.param_groups[0]["lr"] = 1e30
+    with np.errstate(all="ignore"), pytest.raises(UserError, match="training diverged.*lower the learning rate"):
+        fit(model, optimizer, loader, 1, progress=False, log=None)

@@ -9,7 +9,9 @@ It runs the network once on zeros with a forward hook on every module. By defaul
 (`shapes_only=True`) the run is made under `tinycnn.config.using(shape_only=True)`: convolutions and
 matrix products return zeros of the right shape without computing anything, so a 224x224 VGG-16 is
 summarised in about a second. The network is put in eval mode for the run (no dropout, no update
-of BatchNorm's running statistics) and its mode is restored afterwards.
+of BatchNorm's running statistics) and its mode is restored afterwards. Modules the run does not
+reach (GoogLeNet's auxiliary classifiers in eval mode) get no row; the table names them and their
+parameters in a line "not run for this input: aux1, aux2 - N params", so rows and totals agree.
 
 Multiply-adds (MACs) are counted as torchvision and the papers count them: one per weight per
 output position of each convolution and fully connected layer, biases, pooling, normalisation and
@@ -35,8 +37,13 @@ SummaryRow = namedtuple("SummaryRow", ["name", "type", "output_shape", "params",
 class ModelSummary:
     """What summary() returns: the rows, and the totals over the network."""
 
-    def __init__(self, rows, input_shape, output_shape, total_params, trainable_params, total_macs):
+    def __init__(self, rows, input_shape, output_shape, total_params, trainable_params, total_macs, not_run=(),
+                 not_run_params=0):
         self.rows = rows
+        # Modules with parameters that this input did not reach (GoogLeNet's auxiliary heads in
+        # eval mode): no row, but their parameters are in the totals, so the table names them.
+        self.not_run = list(not_run)
+        self.not_run_params = not_run_params
         self.input_shape = input_shape
         self.output_shape = output_shape
         self.total_params = total_params
@@ -56,13 +63,16 @@ class ModelSummary:
             return f"{left}  {right}"
 
         rule = "-" * len(line(header))
+        skipped = []
+        if self.not_run:
+            skipped = [f"not run for this input: {', '.join(self.not_run)} - {self.not_run_params:,} params"]
         totals = [
             f"Input shape: {_shape_text(self.input_shape)}   Output shape: {_shape_text(self.output_shape)}",
             f"Total params: {self.total_params:,}   Trainable params: {self.trainable_params:,}   "
             f"Non-trainable params: {self.total_params - self.trainable_params:,}",
             f"Total mult-adds: {self.total_macs:,} ({self.total_macs / 1e9:.3f} G)",
         ]
-        return "\n".join([rule, line(header), rule] + [line(cells) for cells in body] + [rule] + totals)
+        return "\n".join([rule, line(header), rule] + [line(cells) for cells in body] + skipped + [rule] + totals)
 
     def __str__(self):
         return self.table()
@@ -123,6 +133,7 @@ def summary(model, input_shape, shapes_only=True, print_table=True, batch_size=1
     for name, module in model.named_modules():
         names.setdefault(id(module), name or type(model).__name__)
     rows = []  # (row, is_leaf) in call order: a hook fires when its module's forward returns
+    ran = set()  # id of every module whose forward was called
 
     def hook(module, inputs, output):
         is_leaf = not any(child is not None for child in module._modules.values())
@@ -131,6 +142,7 @@ def summary(model, input_shape, shapes_only=True, print_table=True, batch_size=1
         macs = count_multiply_adds(module, input_shapes, shape) if is_leaf else 0
         params = sum(p.size for p in module.parameters(recurse=not is_leaf))
         rows.append((SummaryRow(names[id(module)], type(module).__name__, shape, params, macs), is_leaf))
+        ran.add(id(module))
 
     handles = [module.register_forward_hook(hook) for module in model.modules() if module is not model]
     was_training = model.training
@@ -144,9 +156,17 @@ def summary(model, input_shape, shapes_only=True, print_table=True, batch_size=1
             handle.remove()
         model.train(was_training)
     leaf_rows = [row for row, is_leaf in rows if is_leaf]
+    not_run, not_run_params = [], 0
+    for name, module in model.named_modules():
+        outside = module is not model and id(module) not in ran
+        if outside and not any(name.startswith(f"{above}.") for above in not_run):
+            params = sum(p.size for p in module.parameters())
+            if params:
+                not_run.append(name)
+                not_run_params += params
     result = ModelSummary(leaf_rows if leaves_only else [row for row, _ in rows], input_shape,
                           _output_shapes(output), model.num_parameters(), model.num_parameters(trainable_only=True),
-                          sum(row.macs for row in leaf_rows))
+                          sum(row.macs for row in leaf_rows), not_run, not_run_params)
     if print_table:
         print(result.table())
     return result
