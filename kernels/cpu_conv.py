@@ -45,6 +45,8 @@ SMALL_PRODUCT = 4096
 
 def _conv_chunks(N, column_length, multiply_adds):
     """(start, stop) sample ranges for a conv layer; they depend on its shape only."""
+    if N == 0:  # an empty batch: no chunk, and the outputs stay empty (the weight gradient zero)
+        return []
     count = -(-N // max(1, COLUMN_CHUNK // max(1, column_length)))  # chunks that fit COLUMN_CHUNK
     if multiply_adds >= PRODUCT_SERIAL:
         count = max(count, PRODUCT_CHUNKS)

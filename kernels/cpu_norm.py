@@ -6,6 +6,8 @@ tinycnn.kernels.cpu for the whole picture).
     LRN            one (n, c) row per item (it reads the neighbouring channels), the window summed
                    in the reference's order
 """
+import math
+
 import numpy as np
 from numba import njit
 
@@ -15,7 +17,7 @@ from tinycnn.kernels.parallel import parallel_range
 def _as_ncl(x):
     """(N, C, ...) -> contiguous (N, C, L): batch norm and LRN see every trailing axis as one."""
     x = np.ascontiguousarray(x)
-    return x.reshape(x.shape[0], x.shape[1], -1)
+    return x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))  # not -1: N may be 0
 
 
 @njit(cache=True, nogil=True)
@@ -58,6 +60,11 @@ def batch_norm_forward_training(x, gamma, beta, eps):
     beta = np.zeros(C, x.dtype) if beta is None else np.ascontiguousarray(beta, dtype=x.dtype)
     y = np.empty_like(x3)
     mean, var, inv_std = (np.empty(C, dtype=x.dtype) for _ in range(3))
+    if x3.shape[0] * x3.shape[2] == 0:
+        # An empty batch: y is empty, and the statistics of no values are NaN, as the reference's
+        # mean of nothing (the loops below would divide by a count of 0).
+        mean[:], var[:], inv_std[:] = np.nan, np.nan, np.nan
+        return y.reshape(x.shape), mean, var, inv_std
     eps = float(eps)
     parallel_range(lambda start, stop: _batch_norm_forward_training(x3, gamma, beta, eps, y, mean, var, inv_std,
                                                                     start, stop),
@@ -98,6 +105,9 @@ def batch_norm_backward(gy, x, gamma, mean, inv_std):
     gain = inv_std if gamma is None else np.ascontiguousarray(gamma * inv_std, dtype=x.dtype)
     gx = np.empty_like(x3)
     ggamma, gbeta = np.empty(C, dtype=x.dtype), np.empty(C, dtype=x.dtype)
+    if x3.shape[0] * x3.shape[2] == 0:  # an empty batch: sums over no values are 0, gx is empty
+        ggamma[:], gbeta[:] = 0, 0
+        return gx.reshape(x.shape), ggamma, gbeta
     mean = np.ascontiguousarray(mean, dtype=x.dtype)
     parallel_range(lambda start, stop: _batch_norm_backward(gy3, x3, gain, mean, inv_std, gx, ggamma, gbeta,
                                                             start, stop),

@@ -133,9 +133,9 @@ def max_pool2d_backward(gy, argmax, H, W):
     """Route each output gradient to the input pixel that won its window (summing if one pixel
     won several overlapping windows)."""
     check_argmax_in_plane(argmax, H, W)  # the loop below does not check its writes
-    N, C = gy.shape[:2]
-    gy = np.ascontiguousarray(gy).reshape(N * C, -1)  # (N*C, OH*OW)
-    argmax = np.ascontiguousarray(argmax, dtype=np.int64).reshape(N * C, -1)
+    N, C, OH, OW = gy.shape
+    gy = np.ascontiguousarray(gy).reshape(N * C, OH * OW)  # not -1: N may be 0
+    argmax = np.ascontiguousarray(argmax, dtype=np.int64).reshape(N * C, OH * OW)
     gx = np.empty((N * C, H * W), dtype=gy.dtype)
     parallel_range(lambda start, stop: _max_pool2d_backward(gy, argmax, gx, start, stop), N * C, H * W + gy.shape[1])
     return gx.reshape(N, C, H, W)

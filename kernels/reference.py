@@ -163,11 +163,11 @@ def max_pool2d_backward(gy, argmax, H, W):
     won several overlapping windows)."""
     check_argmax_in_plane(argmax, H, W)
     xp = get_array_module(gy)
-    N, C = gy.shape[:2]
+    N, C, OH, OW = gy.shape
     gx = xp.zeros((N * C, H * W), dtype=gy.dtype)
     rows = xp.arange(N * C).reshape(N * C, 1)
-    flat_gy = gy.reshape(N * C, -1)
-    flat_argmax = argmax.reshape(N * C, -1)
+    flat_gy = gy.reshape(N * C, OH * OW)  # not -1: N may be 0
+    flat_argmax = argmax.reshape(N * C, OH * OW)
     xp.add.at(gx, (xp.broadcast_to(rows, flat_argmax.shape), flat_argmax), flat_gy)
     return gx.reshape(N, C, H, W)
 
