@@ -17,6 +17,7 @@ ties in max pooling, batch 1 and one channel, dilation, ceil_mode, count_include
 sizes, and convolutions on the Numba backend's pixel-major path (ungrouped, 4 or more input
 channels, outputs narrower than 16: kernels/cpu_conv.py).
 """
+import copy
 import warnings
 
 import numpy as np
@@ -26,9 +27,11 @@ import torch.nn.functional as torch_F
 from hypothesis import assume, example, given, strategies as st
 
 import tinycnn
+import tinycnn.functional
 import tinycnn.kernels.cpu
 import tinycnn.kernels.gpu  # imports without CuPy: its kernels are built on first use
 import tinycnn.kernels.reference
+import tinycnn.models
 from tinycnn import backend as array_backend
 
 import cuda_harness
@@ -37,13 +40,11 @@ from support import TOLERANCES, assert_close
 
 reference = tinycnn.kernels.reference
 
-BACKENDS = [
-    "reference",
-    "numba",
-    pytest.param("cuda_on_cpu", marks=pytest.mark.skipif(not cuda_harness.compiler_available(),
-                                                          reason=f"needs the C++ compiler {cuda_harness.COMPILER}")),
-    _gpu_params(),
-]
+CUDA_ON_CPU = pytest.param("cuda_on_cpu", marks=pytest.mark.skipif(
+    not cuda_harness.compiler_available(), reason=f"needs the C++ compiler {cuda_harness.COMPILER}"))
+CUPY = _gpu_params()  # "cupy", skipped without CuPy and a CUDA device
+BACKENDS = ["reference", "numba", CUDA_ON_CPU, CUPY]
+GPU_BACKENDS = [CUDA_ON_CPU, CUPY]  # kernels/gpu.py's code, on the CPU and on a device
 DTYPES = st.sampled_from([np.float32, np.float64])
 LAYOUTS = st.sampled_from(["contiguous", "strided", "transposed"])
 
@@ -547,21 +548,210 @@ EMPTY_BATCH_CHECKS = {
 }
 
 
-# Known failures on an empty batch, in files outside this test's reach; strict, so a fix shows up.
-EMPTY_BATCH_BUGS = {
-    ("reference", "max_pool2d"): "kernels/reference.py max_pool2d_backward: gy.reshape(N * C, -1) with N = 0",
-    ("numba", "max_pool2d"): "kernels/cpu_pool.py max_pool2d_backward: reshape(N * C, -1) with N = 0",
-    ("numba", "conv2d"): "kernels/cpu_conv.py _conv_chunks: divides by min(count, N) = 0",
-    ("numba", "lrn"): "kernels/cpu_norm.py _as_ncl: reshape(N, C, -1) with N = 0",
-    ("numba", "batch_norm"): "kernels/cpu_norm.py _as_ncl: reshape(N, C, -1) with N = 0",
-}
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("primitives", EMPTY_BATCH_CHECKS)
-def test_an_empty_batch(backend, primitives, request):
+def test_gpu_kernels_take_an_empty_batch(backend, primitives):
     # N = 0 (a filtered batch, an empty last batch): empty results of the right shapes, and for
-    # batch norm statistics of no values (NaN), as NumPy's mean says.
-    if (backend, primitives) in EMPTY_BATCH_BUGS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=EMPTY_BATCH_BUGS[backend, primitives]))
+    # batch norm statistics of no values (NaN), as the reference gives (the reference and Numba
+    # are checked against PyTorch on empty batches in tests/test_kernels_empty.py).
     EMPTY_BATCH_CHECKS[primitives](backend)
+
+
+# The reference against PyTorch (torch.nn.functional, float64), forward and the gradients its
+# autograd computes: the oracle itself checked by an independent implementation.
+
+def _torch(a, requires_grad=False):
+    return torch.tensor(a, dtype=torch.float64, requires_grad=requires_grad)
+
+
+@given(windows(), st.integers(0, 2**16))
+def test_reference_im2col_col2im_equal_torch_unfold_fold(shape_window, seed):
+    (N, C, H, W), (KH, KW, SH, SW, PH, PW, DH, DW) = shape_window
+    options = dict(kernel_size=(KH, KW), dilation=(DH, DW), padding=(PH, PW), stride=(SH, SW))
+    x = _array(seed, (N, C, H, W), np.float64)
+    col = reference.im2col(x, KH, KW, SH, SW, PH, PW, DH, DW)
+    OH, OW = col.shape[4:]
+    # unfold: (N, C*KH*KW, OH*OW), the columns in the same (c, i, j) order.
+    np.testing.assert_array_equal(col.reshape(N, C * KH * KW, OH * OW), torch_F.unfold(_torch(x), **options).numpy())
+    gcol = _array(seed + 1, col.shape, np.float64)
+    expected = torch_F.fold(_torch(gcol.reshape(N, C * KH * KW, OH * OW)), output_size=(H, W), **options)
+    assert_close(reference.col2im(gcol, H, W, SH, SW, PH, PW, DH, DW), expected, np.float64, "col2im")
+
+
+@given(convolutions(), st.booleans(), st.integers(0, 2**16))
+def test_reference_conv2d_equals_torch(convolution, bias, seed):
+    x_shape, w_shape, (SH, SW, PH, PW, DH, DW), groups = convolution
+    x, W = _array(seed, x_shape, np.float64), _array(seed + 1, w_shape, np.float64)
+    b = _array(seed + 2, w_shape[:1], np.float64) if bias else None
+    xt, Wt = _torch(x, True), _torch(W, True)
+    bt = None if b is None else _torch(b, True)
+    yt = torch_F.conv2d(xt, Wt, bt, stride=(SH, SW), padding=(PH, PW), dilation=(DH, DW), groups=groups)
+    window = (SH, SW, PH, PW, DH, DW)
+    assert_close(reference.conv2d_forward(x, W, b, *window, groups), yt, np.float64, "conv2d y")
+    gy = _array(seed + 3, tuple(yt.shape), np.float64)
+    yt.backward(_torch(gy))
+    gx, gW, gb = reference.conv2d_backward(gy, x, W, *window, groups)
+    assert_close(gx, xt.grad, np.float64, "conv2d gx")
+    assert_close(gW, Wt.grad, np.float64, "conv2d gW")
+    assert_close(gb, gy.sum(axis=(0, 2, 3)) if bt is None else bt.grad, np.float64, "conv2d gb")
+
+
+@given(windows(pooling=True), st.booleans(), st.booleans(), st.integers(0, 2**16))
+@example(((1, 1, 4, 4), (2, 2, 1, 1, 0, 0, 1, 1)), False, True, 0)  # overlapping windows sharing tied maxima
+def test_reference_max_pool2d_equals_torch(shape_window, ceil_mode, ties, seed):
+    (N, C, H, W), (KH, KW, SH, SW, PH, PW, DH, DW) = shape_window
+    x = _array(seed, (N, C, H, W), np.float64)
+    if ties:  # torch keeps the first maximum in window order too: the indices must agree
+        x = _with_ties(x, np.float64)
+    y, argmax = reference.max_pool2d_forward(x, KH, KW, SH, SW, PH, PW, DH, DW, ceil_mode)
+    assume(argmax.min() >= 0 and argmax.max() < H * W)  # torch rejects windows of padding only
+    xt = _torch(x, True)
+    yt, indices = torch_F.max_pool2d(xt, (KH, KW), (SH, SW), (PH, PW), (DH, DW), ceil_mode=ceil_mode,
+                                     return_indices=True)
+    np.testing.assert_array_equal(y, yt.detach().numpy())
+    np.testing.assert_array_equal(argmax, indices.numpy(), err_msg="which index wins")
+    gy = _array(seed + 1, y.shape, np.float64)
+    yt.backward(_torch(gy))
+    assert_close(reference.max_pool2d_backward(gy, argmax, H, W), xt.grad, np.float64, "max_pool2d gx")
+
+
+@given(windows(pooling=True, dilation=False), st.booleans(), st.booleans(), st.integers(0, 2**16))
+@example(((1, 1, 5, 4), (3, 2, 2, 3, 1, 1, 1, 1)), True, False, 0)  # partial windows, real pixels counted
+@example(((1, 1, 5, 4), (3, 2, 2, 3, 1, 1, 1, 1)), True, True, 0)  # ... and the padding too
+def test_reference_avg_pool2d_equals_torch(shape_window, ceil_mode, count_include_pad, seed):
+    (N, C, H, W), (KH, KW, SH, SW, PH, PW, _, _) = shape_window
+    x = _array(seed, (N, C, H, W), np.float64)
+    options = (KH, KW, SH, SW, PH, PW, ceil_mode, count_include_pad)
+    xt = _torch(x, True)
+    yt = torch_F.avg_pool2d(xt, (KH, KW), (SH, SW), (PH, PW), ceil_mode=ceil_mode,
+                            count_include_pad=count_include_pad)
+    assert_close(reference.avg_pool2d_forward(x, *options), yt, np.float64, "avg_pool2d y")
+    gy = _array(seed + 1, tuple(yt.shape), np.float64)
+    yt.backward(_torch(gy))
+    assert_close(reference.avg_pool2d_backward(gy, H, W, *options), xt.grad, np.float64, "avg_pool2d gx")
+
+
+@given(normalization_shapes(), st.booleans(), st.integers(0, 2**16))
+def test_reference_batch_norm_equals_torch(shape, affine, seed):
+    if shape[0] * int(np.prod(shape[2:])) == 1:
+        shape = (2,) + shape[1:]  # torch refuses one value per channel in training
+    C = shape[1]
+    x = _array(seed, shape, np.float64) * 3 + 1
+    gamma = _array(seed + 1, (C,), np.float64) if affine else None
+    beta = _array(seed + 2, (C,), np.float64) if affine else None
+    # gamma None counts as 1 and beta None as 0; their gradients are returned all the same.
+    xt = _torch(x, True)
+    gamma_t = _torch(np.ones(C) if gamma is None else gamma, True)
+    beta_t = _torch(np.zeros(C) if beta is None else beta, True)
+    yt = torch_F.batch_norm(xt, None, None, gamma_t, beta_t, training=True, eps=1e-5)
+    y, mean, var, inv_std = reference.batch_norm_forward_training(x, gamma, beta, 1e-5)
+    axes = (0,) + tuple(range(2, len(shape)))
+    var_t, mean_t = torch.var_mean(_torch(x), dim=axes, unbiased=False)
+    assert_close(y, yt, np.float64, "batch_norm y")
+    assert_close(mean, mean_t, np.float64, "batch_norm mean")
+    assert_close(var, var_t, np.float64, "batch_norm var (biased)")
+    assert_close(inv_std, 1 / torch.sqrt(var_t + 1e-5), np.float64, "batch_norm inv_std")
+    gy = _array(seed + 3, shape, np.float64)
+    yt.backward(_torch(gy))
+    gx, ggamma, gbeta = reference.batch_norm_backward(gy, x, gamma, mean, inv_std)
+    # Through a near-zero variance the gradient is a difference of large terms: tolerances of
+    # float64 scaled by the largest value.
+    for name, actual, expected in (("gx", gx, xt.grad), ("ggamma", ggamma, gamma_t.grad), ("gbeta", gbeta, beta_t.grad)):
+        np.testing.assert_allclose(actual, expected.numpy(), rtol=1e-9, atol=1e-11 * max(1, np.abs(gx).max()),
+                                   err_msg=f"batch_norm {name}")
+
+
+@given(normalization_shapes().filter(lambda shape: len(shape) >= 3), st.integers(1, 6),
+       st.sampled_from([(1e-4, 0.75, 1.0), (0.3, 0.75, 2.0), (1.0, 0.5, 1.5)]), st.integers(0, 2**16))
+def test_reference_lrn_equals_torch(shape, size, alpha_beta_k, seed):
+    # torch.nn.functional.local_response_norm divides alpha by size (an average of the squares,
+    # its zero padding counted) over channels [c - size//2, c + (size-1)//2]; the reference takes
+    # the coefficient of each square, so it gets alpha / size.
+    alpha, beta, k = alpha_beta_k
+    x = _array(seed, shape, np.float64) * 2
+    xt = _torch(x, True)
+    yt = torch_F.local_response_norm(xt, size, alpha=alpha, beta=beta, k=k)
+    y, scale = reference.lrn_forward(x, size, alpha / size, beta, k)
+    assert_close(y, yt, np.float64, "lrn y")
+    gy = _array(seed + 1, shape, np.float64)
+    yt.backward(_torch(gy))
+    assert_close(reference.lrn_backward(x, y, scale, gy, size, alpha / size, beta), xt.grad, np.float64, "lrn gx")
+
+
+# Whole networks through tinycnn.functional, which reaches the kernels only through the dispatch.
+
+def test_conv_pool_network_same_through_numba_and_reference():
+    x, W = _array(0, (2, 1, 9, 9), np.float64), _array(1, (3, 1, 3, 3), np.float64)
+    results = {}
+    for kernels in ("numpy", "numba"):
+        with tinycnn.config.using(kernels=kernels):
+            xt, Wt = tinycnn.tensor(x, requires_grad=True), tinycnn.tensor(W, requires_grad=True)
+            h = tinycnn.functional.max_pool2d(tinycnn.functional.conv2d(xt, Wt, padding=1, stride=2), 2,
+                                              ceil_mode=True)
+            loss = (tinycnn.functional.avg_pool2d(h, 2, padding=1) * 1.5).sum()
+            loss.backward()
+            results[kernels] = (loss.numpy(), xt.grad, Wt.grad)
+    for name, numba_value, numpy_value in zip(("loss", "gx", "gW"), results["numba"], results["numpy"]):
+        assert_close(numba_value, numpy_value, np.float64, name)
+
+
+def _to_float64(model):
+    for module in model.modules():
+        for parameter in module._parameters.values():
+            if parameter is not None:
+                parameter.data = parameter.data.astype(np.float64)
+        for name in module._buffers:
+            value = getattr(module, name)
+            if value is not None and value.dtype.kind == "f":
+                object.__setattr__(module, name, value.astype(np.float64))
+    return model
+
+
+def _forward_backward(model, x, device):
+    model = model.to(device)
+    xt = tinycnn.tensor(x, requires_grad=True, device=device)
+    y = model(xt)
+    # A fixed random weighting of the outputs, so every logit's gradient path is exercised.
+    weights = np.random.default_rng(1).standard_normal(y.shape)
+    (y * tinycnn.tensor(weights, device=device)).sum().backward()
+    grads = {name: array_backend.to_cpu(p.grad) for name, p in model.named_parameters() if p.grad is not None}
+    return array_backend.to_cpu(y.data), array_backend.to_cpu(xt.grad), grads
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not array_backend.gpu_available(), reason="needs CuPy and a CUDA device")
+@pytest.mark.parametrize("name, options, input_shape", [
+    ("lenet5", dict(), (2, 1, 32, 32)),
+    # 64x64 leaves 2x2 maps (8 values per channel) for the last batch norms: with 1x1 maps and a
+    # batch of 2 they divide by a near-zero variance and amplify any round-off to 1e-7.
+    ("resnet18", dict(num_classes=10), (2, 3, 64, 64)),
+])
+def test_network_forward_backward_same_on_gpu_and_cpu(name, options, input_shape):
+    tinycnn.manual_seed(0)
+    model = _to_float64(tinycnn.models.create(name, **options)).train()
+    x = _array(0, input_shape, np.float64)
+    y_cpu, gx_cpu, grads_cpu = _forward_backward(copy.deepcopy(model), x, "cpu")
+    y_gpu, gx_gpu, grads_gpu = _forward_backward(copy.deepcopy(model), x, "gpu")
+    assert grads_gpu.keys() == grads_cpu.keys()
+    for what, expected, actual in [("output", y_cpu, y_gpu), ("input gradient", gx_cpu, gx_gpu)] + [
+            (f"{parameter}.grad", grads_cpu[parameter], grads_gpu[parameter]) for parameter in grads_cpu]:
+        # A whole network of differently ordered sums (cuBLAS against OpenBLAS, batch-norm
+        # reductions): round-off measured against each array's scale, not each element's.
+        np.testing.assert_allclose(actual, expected, rtol=1e-7, atol=1e-9 * np.abs(expected).max(),
+                                   err_msg=f"{name} {what}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not array_backend.gpu_available(), reason="needs CuPy and a CUDA device")
+@pytest.mark.parametrize("op, shapes", [
+    (lambda x, W: tinycnn.functional.conv2d(x, W, stride=2, padding=1, dilation=(1, 2)), [(2, 2, 6, 7), (3, 2, 3, 2)]),
+    (lambda x: tinycnn.functional.max_pool2d(x, 3, stride=2, padding=1, ceil_mode=True), [(1, 2, 6, 5)]),
+    (lambda x: tinycnn.functional.avg_pool2d(x, (2, 3), stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+     [(2, 1, 5, 6)]),
+    (lambda x, g, b: tinycnn.functional.batch_norm(x, None, None, g, b, training=True), [(3, 2, 3, 3), (2,), (2,)]),
+    (lambda x: tinycnn.functional.local_response_norm(x, 4, alpha=0.5, beta=0.75, k=2.0), [(2, 5, 2, 2)]),
+], ids=["conv2d", "max_pool2d", "avg_pool2d", "batch_norm", "local_response_norm"])
+def test_gradcheck_through_the_ops_on_gpu(op, shapes):
+    inputs = [tinycnn.tensor(_array(seed, shape, np.float64), requires_grad=True, device="gpu")
+              for seed, shape in enumerate(shapes)]
+    assert tinycnn.gradcheck(op, inputs)
