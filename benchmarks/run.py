@@ -1,6 +1,6 @@
 """tinycnn against PyTorch, side by side in one process:
 
-    python -m benchmarks.run [--only a,b,c,d,gpu,compile,shared] [--steps N] [--repeat R]
+    python -m benchmarks.run [--only a,b,c,d,gpu,compile,shared,import-order] [--steps N] [--repeat R]
                              [--kernels auto,numpy] [--torch-threads N] [--profile] [--json out.json]
 
 Each part builds the same network in both frameworks with the same weights (benchmarks/twins.py),
@@ -25,11 +25,19 @@ tinycnn is faster).
     shared   (not run by default) tinycnn's (a) with one kernel thread and with all of them, while 0,
              1 and 2 CPU-bound processes share the machine: what the kernel threads cost when other
              work holds the cores
+    import-order  (not run by default) tinycnn's (a) in fresh processes, alternately with NumPy imported
+             before tinycnn (as most scripts do) and with tinycnn first: ms per step for each and
+             their ratio, which should be 1 now that the OpenBLAS limit is set at the first kernel
+             call (tinycnn/_threading.py); --repeat processes of each, --steps steps timed in each
 
 Data: one random batch per case (float32 N(0, 1), uniform labels), or for LeNet the first images of
 the real MNIST training set when $TINYCNN_DATA is set; the timings do not depend on the values.
-tinycnn is imported before NumPy and torch, so its thread settings (tinycnn/_threading.py) are in
-force for both frameworks; torch keeps its default thread count (printed in the header).
+tinycnn's settings (tinycnn/_threading.py) are made at run time: OpenBLAS at one thread from the
+first kernel call on (PyTorch's own BLAS is not touched), and glibc's malloc thresholds raised by
+tinycnn.config.tune_allocator(), called here as `tinycnn train` calls it. OMP_WAIT_POLICY=PASSIVE
+is set before torch loads, unless already set, so that torch's OpenMP threads sleep instead of
+spinning between its steps and tinycnn's; torch keeps its default thread count (printed in the
+header).
 """
 import argparse
 import json
@@ -41,17 +49,21 @@ import sys
 import tempfile
 import time
 
-import tinycnn  # first: its thread settings must precede loading NumPy's BLAS, Numba and torch
+# Read by torch's GNU OpenMP when it loads: its threads then sleep after each parallel region
+# rather than spin on the cores tinycnn's kernels are about to use.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np
-import torch
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import tinycnn  # noqa: E402
 
 import tinycnn.functional as F
 import tinycnn.models
 from benchmarks import twins as torch_twins
 from tinycnn import backend
 
-PARTS = ("a", "b", "c", "d", "gpu", "compile", "shared")
+PARTS = ("a", "b", "c", "d", "gpu", "compile", "shared", "import-order")
 PART_ALIASES = {"lenet": "a", "lenet5": "b", "resnet18": "c", "conv": "d"}
 MNIST_TRAIN_IMAGES = 60000
 
@@ -61,7 +73,8 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n", 4)[4])
     parser.add_argument("--only", "--parts", dest="only", default="a,b,c,d,gpu,compile",
-                        help="comma-separated parts to run (default: a,b,c,d,gpu,compile; shared only on request)")
+                        help="comma-separated parts to run (default: a,b,c,d,gpu,compile; shared and "
+                             "import-order only on request)")
     parser.add_argument("--steps", type=int, default=10, help="steps timed per round (default 10)")
     parser.add_argument("--repeat", "--rounds", dest="repeat", type=int, default=5,
                         help="alternating timing rounds per framework; the median is reported (default 5)")
@@ -522,6 +535,55 @@ def part_shared(results, args):
     results.shared = rows
 
 
+IMPORT_ORDER_PROBE = """
+import sys, time
+steps, first = int(sys.argv[1]), sys.argv[2]
+if first == "numpy":
+    import numpy as np
+    import tinycnn
+else:
+    import tinycnn
+    import numpy as np
+import tinycnn.functional as F
+import tinycnn.models
+rng = np.random.default_rng(0)
+x = tinycnn.tensor(rng.standard_normal((64, 1, 28, 28)).astype(np.float32))
+t = tinycnn.tensor(rng.integers(0, 10, 64))
+net = tinycnn.models.create("lenet")
+optimizer = tinycnn.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+def step():
+    optimizer.zero_grad()
+    F.cross_entropy(net(x), t).backward()
+    optimizer.step()
+for _ in range(3):  # warm-up: Numba's cache loaded, the kernel threads started
+    step()
+start = time.perf_counter()
+for _ in range(steps):
+    step()
+print((time.perf_counter() - start) / steps)
+"""
+
+
+def part_import_order(results, args):
+    print(f"(import-order) the seed's LeNet training step at batch 64 in fresh processes: `import numpy` "
+          f"before `import tinycnn`, and after it; {args.repeat} processes of each, alternating, {args.steps} "
+          f"steps timed in each after 3 warm-up steps; median over the processes", flush=True)
+    times = {"numpy": [], "tinycnn": []}
+    for round_ in range(args.repeat):
+        for first in (("numpy", "tinycnn") if round_ % 2 == 0 else ("tinycnn", "numpy")):
+            output = subprocess.run([sys.executable, "-c", IMPORT_ORDER_PROBE, str(args.steps), first],
+                                    check=True, capture_output=True, text=True).stdout
+            times[first].append(float(output.split()[-1]))
+    numpy_first, tinycnn_first = (statistics.median(times[first]) for first in ("numpy", "tinycnn"))
+    ratio = numpy_first / tinycnn_first
+    print(f"  NumPy imported first {numpy_first * 1e3:.2f} ms/step, tinycnn first {tinycnn_first * 1e3:.2f} "
+          f"ms/step: ratio {ratio:.3f} (target within 5%: {'met' if abs(ratio - 1) <= 0.05 else 'NOT met'})",
+          flush=True)
+    results.import_order = dict(numpy_first_ms=numpy_first * 1e3, tinycnn_first_ms=tinycnn_first * 1e3, ratio=ratio,
+                                numpy_first_rounds_ms=[t * 1e3 for t in times["numpy"]],
+                                tinycnn_first_rounds_ms=[t * 1e3 for t in times["tinycnn"]])
+
+
 def machine():
     info = dict(python=platform.python_version(), numpy=np.__version__, torch=torch.__version__,
                 torch_threads=torch.get_num_threads(), cpus=os.cpu_count(), tinycnn=tinycnn.__version__)
@@ -547,6 +609,7 @@ def machine():
 
 def main(argv=None):
     args = parse_args(argv)
+    tinycnn.config.tune_allocator()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     results = Results()
@@ -558,7 +621,7 @@ def main(argv=None):
           f"timed: {args.repeat} alternating rounds x {args.steps} steps after 2 warm-up steps; median of the "
           f"rounds; tinycnn kernels {args.kernels}", flush=True)
     for part in args.only:
-        globals()[f"part_{part}"](results, args)
+        globals()[f"part_{part.replace('-', '_')}"](results, args)
     info["threads"] = tinycnn._threading.report()
     print(f"\nthread settings: {info['threads']}\n\n{results.table()}")
     if args.json:
@@ -566,6 +629,7 @@ def main(argv=None):
             json.dump(dict(command=command, machine=info, rows=results.rows,
                            sgemm_gflops=getattr(results, "sgemm_gflops", None),
                            compile=getattr(results, "compile", None), shared=getattr(results, "shared", None),
+                           import_order=getattr(results, "import_order", None),
                            gpu_skipped=getattr(results, "gpu_skipped", None)), file, indent=1, default=str)
 
 
