@@ -50,8 +50,9 @@ def figures_shown(text):
 
 @contextlib.contextmanager
 def chapter_environment(workdir):
-    """Run in `workdir` with matplotlib drawing to files, and restore the working directory and
-    tinycnn's global switches afterwards (a chapter may set tinycnn.config.kernels)."""
+    """Run in `workdir` with matplotlib drawing to files, and restore the working directory,
+    tinycnn's global switches and its random state afterwards (a chapter seeds tinycnn, and may
+    set tinycnn.config.kernels), so the tests that run after a chapter see what they would without it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -64,6 +65,7 @@ def chapter_environment(workdir):
         os.environ["TINYCNN_DATA"] = os.path.abspath(data)
     saved_config = {name: getattr(tinycnn.config, name)
                     for name in ("enable_backprop", "check_nan", "shape_only", "kernels")}
+    saved_rng_state = tinycnn.get_rng_state()
     previous = os.getcwd()
     (pathlib.Path(workdir) / "figures").mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
@@ -74,6 +76,7 @@ def chapter_environment(workdir):
         plt.close("all")
         for name, value in saved_config.items():
             setattr(tinycnn.config, name, value)
+        tinycnn.set_rng_state(saved_rng_state)
         if data is not None:
             os.environ["TINYCNN_DATA"] = data
 
