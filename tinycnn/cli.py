@@ -8,8 +8,14 @@
 
 A run directory holds last.ckpt (model, optimizer, scheduler, random states, epoch, history and the
 run's settings), history.json and history.csv, and with --plots the PNG figures of tinycnn.plots.
-Every expected failure (unknown model, bad argument, missing data, unreadable checkpoint) prints
-one line `tinycnn: error: ...` to stderr and exits with status 1 (2 for a malformed command line).
+`train` never replaces a run silently (--resume continues it, --overwrite replaces it once the new
+run's first checkpoint is written), and it checks every path, the model and the settings before it
+loads the data set, so a mistake costs no epoch.
+
+Every expected failure (unknown model, bad argument or path, missing data, unreadable checkpoint)
+raises tinycnn.errors.UserError (or DataError, or the OSError of a path), which main() prints as one
+line `tinycnn: error: ...` with exit status 1 (2 for a malformed command line). Any other exception
+is a bug and keeps its traceback.
 """
 import argparse
 import math
