@@ -113,8 +113,9 @@ def test_chapter_runs_and_makes_its_figures(chapter, tmp_path):
     for figure in figures_shown(chapter.read_text()):
         made = tmp_path / figure
         assert made.is_file(), f"{chapter.name} shows {figure}, but its code did not write it"
-        assert (DOCS / figure).is_file(), (f"{chapter.name} shows {figure}, which is not in docs/; run "
-                                           f"python tests/test_docs.py --write-figures {chapter.relative_to(REPOSITORY)}")
+        assert (DOCS / figure).is_file(), (
+            f"{chapter.name} shows {figure}, which is not in docs/; run "
+            f"python tests/test_docs.py --write-figures {chapter.relative_to(REPOSITORY)}")
 
 
 def test_a_failing_block_is_named(tmp_path):
