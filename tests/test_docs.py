@@ -133,7 +133,9 @@ def test_a_failing_block_is_named(tmp_path):
 
 def test_readme_links_the_chapters_in_order():
     readme = (REPOSITORY / "README.md").read_text()
-    linked = re.findall(r"\]\((docs/tutorial-[^)#\s]+\.md)\)", readme)
+    section = re.search(r"^## Tutorials\n(.*?)(?=^## |^<!-- section|\Z)", readme, re.MULTILINE | re.DOTALL)
+    assert section, "README.md has no '## Tutorials' section"
+    linked = re.findall(r"\]\((docs/tutorial-[^)#\s]+\.md)\)", section.group(1))
     expected = [str(path.relative_to(REPOSITORY)) for path in CHAPTERS]
     assert linked == expected, f"README's tutorial links {linked} are not the chapters in order {expected}"
 
