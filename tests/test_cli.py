@@ -188,6 +188,7 @@ def test_a_run_is_never_replaced_without_overwrite_which_waits_for_the_first_che
                                                                                          monkeypatch):
     out = tmp_path / "run"
     assert _train(out, "--lr", "0.02") == 0
+    assert "96 training / 64 test images, 1 epoch, sgd lr 0.02, no schedule" in capsys.readouterr().out
     (out / "curves.png").write_bytes(b"a figure of the old run")
     old = {name: (out / name).read_bytes() for name in ("last.ckpt", "history.json", "history.csv")}
     capsys.readouterr()

@@ -286,6 +286,9 @@ def test_fit_records_what_it_cannot_tell_as_missing_and_eval_says_so(mnist, tmp_
     assert "model" not in checkpoint.load(out / "last.ckpt")["settings"]
     assert cli.main(["eval", str(out / "last.ckpt")]) == 1
     assert "holds no run settings (model and data set)" in capsys.readouterr().err
+    assert cli.main(["plot", str(out)]) == 0  # the curves need only the history
+    assert (out / "curves.png").exists() and not (out / "filters.png").exists()
+    assert "skipped filters.png, feature_maps.png, confusion.png" in capsys.readouterr().out
     _mnist_run(mnist, out_dir=out, model=models.lenet(), settings={"model": "lenet"})  # told by the caller
     assert cli.main(["eval", str(out / "last.ckpt"), "--limit-test", "64", "--no-progress", "--data-dir",
                      data_root()]) == 0

@@ -520,45 +520,37 @@ def eval_command(args):
 
 def plot_command(args):
     """Draw what needs no data first (the curves from the history, the filters from the weights),
-    then the figures that need the test set, or say which were skipped and why."""
+    then the figures that need the test set; say which figures were skipped and why."""
     from tinycnn import plots
-    if not os.path.isdir(args.run_dir):
-        raise UserError(f"plot: {args.run_dir} is not a directory (expected a run directory)")
-    check_writable_directory(args.run_dir, "plot")
-    checkpoint_path = os.path.join(args.run_dir, "last.ckpt")
+    run_dir = args.run_dir
+    if not os.path.isdir(run_dir):
+        raise UserError(f"plot: {run_dir} is not a directory (expected a run directory)")
+    check_writable_directory(run_dir, "plot")
+    checkpoint_path = os.path.join(run_dir, "last.ckpt")
     state = checkpoint.load(checkpoint_path) if os.path.exists(checkpoint_path) else None
     if state is not None:
         history = state["history"]
-    elif os.path.exists(os.path.join(args.run_dir, "history.json")):
-        history = training.load_history(args.run_dir)
+    elif os.path.exists(os.path.join(run_dir, "history.json")):
+        history = training.load_history(run_dir)
     else:
-        raise UserError(f"plot: {args.run_dir} holds neither last.ckpt nor history.json: not a run directory")
-    written = [plots.plot_curves(history, os.path.join(args.run_dir, "curves.png"))]
-    skipped = {}
-    model = test_set = None
-    if state is None:
-        skipped["filters.png"] = skipped["feature_maps.png"] = skipped["confusion.png"] = "no last.ckpt"
-    else:
-        settings = _run_settings(checkpoint_path, state)
-        model = _model_from_checkpoint(checkpoint_path, state)
-        written.append(plots.plot_filters(model, os.path.join(args.run_dir, "filters.png")))
-        data_dir = args.data_dir if args.data_dir is not None else settings.get("data_dir")
-        try:
-            check_data_dir(data_dir, not args.no_download)
-            test_set = load_dataset(settings["dataset"], False, data_dir, settings.get("limit_test"),
-                                    not args.no_download)
-        except (UserError, data.DataError) as error:
-            skipped["feature_maps.png"] = skipped["confusion.png"] = f"no {settings['dataset']} test set ({error})"
-    if test_set is not None:
-        written.extend(plots.plot_test_figures(args.run_dir, model, test_set))
-    for path in written:
+        raise UserError(f"plot: {run_dir} holds neither last.ckpt nor history.json: not a run directory")
+    print(f"wrote {plots.plot_curves(history, os.path.join(run_dir, 'curves.png'))}", flush=True)
+    settings = (state or {}).get("settings") or {}
+    if state is None or "model" not in settings or "dataset" not in settings:
+        reason = "no last.ckpt" if state is None else f"{checkpoint_path} holds no run settings (model and data set)"
+        print(f"skipped filters.png, feature_maps.png, confusion.png: {reason}")
+        return 0
+    model = _model_from_checkpoint(checkpoint_path, state)
+    print(f"wrote {plots.plot_filters(model, os.path.join(run_dir, 'filters.png'))}", flush=True)
+    data_dir = args.data_dir if args.data_dir is not None else settings.get("data_dir")
+    try:
+        check_data_dir(data_dir, not args.no_download)
+        test_set = load_dataset(settings["dataset"], False, data_dir, settings.get("limit_test"), not args.no_download)
+    except (UserError, data.DataError) as error:
+        print(f"skipped feature_maps.png, confusion.png: no {settings['dataset']} test set ({error})")
+        return 0
+    for path in plots.plot_test_figures(run_dir, model, test_set):
         print(f"wrote {path}")
-    if skipped:
-        reasons = {}
-        for name, reason in skipped.items():
-            reasons.setdefault(reason, []).append(name)
-        for reason, names in reasons.items():
-            print(f"skipped {', '.join(names)}: {reason}")
     return 0
 
 
