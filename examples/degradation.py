@@ -7,7 +7,7 @@ is the better one. This script trains plain20, plain56, resnet20 and resnet56 (t
 networks, section 4.2, built for 1-channel 28x28 input) on MNIST for the same number of steps,
 from the same seed, with the same data order, and draws their training-error curves.
 
-    TINYCNN_DATA=../shared/data python examples/degradation.py --steps 300 --out runs/degradation
+    TINYCNN_DATA=../shared/data python examples/degradation.py --out runs/degradation
     python examples/degradation.py --quick                                # a few seconds
 
 It writes DIR/degradation.png (training error against step, a moving average over --window
@@ -97,7 +97,7 @@ def plot(curves, window, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300, help="SGD steps for each network")
+    parser.add_argument("--steps", type=int, default=100, help="SGD steps for each network")
     parser.add_argument("--batch-size", type=int, default=32)
     # The paper's 0.1 at batch 128, scaled linearly to batch 32 (Goyal et al. 2017).
     parser.add_argument("--lr", type=float, default=0.025)
