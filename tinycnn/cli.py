@@ -34,6 +34,7 @@ from tinycnn import gradflow, graph
 import tinycnn.models as models
 from tinycnn import train as training
 from tinycnn.trace import trace_command
+from tinycnn.onnx import cli_command as export_command
 
 # --augment, training images only: random shifts of up to 2 pixels for MNIST (zero padding, then a
 # random 28x28 window), the usual 4-pixel-padded random crop and horizontal flip for CIFAR-10.
@@ -222,6 +223,17 @@ def build_parser():
                    help="input shape (default: the one the network is specified for)")
     r.add_argument("--csv", metavar="FILE", help="also write the rows to FILE (times in s, sizes in bytes)")
     r.add_argument("--seed", type=int, default=0, help="seed of the weights, images and labels")
+
+    o = commands.add_parser("export", help="write a network as an ONNX file (needs the onnx extra)")
+    o.add_argument("model", help="a name from `tinycnn list-models`")
+    o.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
+    o.add_argument("--checkpoint", metavar="CKPT",
+                   help="its weights: a last.ckpt of `tinycnn train`, or a .npz/.pth state_dict "
+                        "(default: freshly initialised)")
+    o.add_argument("--input", type=_input_shape, metavar="C,H,W",
+                   help="the graph's input shape, batch 1 (default: the network's, or its data set's for a last.ckpt)")
+    o.add_argument("--opset", type=int, choices=range(13, 18), default=17, metavar="{13..17}",
+                   help="ONNX opset version")
     return parser
 
 
@@ -384,7 +396,7 @@ def resume_settings(path, state, settings, typed):
     resumed = {**saved, **{key: settings[key] for key in PER_INVOCATION}}
     if settings["data_dir"] is None:
         resumed["data_dir"] = saved.get("data_dir")
-    resumed.update({key: settings[key] for key in RESUME_MAY_CHANGE if key in typed})
+    resumed.update({key: settings[key] for key in RESUME_MAY_CHANGE if key in typed or key not in saved})
     notes = []
     for dest in sorted(typed - {"model", "resume", "overwrite", "no_progress", "no_download", "plots"}):
         key = "model_args" if dest == "model_arg" else dest
@@ -574,7 +586,7 @@ def list_models_command(args):
 
 COMMANDS = {"train": train_command, "eval": eval_command, "summary": summary_command, "plot": plot_command,
             "list-models": list_models_command, "explain": explain_command, "graph": graph.cli_command,
-            "gradflow": gradflow.cli_command, "trace": trace_command}
+            "gradflow": gradflow.cli_command, "trace": trace_command, "export": export_command}
 
 
 def main(argv=None):

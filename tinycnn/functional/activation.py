@@ -6,6 +6,7 @@ always returns a new tensor, because overwriting the input would destroy what ba
 from tinycnn import backend
 from tinycnn.autograd import Function
 from tinycnn.explain import Example, Explanation
+from tinycnn.functional._checks import check_floating
 
 __all__ = ["leaky_relu", "log_softmax", "relu", "sigmoid", "softmax", "tanh"]
 
@@ -22,6 +23,7 @@ class ReLU(Function):
     examples = {"relu": Example(shape=(2, 3, 4, 4))}
 
     def forward(self, x):
+        check_floating("relu", input=x)
         xp = backend.get_array_module(x)
         y = xp.maximum(x, 0)
         self.save_for_backward(y)
@@ -53,6 +55,7 @@ class LeakyReLU(Function):
         self.negative_slope = negative_slope
 
     def forward(self, x):
+        check_floating("leaky_relu", input=x)
         xp = backend.get_array_module(x)
         self.save_for_backward(x)
         return xp.where(x > 0, x, x * x.dtype.type(self.negative_slope))
@@ -80,6 +83,7 @@ class Sigmoid(Function):
     examples = {"sigmoid": Example(shape=(2, 3, 4, 4))}
 
     def forward(self, x):
+        check_floating("sigmoid", input=x)
         xp = backend.get_array_module(x)
         # sigma(x) = 1 / (1 + e^-x) = (1 + tanh(x/2)) / 2; the tanh form never overflows.
         y = (xp.tanh(x * x.dtype.type(0.5)) + 1) * x.dtype.type(0.5)
@@ -107,6 +111,7 @@ class Tanh(Function):
     examples = {"tanh": Example(shape=(2, 3, 4, 4))}
 
     def forward(self, x):
+        check_floating("tanh", input=x)
         y = backend.get_array_module(x).tanh(x)
         self.save_for_backward(y)
         return y
@@ -142,6 +147,7 @@ class Softmax(Function):
         self.dim = dim
 
     def forward(self, x):
+        check_floating("softmax", input=x)
         _check_dim("softmax", x, self.dim)
         xp = backend.get_array_module(x)
         # Subtracting the maximum leaves the ratios unchanged and keeps exp() from overflowing.
@@ -176,6 +182,7 @@ class LogSoftmax(Function):
         self.dim = dim
 
     def forward(self, x):
+        check_floating("log_softmax", input=x)
         _check_dim("log_softmax", x, self.dim)
         xp = backend.get_array_module(x)
         # log softmax(x) = x - m - log sum exp(x - m) with m = max x: every exp is at most 1.

@@ -5,6 +5,7 @@ from tinycnn import backend, kernels
 from tinycnn.arithmetic import sum_to
 from tinycnn.autograd import Function
 from tinycnn.explain import Example, Explanation
+from tinycnn.functional._checks import check_floating
 
 __all__ = ["add", "cat", "concat", "flatten", "linear"]
 
@@ -52,6 +53,7 @@ class Linear(Function):
 
     @staticmethod
     def _check(x, W, b):
+        check_floating("linear", input=x, weight=W, bias=b)
         if W.ndim != 2:
             raise ValueError(f"linear: expected a 2-D weight (out_features, in_features), got shape {tuple(W.shape)}")
         if x.ndim < 1 or x.shape[-1] != W.shape[1]:

@@ -16,6 +16,7 @@ import operator
 from tinycnn import backend, kernels
 from tinycnn.autograd import Function
 from tinycnn.explain import Example, Explanation
+from tinycnn.functional._checks import check_floating
 
 __all__ = ["conv2d", "pad"]
 
@@ -107,8 +108,7 @@ y = W_mat col + b with W_mat = W viewed as (OC, C*KH*KW) (one product per group)
             raise ValueError(f"conv2d: expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
         if W.ndim != 4:
             raise ValueError(f"conv2d: expected a 4-D weight (OC, C / groups, KH, KW), got shape {tuple(W.shape)}")
-        if x.dtype != W.dtype:
-            raise TypeError(f"conv2d: input and weight must have the same dtype, got {x.dtype} and {W.dtype}")
+        check_floating("conv2d", input=x, weight=W, bias=b)
         N, C, H, W_ = x.shape
         OC, C_group, KH, KW = W.shape
         G = self.groups
@@ -121,8 +121,6 @@ y = W_mat col + b with W_mat = W viewed as (OC, C*KH*KW) (one product per group)
             if tuple(b.shape) != (OC,):
                 raise ValueError(f"conv2d: expected a bias of shape ({OC},) for weight {tuple(W.shape)}, "
                                  f"got {tuple(b.shape)}")
-            if b.dtype != x.dtype:
-                raise TypeError(f"conv2d: bias must have the input's dtype {x.dtype}, got {b.dtype}")
         padded = (H + 2 * self.PH, W_ + 2 * self.PW)
         dilated = (self.DH * (KH - 1) + 1, self.DW * (KW - 1) + 1)
         if dilated[0] > padded[0] or dilated[1] > padded[1]:

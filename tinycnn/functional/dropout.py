@@ -3,6 +3,7 @@
 from tinycnn import backend, random
 from tinycnn.autograd import Function, as_tensor
 from tinycnn.explain import Example, Explanation
+from tinycnn.functional._checks import check_floating
 
 __all__ = ["dropout"]
 
@@ -21,6 +22,7 @@ class Dropout(Function):
         self.p = p
 
     def forward(self, x):
+        check_floating("dropout", input=x)
         # The mask is drawn on the host from tinycnn's one seeded Generator, then copied to the GPU
         # for CuPy input: one random stream, so a seed reproduces a run on either device (at the
         # cost of a host-to-device copy of the mask).

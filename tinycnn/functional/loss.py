@@ -7,6 +7,7 @@ as in PyTorch.
 from tinycnn import backend
 from tinycnn.autograd import Function
 from tinycnn.explain import Example, Explanation
+from tinycnn.functional._checks import check_floating
 
 __all__ = ["cross_entropy", "mse_loss", "nll_loss"]
 
@@ -91,6 +92,7 @@ loss = sum(l) / D with D = sum of w_t over the items ('mean'), sum(l) ('sum'), o
         self.reduction, self.label_smoothing = reduction, label_smoothing
 
     def forward(self, x, t, weight):
+        check_floating("cross_entropy", input=x, weight=weight)
         rows, labels = _rows_and_labels("cross_entropy", x, t, weight)
         xp = backend.get_array_module(x)
         M, K = rows.shape
@@ -148,6 +150,7 @@ loss = sum(l) / D with D = sum of w_t over the items ('mean'), sum(l) ('sum'), o
         self.reduction = reduction
 
     def forward(self, x, t, weight):
+        check_floating("nll_loss", input=x, weight=weight)
         rows, labels = _rows_and_labels("nll_loss", x, t, weight)
         xp = backend.get_array_module(x)
         M, K = rows.shape
@@ -190,6 +193,7 @@ class MSELoss(Function):
         self.reduction = reduction
 
     def forward(self, x, t):
+        check_floating("mse_loss", input=x, target=t)
         if tuple(x.shape) != tuple(t.shape):
             raise ValueError(f"mse_loss: input and target must have the same shape, got {tuple(x.shape)} "
                              f"and {tuple(t.shape)}")
@@ -202,7 +206,8 @@ class MSELoss(Function):
 
     def backward(self, gy):
         # l = (x - t)^2 per element: dl/dx = 2 (x - t) = -dl/dt; 'mean' divides by the count.
-        scale = 2.0 / self.diff.size if self.reduction == "mean" else 2.0
+        # max(..., 1): an empty input's mean has an empty gradient (and no division by zero).
+        scale = 2.0 / max(self.diff.size, 1) if self.reduction == "mean" else 2.0
         gx = (gy * self.diff * scale).astype(self.diff.dtype)
         return (gx if self.needs_input_grad[0] else None), (-gx if self.needs_input_grad[1] else None)
 

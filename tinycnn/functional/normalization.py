@@ -7,6 +7,7 @@ what backward needs and update the running statistics.
 from tinycnn import backend, kernels
 from tinycnn.autograd import Function, Tensor
 from tinycnn.explain import Example, Explanation
+from tinycnn.functional._checks import check_floating
 
 __all__ = ["batch_norm", "local_response_norm"]
 
@@ -57,7 +58,8 @@ Sums run over the n values of one channel.
         self._check(x, gamma, beta)
         if self.training:
             y, mean, var, inv_std = kernels.batch_norm_forward_training(x, gamma, beta, self.eps)
-            self._update_running_statistics(mean, var, n=x.size // x.shape[1])
+            if x.size:  # an empty batch has no statistics: the running ones stay as they are (as PyTorch)
+                self._update_running_statistics(mean, var, n=x.size // x.shape[1])
         else:
             xp = backend.get_array_module(x)
             mean = self.running_mean.astype(x.dtype)
@@ -103,6 +105,7 @@ Sums run over the n values of one channel.
             self.running_var += m * var * (n / (n - 1))  # the unbiased variance, as PyTorch stores it
 
     def _check(self, x, gamma, beta):
+        check_floating("batch_norm", input=x, weight=gamma, bias=beta)
         if x.ndim < 2:
             raise ValueError(f"batch_norm: expected input of shape (N, C) or (N, C, H, W), got {tuple(x.shape)}")
         C = x.shape[1]
@@ -111,7 +114,7 @@ Sums run over the n values of one channel.
             if a is not None and tuple(a.shape) != (C,):
                 raise ValueError(f"batch_norm: expected {name} of shape ({C},) for input of shape "
                                  f"{tuple(x.shape)}, got {tuple(a.shape)}")
-        if self.training and x.size // C <= 1:
+        if self.training and x.size and x.size // C <= 1:  # an empty batch passes through, as in PyTorch
             raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got input "
                              f"of shape {tuple(x.shape)}")
         if not self.training and (self.running_mean is None or self.running_var is None):
@@ -153,6 +156,7 @@ y_c = x_c * scale_c^(-beta),  a = alpha / size (PyTorch, Caffe) or alpha (alpha_
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
 
     def forward(self, x):
+        check_floating("local_response_norm", input=x)
         if x.ndim < 2:
             raise ValueError(f"local_response_norm: expected input of shape (N, C, ...), got {tuple(x.shape)}")
         y, scale = kernels.lrn_forward(x, self.size, self.alpha, self.beta, self.k)

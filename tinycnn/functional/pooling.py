@@ -8,6 +8,7 @@ import operator
 from tinycnn import backend, kernels
 from tinycnn.autograd import Function, Tensor
 from tinycnn.explain import Example, Explanation
+from tinycnn.functional._checks import check_floating
 from tinycnn.functional.conv import _check_non_negative, _check_positive, _pair
 
 __all__ = ["adaptive_avg_pool2d", "avg_pool2d", "global_avg_pool2d", "max_pool2d"]
@@ -79,6 +80,7 @@ class MaxPool2d(Function):
         self.ceil_mode = ceil_mode
 
     def forward(self, x):
+        check_floating("max_pool2d", input=x)
         OH, OW = _pool_output_size("max_pool2d", x, self.KH, self.KW, self.SH, self.SW, self.PH, self.PW,
                                    self.DH, self.DW, self.ceil_mode)
         if self.DH > 1:  # without dilation, padding <= kernel / 2 already rules out empty windows
@@ -133,6 +135,7 @@ class AvgPool2d(Function):
         self.count_include_pad = count_include_pad
 
     def forward(self, x):
+        check_floating("avg_pool2d", input=x)
         _pool_output_size("avg_pool2d", x, self.KH, self.KW, self.SH, self.SW, self.PH, self.PW, 1, 1,
                           self.ceil_mode)
         self.input_size = x.shape[2:]
@@ -191,6 +194,7 @@ y[n, c] = A_H x[n, c] A_W^T: the mean over each bin's rectangle, as two averagin
         self.output_size = output_size
 
     def forward(self, x):
+        check_floating("adaptive_avg_pool2d", input=x)
         if x.ndim != 4:
             raise ValueError(f"adaptive_avg_pool2d: expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
         H, W = x.shape[2:]
@@ -239,6 +243,7 @@ class GlobalAvgPool2d(Function):
     examples = {"global_avg_pool2d": Example(shape=(2, 3, 4, 4))}
 
     def forward(self, x):
+        check_floating("global_avg_pool2d", input=x)
         if x.ndim != 4:
             raise ValueError(f"global_avg_pool2d: expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
         if x.shape[2] * x.shape[3] == 0:
