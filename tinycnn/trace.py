@@ -18,7 +18,9 @@ What "kept for backward" counts. A Function holds, from its forward until its ba
 of its inputs (the graph keeps the input Tensors) and what its forward saved
 (`save_for_backward`, or named attributes such as MaxPool's `argmax`). Not counted: the arrays of
 leaves that require a gradient (the parameters: they are the parameter memory) and arrays the
-Function was given when it was built (BatchNorm's running statistics: model state, alive anyway).
+Function was given when it was built and the buffers of the modules called (BatchNorm's running
+statistics, LeNet-5's RBF codes: model state, alive anyway). The input batch counts: the first
+layer keeps it.
 Arrays are counted by the buffer they live in: a view (a reshape, a channel slice) counts as its
 whole base array, and a buffer held by several Functions (ReLU's output, kept by the ReLU and by
 the convolution that reads it) counts once. So each row has two figures: `saved_bytes`, all the
@@ -78,6 +80,7 @@ class Trace:
         self.functions_recorded = 0  # Functions linked into a graph in forward (rows: those run backward)
         self._kept = {}  # id(buffer) -> weak reference: the buffers already charged to a Function
         self._parameters = {}  # id(buffer) -> weak reference, for parameter_bytes
+        self._model_state = {}  # id(buffer) -> weak reference: the outermost modules' buffers
         self._modules = []  # the modules whose forward is running, outermost first
         self._outermost = None
         self._module_names = {}  # id(module) -> qualified name within the outermost module
@@ -101,6 +104,8 @@ class Trace:
             self._module_names = {id(m): name for name, m in reversed(list(module.named_modules()))}
             for name, parameter in module.named_parameters():
                 self._parameter_names.setdefault(id(parameter), name)
+            for buffer in module.buffers():
+                self._model_state[id(_buffer_of(buffer))] = _reference(_buffer_of(buffer))
         self._modules.append(module)
         try:
             return module._call_with_hooks(args, kwargs)
@@ -135,22 +140,21 @@ class Trace:
         return grad_inputs
 
     def _record_forward(self, function, given, forward_time):
-        held = {}  # id(buffer) -> buffer
         for x in function.inputs:
-            if x is None:
-                continue
-            buffer = _buffer_of(x.data)
-            if x.is_leaf and x.requires_grad:  # a parameter: parameter memory, not kept for backward
+            if x is not None and x.is_leaf and x.requires_grad:  # a parameter: not kept for backward
+                buffer = _buffer_of(x.data)
                 if not _is_known(self._parameters, buffer):
                     self._parameters[id(buffer)] = _reference(buffer)
                     self.parameter_bytes += buffer.nbytes
-                given.add(id(buffer))
-            elif id(buffer) not in given:
-                held[id(buffer)] = buffer
-        for array in _arrays_in(vars(function).values()):
+        held = {}  # id(buffer) -> buffer
+        arrays = [x.data for x in function.inputs if x is not None] + list(_arrays_in(vars(function).values()))
+        for array in arrays:
             buffer = _buffer_of(array)
-            if id(array) not in given and id(buffer) not in given:
-                held[id(buffer)] = buffer
+            if id(array) in given or id(buffer) in given:
+                continue
+            if _is_known(self._parameters, buffer) or _is_known(self._model_state, buffer):
+                continue  # a parameter, a view of one (weight.reshape), or a module's buffer
+            held[id(buffer)] = buffer
         new_bytes = 0
         for buffer in held.values():
             if not _is_known(self._kept, buffer):
