@@ -365,9 +365,10 @@ def part_d(results, args):
     one_thread, one_thread_best = sgemm_gflops()
     sgemm, sgemm_best = sgemm_gflops(product=cpu.matmul)
     results.sgemm_gflops = sgemm
+    blas_threads = [library["threads"] for library in tinycnn._threading.report()["blas_threads"]
+                    if "numpy" in library["path"]]
     print(f"(d) single convolutions (with bias), float32. This machine's sgemm (NumPy float32 matmul 2048^3): "
-          f"{one_thread:.1f} GFLOP/s median ({one_thread_best:.1f} best) with NumPy's BLAS on "
-          f"{[library['threads'] for library in tinycnn._threading.report()['blas_threads'] if 'numpy' in library['path']]} "
+          f"{one_thread:.1f} GFLOP/s median ({one_thread_best:.1f} best) with NumPy's BLAS on {blas_threads} "
           f"thread(s); on all {parallel.get_num_threads()} kernel threads "
           f"(split by tinycnn.kernels.cpu.matmul) {sgemm:.1f} median, {sgemm_best:.1f} best. Because the load changes, "
           f"each layer's '% of sgemm' divides by the all-threads sgemm (1024^3) timed in the same alternating "
