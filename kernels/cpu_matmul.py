@@ -15,7 +15,6 @@ PRODUCT_CHUNKS = 2
 PRODUCT_SERIAL = 1 << 21  # multiply-adds below which a layer's products stay in one piece
 
 
-
 def matmul(a, b):
     """a @ b for 2-D a (M, K) and b (K, N). OpenBLAS runs on one thread (see tinycnn._threading),
     so a big product is split into PRODUCT_CHUNKS products, one per thread: by rows of a where a
