@@ -98,7 +98,6 @@ def _live_taps(L, O, K, S, P, D):
     return live[0], live[-1] + 1
 
 
-
 class _ConvGeometry:
     """A conv2d call's shapes, chunks and column layout, shared by its forward and backward.
 
