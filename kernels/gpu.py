@@ -23,9 +23,9 @@ order:
                                       they all lie in its plane (fewer threads, still no atomics)
     batch norm                        reductions per channel, then one thread per element
 
-Index maths and names as in kernels/cpu.py, except that `i` is CuPy's element index here, so the
-kernel taps are (ki, kj): tap (ki, kj) of the window at output (oh, ow) reads input pixel
-h = oh*SH - PH + ki*DH, w = ow*SW - PW + kj*DW.
+Index maths and names as in the Numba kernels (kernels/cpu_*.py), except that `i` is CuPy's
+element index here, so the kernel taps are (ki, kj): tap (ki, kj) of the window at output (oh, ow)
+reads input pixel h = oh*SH - PH + ki*DH, w = ow*SW - PW + kj*DW.
 """
 import math
 from typing import NamedTuple
@@ -93,7 +93,7 @@ IM2COL = ElementwiseSource(
 
 def im2col(x, KH, KW, SH, SW, PH, PW, DH, DW):
     """(N, C, H, W) -> (N, C, KH, KW, OH, OW): every window of x laid out as a column.
-    As in kernels/cpu.py, the memory is channel-major, (C, KH, KW, N, OH, OW), and the array a
+    As in kernels/cpu_columns.py, the memory is channel-major, (C, KH, KW, N, OH, OW), and the array a
     transposed view of it, so conv2d multiplies the weight by all of the batch's columns at once."""
     x = cupy.ascontiguousarray(x)
     N, C, H, W = x.shape
@@ -304,7 +304,7 @@ def _as_ncl(x):
     return x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))  # not -1: N may be 0
 
 
-# Sum over (N, L) of (x - mean)^2 per channel, accumulated in float64 as kernels/cpu.py does.
+# Sum over (N, L) of (x - mean)^2 per channel, accumulated in float64 as kernels/cpu_norm.py does.
 CENTERED_SQUARES = ReductionSource(
     "T x, float64 mean", "float64 total",
     "((double)x - mean) * ((double)x - mean)", "a + b", "total = a", "0",

@@ -49,8 +49,8 @@ using std::sqrt;
 CXX_TYPES = {"float32": "float", "float64": "double", "int32": "int", "int64": "long long", "bool": "bool"}
 NUMPY_TYPES = {"float32": np.float32, "float64": np.float64, "int32": np.int32, "int64": np.int64, "bool": np.bool_}
 T_INSTANCES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-# Names CuPy's generated code declares itself; a parameter of that name would not compile there.
-RESERVED_NAMES = {"i", "n", "_ind"}
+# Names CuPy's generated code declares itself (ElementwiseKernel refuses a parameter named i).
+RESERVED_NAMES = {"i", "_ind"}
 
 COMPILER = os.environ.get("CXX", "g++")
 COMPILE_FLAGS = ["-std=c++17", "-O1", "-ffp-contract=off", "-shared", "-fPIC"]
@@ -158,8 +158,12 @@ static void run(long long _out_size, long long _count, void** _args, const long 
         {post_map_expr};
     }}
 }}
-extern "C" void run_float(long long o, long long c, void** args, const long long* steps) {{ run<float>(o, c, args, steps); }}
-extern "C" void run_double(long long o, long long c, void** args, const long long* steps) {{ run<double>(o, c, args, steps); }}
+extern "C" void run_float(long long o, long long c, void** args, const long long* steps) {{
+    run<float>(o, c, args, steps);
+}}
+extern "C" void run_double(long long o, long long c, void** args, const long long* steps) {{
+    run<double>(o, c, args, steps);
+}}
 """
 
 
@@ -197,7 +201,8 @@ def _bind_t(params, values, name):
     """The dtype that T stands for: the one of every array passed for a T parameter."""
     dtypes = {np.dtype(v.dtype) for p, v in zip(params, values) if p.type == "T" and isinstance(v, np.ndarray)}
     if len(dtypes) != 1:
-        raise TypeError(f"{name}: expected the arrays for T parameters to share one dtype, got {sorted(map(str, dtypes))}")
+        raise TypeError(f"{name}: expected the arrays for T parameters to share one dtype, "
+                        f"got {sorted(map(str, dtypes))}")
     dtype = dtypes.pop()
     if dtype not in T_INSTANCES:
         raise TypeError(f"{name}: T must be float32 or float64, got {dtype}")

@@ -656,7 +656,8 @@ def test_reference_batch_norm_equals_torch(shape, affine, seed):
     gx, ggamma, gbeta = reference.batch_norm_backward(gy, x, gamma, mean, inv_std)
     # Through a near-zero variance the gradient is a difference of large terms: tolerances of
     # float64 scaled by the largest value.
-    for name, actual, expected in (("gx", gx, xt.grad), ("ggamma", ggamma, gamma_t.grad), ("gbeta", gbeta, beta_t.grad)):
+    for name, actual, expected in (("gx", gx, xt.grad), ("ggamma", ggamma, gamma_t.grad),
+                                   ("gbeta", gbeta, beta_t.grad)):
         np.testing.assert_allclose(actual, expected.numpy(), rtol=1e-9, atol=1e-11 * max(1, np.abs(gx).max()),
                                    err_msg=f"batch_norm {name}")
 
