@@ -49,6 +49,7 @@ def test_readme_python_blocks_run_as_written(tmp_path, monkeypatch, capsys):
         if "strict=False" in code:
             messages = [str(w.message) for w in caught if "load_weights" in str(w.message)]
             assert len(messages) == 1 and "fc.weight" in messages[0] and "fc.bias" in messages[0], messages
+            transferred = namespace["net"]  # later sections may reuse the name
     capsys.readouterr()
 
     # The "From Python" run directory is one the command line accepts, as the README says.
@@ -56,7 +57,7 @@ def test_readme_python_blocks_run_as_written(tmp_path, monkeypatch, capsys):
     assert cli.main(["eval", "runs/api/last.ckpt", "--limit-test", "200", "--no-progress"]) == 0
     assert "lenet after 1 epoch on 200 mnist test images" in capsys.readouterr().out
     # The transfer-learning block: the body loaded from the file, the new head trainable, alone.
-    net, saved = namespace["net"], np.load("resnet18.npz")
+    net, saved = transferred, np.load("resnet18.npz")
     np.testing.assert_array_equal(net.conv1.weight.data, saved["conv1.weight"])
     trainable = [name for name, p in net.named_parameters() if p.requires_grad]
     assert trainable == ["fc.weight", "fc.bias"]
