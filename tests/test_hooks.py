@@ -15,6 +15,10 @@ from tinycnn import nn
 
 from support import assert_close, to_numpy
 
+# torch warns when a module's backward hook fires from the output side (no input needs a gradient,
+# as at the first layer); tinycnn does the same thing, silently.
+pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")
+
 
 def pair(array):
     """The same float64 leaf in both frameworks."""
