@@ -215,12 +215,17 @@ class Trace:
             f"Time in the ops: forward {_ms(self.forward_time)} ms, backward {_ms(self.backward_time)} ms",
             "Top 5 ops by time (forward + backward):",
         ]
-        lines += [f"  #{self.rows.index(row):<4} {row.op:<16} {_module_text(row.module):<24} {_ms(row.time):>9} ms"
-                  for row in self.top("time")]
+        lines += self._top_lines("time", lambda row: f"{_ms(row.time)} ms")
         lines.append("Top 5 ops by memory (what they add to the memory kept for backward):")
-        lines += [f"  #{self.rows.index(row):<4} {row.op:<16} {_module_text(row.module):<24} {_bytes(row.new_bytes):>9}"
-                  for row in self.top("new_bytes")]
+        lines += self._top_lines("new_bytes", lambda row: _bytes(row.new_bytes))
         return "\n".join(lines)
+
+    def _top_lines(self, key, value_text):
+        cells = [(f"#{self.rows.index(row)}", row.op, _module_text(row.module), value_text(row))
+                 for row in self.top(key)]
+        widths = [max((len(line[i]) for line in cells), default=0) for i in range(4)]
+        return ["  " + "  ".join(cell.rjust(w) if i == 3 else cell.ljust(w) for i, (cell, w) in
+                                 enumerate(zip(line, widths))) for line in cells]
 
     __str__ = report
 
