@@ -300,3 +300,28 @@ def test_diverged_training_is_a_user_error_naming_the_fix():
     optimizer.param_groups[0]["lr"] = 1e30
     with np.errstate(all="ignore"), pytest.raises(UserError, match="training diverged.*lower the learning rate"):
         fit(model, optimizer, loader, 1, progress=False, log=None)
+
+
+def test_run_settings_records_only_what_tinycnn_train_would_rebuild(mnist):
+    from tinycnn.train import run_settings
+    train, test = mnist
+    model = models.create("lenet", widths=(3, 4, 8))
+    first_96 = DataLoader(Subset(train, range(96)), batch_size=32, shuffle=True)
+    adam = optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    cosine = optim.lr_scheduler.CosineAnnealingLR(adam, T_max=5)
+    settings = run_settings(model, adam, first_96, 5, DataLoader(test, batch_size=500), cosine)
+    assert {key: settings[key] for key in ("model", "model_args", "dataset", "limit_train", "limit_test", "optimizer",
+                                           "lr", "weight_decay", "scheduler", "batch_size", "epochs")} == {
+        "model": "lenet", "model_args": {"widths": (3, 4, 8)}, "dataset": "mnist", "limit_train": 96,
+        "limit_test": None, "optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4, "scheduler": "cosine",
+        "batch_size": 32, "epochs": 5}
+    sgd = optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.0)
+    settings = run_settings(model, sgd, first_96, 6, scheduler=optim.lr_scheduler.StepLR(sgd, step_size=2))
+    assert (settings["optimizer"], settings["scheduler"], settings["step_size"]) == ("sgd", "step", 2)
+    # What the command line cannot build is left out, so --resume refuses rather than guessing.
+    nesterov = optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    cosine_to_ten = optim.lr_scheduler.CosineAnnealingLR(nesterov, T_max=10)  # not the run's 6 epochs
+    every_other = DataLoader(Subset(train, range(0, 192, 2)), batch_size=32)
+    settings = run_settings(models.lenet(), nesterov, every_other, 6, scheduler=cosine_to_ten)
+    for key in ("model", "optimizer", "scheduler", "dataset", "limit_train"):
+        assert key not in settings, key
