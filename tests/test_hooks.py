@@ -151,6 +151,15 @@ def test_a_hook_returning_the_wrong_shape_names_the_hook_and_both_shapes():
         conv(x).sum().backward()
 
 
+def test_a_hook_may_return_a_numpy_array_which_takes_the_gradients_dtype():
+    x = tinycnn.tensor(np.ones(3, dtype=np.float32), requires_grad=True)
+    y = x * 2
+    y.register_hook(lambda grad: np.full(3, 0.5))  # float64
+    y.sum().backward()
+    assert x.grad.dtype == np.float32
+    np.testing.assert_array_equal(x.grad, [1.0, 1.0, 1.0])
+
+
 def test_register_hook_needs_a_tensor_that_requires_grad():
     with pytest.raises(RuntimeError, match="does not require grad"):
         tinycnn.tensor([1.0]).register_hook(print)

@@ -260,14 +260,16 @@ class HookHandle:
         self.remove()
 
 
-def hook_gradient(hook, result, shape):
-    """The array of a gradient a hook returned, checked against the `shape` it must have."""
+def hook_gradient(hook, result, replaced):
+    """The array of the gradient a hook returned in place of `replaced`: the same shape is
+    required; the dtype and device are made the same (a NumPy float64 array is accepted)."""
     array = result.data if isinstance(result, Tensor) else result
-    if tuple(getattr(array, "shape", ())) != tuple(shape) or not hasattr(array, "dtype"):
+    if tuple(getattr(array, "shape", ())) != tuple(replaced.shape) or not hasattr(array, "dtype"):
         got = tuple(array.shape) if hasattr(array, "shape") else type(array).__name__
         name = getattr(hook, "__qualname__", repr(hook))
-        raise RuntimeError(f"hook {name} returned a gradient of shape {got} for a tensor of shape {tuple(shape)}")
-    return array
+        raise RuntimeError(f"hook {name} returned a gradient of shape {got} for a tensor of shape "
+                           f"{tuple(replaced.shape)}")
+    return backend.get_array_module(replaced).asarray(array, dtype=replaced.dtype)
 
 
 def run_tensor_hooks(tensor, grad):
@@ -276,7 +278,7 @@ def run_tensor_hooks(tensor, grad):
     for hook in list(tensor._backward_hooks.values()):
         result = hook(Tensor(grad))
         if result is not None:
-            grad = hook_gradient(hook, result, tensor.shape)
+            grad = hook_gradient(hook, result, grad)
     return grad
 
 

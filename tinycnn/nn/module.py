@@ -385,8 +385,7 @@ class ModuleBackwardHooks:
                                    f"expected a tuple of {self.num_args} gradients (grad_input)")
             for position in self.positions:
                 if result[position] is not None:
-                    shape = grad_input[position].shape
-                    grad_input[position] = Tensor(hook_gradient(hook, result[position], shape))
+                    grad_input[position] = Tensor(hook_gradient(hook, result[position], grad_input[position].data))
         return tuple(None if grad_input[p] is None else grad_input[p].data for p in self.positions)
 
 
