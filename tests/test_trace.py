@@ -204,6 +204,19 @@ def test_a_retained_graph_run_twice_gives_a_row_per_backward():
     assert t.rows[0] is not t.rows[2]
 
 
+def test_trace_with_a_module_backward_hook():
+    ours, _ = copy_lenet()
+    seen = []
+    ours.classifier.register_full_backward_hook(lambda m, grad_input, grad_output: seen.append(grad_input[0].shape))
+    with tinycnn.trace() as t:
+        F.cross_entropy(ours(tinycnn.tensor(np.ones((2, 1, 28, 28)))), tinycnn.tensor(np.array([0, 1]))).backward()
+    assert seen == [(2, 800)]
+    # The hook's two identity Functions are ops of the graph like any other, inside `classifier`.
+    assert [(row.op, row.module) for row in t.rows if row.op == "BackwardHookFunction"] == [
+        ("BackwardHookFunction", "classifier"), ("BackwardHookFunction", "classifier")]
+    assert len(t.rows) == 11
+
+
 def constant_weights(model):
     """Weights 1/fan-in (biases 1/size): finite activations at any depth without drawing random
     numbers (the trace does not depend on the values; drawing VGG's would cost seconds)."""
