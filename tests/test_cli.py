@@ -265,7 +265,8 @@ def test_resume_says_which_typed_options_differ_and_which_value_it_uses(tmp_path
     resume = ["--resume", str(out / "last.ckpt")]
     assert _train(out, *resume, "--lr", "0.5", "--optimizer", "sgd", epochs="2") == 0
     printed = capsys.readouterr().out
-    assert "--lr 0.5 differs from the checkpoint's 0.01: using 0.01 (a resumed run keeps its settings" in printed, printed
+    assert ("--lr 0.5 differs from the checkpoint's 0.01: using 0.01 (a resumed run keeps its settings"
+            in printed), printed
     assert "--epochs 2 differs from the checkpoint's 1: using 2" in printed, printed
     assert "--optimizer" not in printed  # typed, but the same as the checkpoint's
     assert "--limit-test" not in printed

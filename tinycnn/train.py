@@ -24,8 +24,10 @@ import time
 import numpy
 
 import tinycnn.functional as F
-from tinycnn import backend, checkpoint, config
+from tinycnn import backend, checkpoint, config, optim
 from tinycnn.autograd import Parameter, Tensor
+from tinycnn.data import CIFAR10, MNIST, Subset
+from tinycnn.data.transforms import Normalize
 from tinycnn.errors import UserError
 
 HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_top1", "train_top5", "test_loss", "test_top1", "test_top5",
@@ -215,20 +217,20 @@ def fit(model, optimizer, train_loader, epochs, test_loader=None, scheduler=None
 
 
 # The optimizers and data sets `tinycnn train` can rebuild, by the names its settings use.
-_OPTIMIZER_NAMES = {"SGD": "sgd", "Adam": "adam", "AdamW": "adamw", "RMSprop": "rmsprop"}
-_DATASET_NAMES = {"MNIST": "mnist", "CIFAR10": "cifar10"}
+_OPTIMIZER_NAMES = {optim.SGD: "sgd", optim.Adam: "adam", optim.AdamW: "adamw", optim.RMSprop: "rmsprop"}
+_DATASET_NAMES = {MNIST: "mnist", CIFAR10: "cifar10"}
 
 
 def _dataset_and_limit(loader):
     """(data set name, N) for a loader over the first N images (N None: all) of MNIST or CIFAR-10,
     else (None, None)."""
     dataset, limit = loader.dataset, None
-    while type(dataset).__name__ == "Subset":
+    while isinstance(dataset, Subset):
         if not numpy.array_equal(dataset.indices, numpy.arange(len(dataset.indices))):
             return None, None  # not the first N images: the command line cannot say which
         limit = len(dataset.indices) if limit is None else min(limit, len(dataset.indices))
         dataset = dataset.dataset
-    name = _DATASET_NAMES.get(type(dataset).__name__)
+    name = _DATASET_NAMES.get(type(dataset))
     return (name, limit) if name is not None else (None, None)
 
 
@@ -249,24 +251,24 @@ def run_settings(model, optimizer, train_loader, epochs, test_loader=None, sched
         settings["model"], settings["model_args"] = model.registered_as[0], dict(model.registered_as[1])
     name, limit_train = _dataset_and_limit(train_loader)
     transform = getattr(train_loader.dataset, "transform", None)
-    if name is not None and type(transform).__name__ == "Normalize":  # no augmentation
+    if name is not None and type(transform) is Normalize:  # no augmentation
         settings.update(dataset=name, limit_train=limit_train, augment=False, batch_size=train_loader.batch_size)
     if test_loader is not None:
         test_name, limit_test = _dataset_and_limit(test_loader)
         if test_name is not None and test_name == settings.get("dataset", test_name):
             settings.update(dataset=test_name, limit_test=limit_test)
     group = optimizer.param_groups[0]
-    if type(optimizer).__name__ in _OPTIMIZER_NAMES and len(optimizer.param_groups) == 1:
-        candidate = {"optimizer": _OPTIMIZER_NAMES[type(optimizer).__name__], "lr": group.get("initial_lr", group["lr"]),
+    if type(optimizer) in _OPTIMIZER_NAMES and len(optimizer.param_groups) == 1:
+        candidate = {"optimizer": _OPTIMIZER_NAMES[type(optimizer)], "lr": group.get("initial_lr", group["lr"]),
                      "momentum": group.get("momentum", 0.9), "weight_decay": group["weight_decay"]}
         rebuilt = cli.build_optimizer(candidate, [Parameter(numpy.zeros(1))]).param_groups[0]
         same = all(rebuilt[key] == value for key, value in group.items() if key not in ("params", "lr", "initial_lr"))
         if same:
             settings.update(candidate)
     schedule = {"scheduler": "none", "step_size": None}
-    if type(scheduler).__name__ == "CosineAnnealingLR" and scheduler.T_max == epochs and scheduler.eta_min == 0:
+    if type(scheduler) is optim.lr_scheduler.CosineAnnealingLR and scheduler.T_max == epochs and scheduler.eta_min == 0:
         schedule["scheduler"] = "cosine"
-    elif type(scheduler).__name__ == "StepLR" and scheduler.gamma == 0.1:
+    elif type(scheduler) is optim.lr_scheduler.StepLR and scheduler.gamma == 0.1:
         schedule.update(scheduler="step", step_size=scheduler.step_size)
     if scheduler is None or schedule["scheduler"] != "none":
         settings.update(schedule)
