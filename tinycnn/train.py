@@ -98,9 +98,11 @@ def _to_device(array, device):
 
 
 def train_epoch(model, optimizer, loader, device="cpu", label_smoothing=0.0, loss_fn=None, progress=None,
-                description="train"):
+                description="train", data_parallel=None):
     """One pass over `loader`; returns {'loss', 'top1', 'top5', 'images', 'time_s'} (loss averaged
-    over the images, accuracies as fractions)."""
+    over the images, accuracies as fractions). With data_parallel (tinycnn.distributed.DataParallel)
+    the gradients are averaged over the processes between backward and step; the figures
+    returned are this process's."""
     model.train()
     total_loss, correct1, correct5, seen = 0.0, 0, 0, 0
     bar = _Progress(len(loader), description, progress)
@@ -112,6 +114,8 @@ def train_epoch(model, optimizer, loader, device="cpu", label_smoothing=0.0, los
             loss, logits = training_loss(model, outputs, y, label_smoothing, loss_fn)
             optimizer.zero_grad()
             loss.backward()
+            if data_parallel is not None:
+                data_parallel.synchronize()
             optimizer.step()
 
             value = float(loss.item())
@@ -175,7 +179,7 @@ def evaluate(model, loader, device="cpu", progress=None, num_classes=None, descr
 
 def fit(model, optimizer, train_loader, epochs, test_loader=None, scheduler=None, device="cpu",
         label_smoothing=0.0, loss_fn=None, start_epoch=0, history=None, out_dir=None, settings=None,
-        progress=None, log=print, on_epoch_end=None):
+        progress=None, log=print, on_epoch_end=None, data_parallel=None):
     """Train for epochs start_epoch+1 .. epochs; returns the history (a list of dicts, one per epoch).
 
     scheduler.step() is called once per epoch. With out_dir, the checkpoint last.ckpt, history.json
@@ -183,7 +187,12 @@ def fit(model, optimizer, train_loader, epochs, test_loader=None, scheduler=None
     run_settings() (what can be told from the arguments) updated with `settings`, so `tinycnn eval`,
     `tinycnn plot` and `tinycnn train --resume` accept the run directory.
     `log(line)` receives a one-line summary per epoch; `on_epoch_end(row)` is called last.
+    With data_parallel (tinycnn.distributed.DataParallel) the gradients are averaged over the
+    processes every step, the training figures are those of the global batch, and only rank 0
+    logs, shows progress and writes out_dir.
     """
+    if data_parallel is not None and not data_parallel.is_root:
+        out_dir, log, progress = None, None, False
     history = list(history or [])
     if out_dir is not None:
         derived = run_settings(model, optimizer, train_loader, epochs, test_loader, scheduler, device, label_smoothing)
@@ -192,7 +201,9 @@ def fit(model, optimizer, train_loader, epochs, test_loader=None, scheduler=None
         lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
         train = train_epoch(model, optimizer, train_loader, device, label_smoothing, loss_fn, progress,
-                            description=f"epoch {epoch + 1}/{epochs}")
+                            description=f"epoch {epoch + 1}/{epochs}", data_parallel=data_parallel)
+        if data_parallel is not None:
+            train = data_parallel.average_metrics(train)
         if scheduler is not None:
             scheduler.step()
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": train["loss"], "train_top1": train["top1"],
