@@ -16,6 +16,16 @@ Departure, as torchvision: the final BatchNorm is `features.norm5` and its ReLU 
 forward; `drop_rate` adds dropout after each 3x3 conv (0 by default; the paper uses 0.2 on CIFAR
 without data augmentation only).
 
+`memory_efficient=True` (every factory takes it; the option of torchvision's DenseNet, after Pleiss
+et al., "Memory-Efficient Implementation of DenseNets", arXiv:1707.06990) keeps less for backward
+and computes the same function and the same gradients. A plain dense layer keeps three arrays as
+wide as all the maps before it: the concatenation (held by norm1), norm1's output (held by relu1)
+and relu1's output (held by conv1), so a block's memory grows with the square of its depth. The
+memory-efficient layer runs concat-BN-ReLU-1x1 conv as one Function (`RecomputedBottleneck`) that
+keeps only its inputs, the earlier layers' k-map outputs that the block holds anyway, and
+recomputes the three wide arrays in its backward, one layer at a time: about a third more
+arithmetic in that part for about half of DenseNet-121's activation memory.
+
 `densenet_bc_100()` is the CIFAR DenseNet-BC with L = 100, k = 12 (section 4, Table 2): a 3x3
 conv of 2k = 24 maps, three dense blocks of (L - 4) / 6 = 16 bottleneck layers on 32x32, 16x16
 and 8x8 maps, transitions with compression 0.5, BN-ReLU, global average pool, fc; 769,162
@@ -24,7 +34,8 @@ parameters for CIFAR-10 and 800,032 for CIFAR-100 (osmr imgclsmob's counts).
 from collections import OrderedDict
 
 import tinycnn.functional as F
-from tinycnn import nn
+from tinycnn import config, nn
+from tinycnn.autograd import Function, Tensor
 from tinycnn.models.common import register
 
 __all__ = ["densenet121", "densenet161", "densenet169", "densenet201", "densenet264", "densenet_bc_100"]
@@ -43,9 +54,15 @@ COMPRESSION = 0.5
 
 
 class DenseLayer(nn.Module):
-    """BN-ReLU-1x1 conv (bn_size * k) -BN-ReLU-3x3 conv (k) on the concatenation of the inputs."""
+    """BN-ReLU-1x1 conv (bn_size * k) -BN-ReLU-3x3 conv (k) on the concatenation of the inputs.
 
-    def __init__(self, in_channels, growth_rate, bn_size, drop_rate=0.0):
+    memory_efficient: when a graph is recorded, run concat-norm1-relu1-conv1 as a
+    RecomputedBottleneck (see the module docstring); norm1, relu1 and conv1 then run in forward
+    under no_grad, so their forward hooks see outputs cut from the graph and their backward hooks
+    are not called.
+    """
+
+    def __init__(self, in_channels, growth_rate, bn_size, drop_rate=0.0, memory_efficient=False):
         super().__init__()
         self.norm1 = nn.BatchNorm2d(in_channels)
         self.relu1 = nn.ReLU()
@@ -54,23 +71,73 @@ class DenseLayer(nn.Module):
         self.relu2 = nn.ReLU()
         self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, 3, padding=1, bias=False)
         self.dropout = nn.Dropout(drop_rate)
+        self.memory_efficient = memory_efficient
+
+    def bottleneck(self, features):
+        x = F.concat(features, axis=1)  # N x (k0 + (l-1) k) x H x W
+        return self.conv1(self.relu1(self.norm1(x)))  # N x 4k x H x W
 
     def forward(self, features):
-        x = F.concat(features, axis=1)  # N x (k0 + (l-1) k) x H x W
-        x = self.conv1(self.relu1(self.norm1(x)))
+        if self.memory_efficient and config.enable_backprop:
+            x = RecomputedBottleneck(self)(*features, self.norm1.weight, self.norm1.bias, self.conv1.weight)
+        else:
+            x = self.bottleneck(features)
         # N x 4k x H x W
         x = self.conv2(self.relu2(self.norm2(x)))
         # N x k x H x W
         return self.dropout(x)
 
 
+class RecomputedBottleneck(Function):
+    """A dense layer's concat-BN-ReLU-1x1 conv, keeping only its inputs for backward.
+
+    Inputs: the layer's input maps (any number), then norm1's weight and bias and conv1's weight,
+    so that the engine delivers their gradients. Forward runs the layer's own modules under
+    no_grad: the running statistics are updated once, here, and nothing is recorded. Backward
+    builds that sub-graph again from the saved inputs and runs the engine through it:
+
+        x = concat(features),  z = relu(batch_norm(x)),  y = conv1x1(z)
+
+    Step by step, gy -> gz (conv's backward) -> gx (ReLU's mask, then BatchNorm's backward with the
+    batch statistics recomputed from x, the same as forward's) -> each feature's slice of gx
+    (concat's backward), with the parameter gradients on the way: the plain layer's chain rule,
+    on the same numbers, so the same gradients.
+    """
+
+    def __init__(self, layer):
+        self.layer = layer  # its modules' settings; the parameters arrive as inputs
+
+    def forward(self, *arrays):
+        features = arrays[:-3]
+        self.save_for_backward(*arrays)  # the earlier layers' outputs (held by the block anyway), the parameters
+        with config.no_grad():
+            return self.layer.bottleneck([Tensor(a) for a in features]).data
+
+    def backward(self, gy):
+        leaves = [Tensor(a, requires_grad=needed) for a, needed in zip(self.saved_arrays, self.needs_input_grad)]
+        *features, weight, bias, conv_weight = leaves
+        norm = self.layer.norm1
+        # Batch statistics exactly when norm1 used them in forward (BatchNorm2d.forward), but
+        # passing no running buffers, so that they are not updated a second time.
+        use_batch_stats = norm.training or norm.running_mean is None
+        with config.enable_grad():
+            x = F.concat(features, axis=1)
+            if use_batch_stats:
+                x = F.batch_norm(x, None, None, weight, bias, True, 0.0, norm.eps)
+            else:
+                x = F.batch_norm(x, norm.running_mean, norm.running_var, weight, bias, False, 0.0, norm.eps)
+            y = F.conv2d(F.relu(x), conv_weight)
+        y.backward(gy)
+        return tuple(leaf.grad if needed else None for leaf, needed in zip(leaves, self.needs_input_grad))
+
+
 class DenseBlock(nn.Module):
     """`num_layers` dense layers named denselayer1, denselayer2, ...; returns all maps concatenated."""
 
-    def __init__(self, num_layers, in_channels, growth_rate, bn_size, drop_rate=0.0):
+    def __init__(self, num_layers, in_channels, growth_rate, bn_size, drop_rate=0.0, memory_efficient=False):
         super().__init__()
         for index in range(num_layers):
-            layer = DenseLayer(in_channels + index * growth_rate, growth_rate, bn_size, drop_rate)
+            layer = DenseLayer(in_channels + index * growth_rate, growth_rate, bn_size, drop_rate, memory_efficient)
             setattr(self, f"denselayer{index + 1}", layer)
         self.out_channels = in_channels + num_layers * growth_rate
 
@@ -94,10 +161,12 @@ class Transition(nn.Sequential):
 
 
 class DenseNet(nn.Module):
-    """DenseNet-BC; `stem="imagenet"` (7x7/2 conv + max pool) or "cifar" (one 3x3 conv)."""
+    """DenseNet-BC; `stem="imagenet"` (7x7/2 conv + max pool) or "cifar" (one 3x3 conv);
+    `memory_efficient`: recompute each dense layer's concat-BN-ReLU-1x1 conv in backward (see the
+    module docstring)."""
 
     def __init__(self, growth_rate, block_config, num_init_features, bn_size=4, num_classes=1000, in_channels=3,
-                 drop_rate=0.0, stem="imagenet", compression=COMPRESSION):
+                 drop_rate=0.0, stem="imagenet", compression=COMPRESSION, memory_efficient=False):
         super().__init__()
         if stem == "imagenet":
             layers = OrderedDict([
@@ -112,7 +181,7 @@ class DenseNet(nn.Module):
             raise ValueError(f"DenseNet: stem must be 'imagenet' or 'cifar', got {stem!r}")
         channels = num_init_features
         for index, num_layers in enumerate(block_config):
-            block = DenseBlock(num_layers, channels, growth_rate, bn_size, drop_rate)
+            block = DenseBlock(num_layers, channels, growth_rate, bn_size, drop_rate, memory_efficient)
             layers[f"denseblock{index + 1}"] = block
             channels = block.out_channels
             if index != len(block_config) - 1:
