@@ -136,6 +136,7 @@ def plot(records, path, dpi=90):
     import matplotlib
     matplotlib.use("Agg")  # files only; also works without a display
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     models_in_order = list(dict.fromkeys(record["model"] for record in records))
@@ -158,6 +159,7 @@ def plot(records, path, dpi=90):
               title="gradient / weight norm")
     for axes in (left, right):
         axes.grid(alpha=0.3, which="both")
+        axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     right.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=dpi)
