@@ -679,6 +679,18 @@ def test_reference_lrn_equals_torch(shape, size, alpha_beta_k, seed):
     assert_close(reference.lrn_backward(x, y, scale, gy, size, alpha / size, beta), xt.grad, np.float64, "lrn gx")
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not array_backend.gpu_available(), reason="needs CuPy and a CUDA device")
+def test_dispatch_routes_cupy_arrays_to_the_gpu_kernels():
+    # "numpy" chooses among the CPU implementations; a CuPy array still runs the CuPy kernels
+    # (kernels="numba" refuses it: tests/test_dispatch.py).
+    x = array_backend.cupy.zeros((1, 1, 3, 3))
+    for kernels in ("auto", "numpy"):
+        with tinycnn.config.using(kernels=kernels):
+            for name in tinycnn.kernels.PRIMITIVES:
+                assert tinycnn.kernels.implementation(name, x) is tinycnn.kernels.gpu, (kernels, name)
+
+
 # Whole networks through tinycnn.functional, which reaches the kernels only through the dispatch.
 
 def test_conv_pool_network_same_through_numba_and_reference():
