@@ -41,7 +41,7 @@ mkdir -p "$1" || exit 2
 OUT=$(cd "$1" && pwd)
 BUDGET=${GPU_CHECK_BUDGET:-480}
 SETUP_MODE=${GPU_CHECK_SETUP:-auto}
-PYTHON=${PYTHON:-python3}
+PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tinycnn-gpu-check.XXXXXX")
 RUN_DIR="$WORK/run"  # the working directory of every step: nothing importable in it
 mkdir -p "$RUN_DIR"
