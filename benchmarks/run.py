@@ -1,6 +1,7 @@
 """tinycnn against PyTorch, side by side in one process:
 
-    python -m benchmarks.run [--only a,b,c,d,gpu,compile,shared,import-order] [--steps N] [--repeat R]
+    python -m benchmarks.run [--only a,b,c,d,gpu,compile,shared,import-order,zoo] [--steps N] [--repeat R]
+                             [--zoo-cases PREFIX,...]
                              [--kernels auto,numpy] [--torch-threads N] [--profile] [--json out.json]
 
 Each part builds the same network in both frameworks with the same weights (benchmarks/twins.py),
@@ -29,6 +30,10 @@ tinycnn is faster).
              before tinycnn (as most scripts do) and with tinycnn first: ms per step for each and
              their ratio, which should be 1 now that the OpenBLAS limit is set at the first kernel
              call (tinycnn/_threading.py); --repeat processes of each, --steps steps timed in each
+    zoo      (not run by default) issue 14's table against torchvision's models with the same weights:
+             LeNet training at batch 1-1024, ResNet-18 (32x32), ResNet-50 and DenseNet-121 training,
+             ResNet-50, VGG-16, DenseNet-121 and Inception v3 inference (benchmarks/zoo.py);
+             --zoo-cases keeps the cases whose names start with the given prefixes
 
 Data: one random batch per case (float32 N(0, 1), uniform labels), or for LeNet the first images of
 the real MNIST training set when $TINYCNN_DATA is set; the timings do not depend on the values.
@@ -63,7 +68,7 @@ import tinycnn.models
 from benchmarks import twins as torch_twins
 from tinycnn import backend
 
-PARTS = ("a", "b", "c", "d", "gpu", "compile", "shared", "import-order")
+PARTS = ("a", "b", "c", "d", "gpu", "compile", "shared", "import-order", "zoo")
 PART_ALIASES = {"lenet": "a", "lenet5": "b", "resnet18": "c", "conv": "d"}
 MNIST_TRAIN_IMAGES = 60000
 
@@ -73,8 +78,11 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n", 4)[4])
     parser.add_argument("--only", "--parts", dest="only", default="a,b,c,d,gpu,compile",
-                        help="comma-separated parts to run (default: a,b,c,d,gpu,compile; shared and "
-                             "import-order only on request)")
+                        help="comma-separated parts to run (default: a,b,c,d,gpu,compile; shared, "
+                             "import-order and zoo only on request)")
+    parser.add_argument("--zoo-cases", metavar="PREFIX,...",
+                        help="zoo part: only the cases whose names start with these prefixes "
+                             "(e.g. lenet-train-1,resnet50; the names are in benchmarks/zoo.py)")
     parser.add_argument("--steps", type=int, default=10, help="steps timed per round (default 10)")
     parser.add_argument("--repeat", "--rounds", dest="repeat", type=int, default=5,
                         help="alternating timing rounds per framework; the median is reported (default 5)")
@@ -94,6 +102,8 @@ def parse_args(argv=None):
     unknown = [p for p in args.only if p not in PARTS]
     if unknown:
         parser.error(f"--only: unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
+    if args.zoo_cases is not None:
+        args.zoo_cases = [c.strip() for c in args.zoo_cases.split(",") if c.strip()]
     args.kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
     bad = [k for k in args.kernels if k not in ("auto", "numba", "numpy")]
     if bad:
@@ -590,6 +600,11 @@ def part_import_order(results, args):
                                 best_ratio=best_ratio,
                                 numpy_first_rounds_ms=[t * 1e3 for t in times["numpy"]],
                                 tinycnn_first_rounds_ms=[t * 1e3 for t in times["tinycnn"]])
+
+
+def part_zoo(results, args):
+    from benchmarks import zoo  # here, not at the top: zoo imports this module's helpers
+    zoo.part_zoo(results, args)
 
 
 def machine():
