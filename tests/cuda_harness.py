@@ -37,13 +37,43 @@ import numpy as np
 CUDA_PRELUDE = r"""
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 using std::isnan;  // CUDA: isnan(float), isnan(double)
 using std::max;    // CUDA: max(long long, long long) and the float overloads
 using std::min;
 using std::pow;    // CUDA: pow(float, float) stays in float, as std::pow's float overload
 using std::sqrt;
 // INFINITY is <cmath>'s macro in both.
+
+// A raw parameter, indexed by hand as CuPy's raw arrays are (flat, C order), but checked: the
+// first index outside the array is recorded for the caller to report, and the access goes to a
+// dummy element instead of memory the array does not own.
+static int _bad_param = -1;
+static long long _bad_index = 0;
+template <typename E>
+struct RawArray {
+    E* data;
+    long long size;
+    int param;
+    E& operator[](long long k) const {
+        if (0 <= k && k < size) return data[k];
+        if (_bad_param < 0) {
+            _bad_param = param;
+            _bad_index = k;
+        }
+        static typename std::remove_const<E>::type dummy;
+        dummy = 0;
+        return dummy;
+    }
+};
+extern "C" int out_of_bounds(long long* index) {
+    const int param = _bad_param;
+    *index = _bad_index;
+    _bad_param = -1;
+    return param;
+}
 """
+
 
 # CuPy's type names in a parameter list, as C++ and NumPy types. T stays the template parameter.
 CXX_TYPES = {"float32": "float", "float64": "double", "int32": "int", "int64": "long long", "bool": "bool"}
@@ -91,15 +121,16 @@ def _cxx_type(param):
 
 
 def _declarations(params, first_index, position, outputs):
-    """C++ lines binding each parameter to argument slot first_index + k, as two lists: pointers
-    for the raw ones (made once), and for the others the value (input) or a reference (output) at
-    `position` (made per element)."""
+    """C++ lines binding each parameter to argument slot first_index + k, as two lists: the raw
+    ones as checked arrays (made once; _steps[k] holds the length), and for the others the value
+    (input) or a reference (output) at `position` (made per element; _steps[k] is 1, or 0 for a
+    scalar)."""
     pointers, per_element = [], []
     for k, p in enumerate(params, start=first_index):
         ctype = _cxx_type(p)
         if p.raw:
             const = "" if outputs else "const "  # a kernel writing to an input does not compile
-            pointers.append(f"{const}{ctype}* const {p.name} = ({const}{ctype}*)_args[{k}];")
+            pointers.append(f"const RawArray<{const}{ctype}> {p.name}{{({const}{ctype}*)_args[{k}], _steps[{k}], {k}}};")
         elif outputs:
             per_element.append(f"{ctype}& {p.name} = (({ctype}*)_args[{k}])[({position}) * _steps[{k}]];")
         else:
@@ -261,7 +292,8 @@ class ElementwiseKernel:
                     raise TypeError(f"{self.name}: raw parameter {p.name} needs an array")
                 if is_output and not value.flags.c_contiguous:
                     raise ValueError(f"{self.name}: raw output {p.name} must be C-contiguous")
-                buffer, step = (value if is_output else np.ascontiguousarray(value)), 0
+                buffer = value if is_output else np.ascontiguousarray(value)
+                step = buffer.size  # a raw parameter's "step" is its length, for the bounds check
             elif _is_array(value):
                 if is_output and value.shape != tuple(shape):
                     raise ValueError(f"{self.name}: output {p.name} has shape {value.shape}, expected {shape}")
@@ -275,6 +307,11 @@ class ElementwiseKernel:
         count = int(np.prod(shape))
         if count:
             _call(getattr(self.library, "run_" + T_INSTANCES[t_dtype]), [count], buffers, steps)
+            index = ctypes.c_longlong()
+            bad = self.library.out_of_bounds(ctypes.byref(index))
+            if bad >= 0:
+                raise IndexError(f"{self.name}: the kernel indexed {params[bad].name}[{index.value}], outside its "
+                                 f"{buffers[bad].size} elements")
         for value, buffer in write_back:
             value[...] = buffer
         results = values[len(self.inputs):]

@@ -105,6 +105,14 @@ def test_harness_reads_raw_arrays_in_c_order_and_checks_types():
     np.testing.assert_array_equal(y, [0, 2, 4, 0, 0])
 
 
+def test_harness_reports_an_index_outside_a_raw_array():
+    # On a GPU such a read returns whatever lies there; the harness names the kernel, array and index.
+    shifted = cuda_harness.ElementwiseKernel("raw T x", "T y", "y = x[i + 1]", "harness_shifted")
+    with pytest.raises(IndexError, match=r"harness_shifted: the kernel indexed x\[4\], outside its 4 elements"):
+        shifted(np.arange(4.0), np.empty(4))
+    np.testing.assert_array_equal(shifted(np.arange(5.0), np.empty(4)), [1, 2, 3, 4])  # in bounds: no error
+
+
 @given(shapes, st.data(), st.sampled_from([np.float32, np.float64]))
 def test_harness_reduction_sums_the_given_axes(shape, data, dtype):
     axes = tuple(sorted(data.draw(st.sets(st.integers(0, len(shape) - 1), min_size=1))))
