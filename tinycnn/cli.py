@@ -26,7 +26,7 @@ import time
 import warnings
 
 import tinycnn
-from tinycnn import backend, checkpoint, data, optim
+from tinycnn import backend, checkpoint, data, distributed, optim
 from tinycnn.data import transforms
 from tinycnn.errors import UserError
 from tinycnn.explain import explain_command, parse_shape
@@ -53,7 +53,8 @@ SCHEDULERS = ("none", "step", "cosine")
 # A resumed run is rebuilt from its checkpoint's settings, so it continues exactly like the run
 # that wrote it. These options belong to one invocation, not to the run: they always come from the
 # command line (--data-dir falls back to the checkpoint's when not given).
-PER_INVOCATION = ("out", "resume", "overwrite", "plots", "data_dir", "no_download", "no_progress", "device")
+PER_INVOCATION = ("out", "resume", "overwrite", "plots", "data_dir", "no_download", "no_progress", "device",
+                  "distributed", "collective_timeout")
 # These may change on resume when typed on the command line; otherwise the checkpoint's value holds.
 RESUME_MAY_CHANGE = ("epochs", "limit_test")
 # The files that make a directory a run directory (fit() writes both after every epoch).
@@ -168,6 +169,11 @@ def build_parser():
     t.add_argument("--limit-train", type=_positive_int, help="use only the first N training images")
     t.add_argument("--limit-test", type=_positive_int, help="use only the first N test images")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the processes of `mpiexec -n N tinycnn train ...` (extra distributed): "
+                        "--batch-size per process, rank 0 alone prints and writes --out")
+    t.add_argument("--collective-timeout", type=_bounded(float, 1, "a number of seconds >= 1"), default=300.0,
+                   metavar="SECONDS", help="with --distributed: end the job when a process waits this long for the others")
 
     e = commands.add_parser("eval", help="evaluate a checkpoint on its data set's test images")
     e.add_argument("checkpoint", help="a last.ckpt written by `tinycnn train` or fit(out_dir=...)")
@@ -409,23 +415,48 @@ def resume_settings(path, state, settings, typed):
     return resumed, notes
 
 
+def check_world_size(path, saved, world_size):
+    """A run resumes on as many processes as it was trained on: with another count, the global batch
+    and each epoch's shards would change, and the run would not continue as it started."""
+    trained_on = saved.get("world_size", 1)
+    if trained_on == world_size:
+        return
+    how = "without --distributed" if trained_on == 1 else f"with mpiexec -n {trained_on} ... --distributed"
+    processes = "1 process" if trained_on == 1 else f"{trained_on} processes"
+    raise UserError(f"{path} was trained on {processes} (global batch "
+                    f"{trained_on * saved['batch_size']}), this run has {world_size}: resume it {how} "
+                    "(a different number of processes is refused, not re-sharded)")
+
+
 def train_command(args):
     settings = {key: value for key, value in vars(args).items() if key not in ("command", "argv")}
     settings["model_args"] = dict(settings.pop("model_arg"))
     model_input_shape(args.model)  # an unknown name fails here, before anything else is read
     state, notes = None, []
+    # --distributed: every process runs this command; rank 0 alone reads the checkpoint and --out
+    # (they may be on its disk only), prints and writes.
+    group = distributed.init(settings["collective_timeout"]) if settings["distributed"] else None
+    if group is not None and not group.is_root:
+        sys.stdout = open(os.devnull, "w")
     if args.resume:
-        state = checkpoint.load(args.resume)
+        state = checkpoint.load(args.resume) if group is None else \
+            distributed.run_on_root(lambda: checkpoint.load(args.resume), group)
         settings, notes = resume_settings(args.resume, state, settings, options_typed(args.argv, "train"))
         done, saved = state["epoch"], state["settings"]
+        check_world_size(args.resume, saved, 1 if group is None else group.world_size)
         if done >= settings["epochs"]:
             raise UserError(f"{args.resume} already has {plural(done, 'epoch')}; ask for more with --epochs")
         if settings["epochs"] != saved["epochs"] and settings["scheduler"] != "none":
             raise UserError(f"--epochs {settings['epochs']} differs from the {saved['epochs']} epochs the "
                             f"{settings['scheduler']} schedule of {args.resume} was built for")
+    settings["world_size"] = 1 if group is None else group.world_size
 
     # Everything that can be checked without the data comes first: a mistake costs no epoch.
-    check_run_directory(settings["out"], settings["resume"], settings["overwrite"])
+    if group is None:
+        check_run_directory(settings["out"], settings["resume"], settings["overwrite"])
+    else:
+        distributed.run_on_root(lambda: check_run_directory(settings["out"], settings["resume"], settings["overwrite"]),
+                                group)
     check_device(settings["device"])
     check_schedule(settings)
     download = not settings.get("no_download", False)
@@ -444,7 +475,9 @@ def train_command(args):
         model.to("gpu")
     optimizer = build_optimizer(settings, model.parameters())
     scheduler = build_scheduler(settings, optimizer)
-    train_loader = data.DataLoader(train_set, batch_size=settings["batch_size"], shuffle=True)
+    # Each process takes every world_size-th image of the epoch's order (tinycnn.distributed).
+    sampler = None if group is None else distributed.DistributedSampler(group=group)
+    train_loader = data.DataLoader(train_set, batch_size=settings["batch_size"], shuffle=True, sampler=sampler)
     test_loader = data.DataLoader(test_set, batch_size=max(settings["batch_size"], 500))
 
     start_epoch, history = 0, []
@@ -458,7 +491,7 @@ def train_command(args):
           f"{settings['optimizer']} lr {settings['lr']}, {schedule}")
 
     stale = []
-    if settings["overwrite"]:
+    if settings["overwrite"] and (group is None or group.is_root):
         from tinycnn import plots
         stale = [os.path.join(settings["out"], name) for name in plots.FIGURES]
 
@@ -480,10 +513,11 @@ def train_command(args):
                                device=settings["device"], label_smoothing=settings["label_smoothing"],
                                start_epoch=start_epoch, history=history, out_dir=settings["out"],
                                settings=settings, progress=progress, log=lambda line: print(line, flush=True),
+                               data_parallel=None if group is None else distributed.DataParallel(model, group),
                                on_epoch_end=forget_the_old_run)
     print(f"done in {time.perf_counter() - started:.1f}s: test accuracy {history[-1]['test_top1']:.2%} "
           f"({len(test_set)} images); run directory {settings['out']}")
-    if settings["plots"]:
+    if settings["plots"] and (group is None or group.is_root):
         from tinycnn import plots
         for path in plots.plot_run(settings["out"], model, history, test_set, device=settings["device"]):
             print(f"wrote {path}")

@@ -272,6 +272,23 @@ def broadcast_object(value, group=None, root=0):
     return get_group(group, "broadcast_object").broadcast_object(value, root)
 
 
+def run_on_root(function, group=None, errors=(UserError, OSError)):
+    """function() run by rank 0 alone (it reads or checks a file only rank 0 has); its result on
+    every process. An exception of one of the `errors` types is raised on every process, so none
+    is left waiting in a collective for a root that has given up."""
+    group = get_group(group, "run_on_root")
+    outcome = None
+    if group.is_root:
+        try:
+            outcome = ("result", function())
+        except errors as error:
+            outcome = ("error", error)
+    kind, value = group.broadcast_object(outcome, 0, "broadcast of rank 0's result")
+    if kind == "error":
+        raise value
+    return value
+
+
 def broadcast_parameters(model, group=None, root=0):
     """Give every process root's parameters and buffers (running statistics), in place."""
     group = get_group(group, "broadcast_parameters")
