@@ -6,13 +6,18 @@ its module global `cupy` for ElementwiseKernel and ReductionKernel only when a k
 
   - wrap the kernel body in a C++ function that loops CuPy's element index `i` over the output
     (a reduction: the map over each output's items, then the post-map), with every `raw` argument
-    a pointer indexed by hand, every other argument the value at `i` of its broadcast array, and
-    `T` a template parameter instantiated for float and double;
+    an array indexed by hand, every other argument the value at `i` of its broadcast array, and
+    `T` a template parameter instantiated for float and double (any CUDA-only name a body uses
+    must be mapped in CUDA_PRELUDE);
   - compile it once with the system C++ compiler (g++ or $CXX) into a shared library kept in a
     temporary directory under the hash of its source, so a session compiles each kernel once and
     a later session not at all;
   - call it through ctypes on NumPy arrays, with CuPy's rules for its arguments: `T` bound by the
-    arrays (all must agree), outputs allocated when not given, `size=` for all-raw kernels.
+    arrays (all must agree), outputs allocated when not given, `size=` for all-raw kernels;
+  - check what a GPU would not: an index outside a raw array is an IndexError naming the kernel,
+    array and index (CUDA would read or write memory the array does not own), and an element of
+    a raw output touched by two values of `i` a RuntimeError (two GPU threads would race on it,
+    and the kernels use no atomics).
 
 `gpu_module_on_cpu()` puts that stand-in into kernels/gpu.py for the duration of a `with` block, so
 its Python code (shapes, layouts, arguments) and its CUDA code run together and can be compared
@@ -47,16 +52,34 @@ using std::sqrt;
 
 // A raw parameter, indexed by hand as CuPy's raw arrays are (flat, C order), but checked: the
 // first index outside the array is recorded for the caller to report, and the access goes to a
-// dummy element instead of memory the array does not own.
+// dummy element instead of memory the array does not own. A raw output also records which
+// element index i (which GPU thread) first touched each element: another i touching it later
+// would race with it on a GPU, where the threads run at once and the kernels use no atomics.
+static long long _thread = 0;  // the i being run
 static int _bad_param = -1;
 static long long _bad_index = 0;
+static int _race_param = -1;
+static long long _race_index = 0, _race_first = 0, _race_second = 0;
 template <typename E>
 struct RawArray {
     E* data;
     long long size;
     int param;
+    long long* owner;  // raw outputs only: per element, the first i that touched it, or -1
     E& operator[](long long k) const {
-        if (0 <= k && k < size) return data[k];
+        if (0 <= k && k < size) {
+            if (owner != nullptr) {
+                if (owner[k] < 0) {
+                    owner[k] = _thread;
+                } else if (owner[k] != _thread && _race_param < 0) {
+                    _race_param = param;
+                    _race_index = k;
+                    _race_first = owner[k];
+                    _race_second = _thread;
+                }
+            }
+            return data[k];
+        }
         if (_bad_param < 0) {
             _bad_param = param;
             _bad_index = k;
@@ -70,6 +93,14 @@ extern "C" int out_of_bounds(long long* index) {
     const int param = _bad_param;
     *index = _bad_index;
     _bad_param = -1;
+    return param;
+}
+extern "C" int race(long long* index, long long* first, long long* second) {
+    const int param = _race_param;
+    *index = _race_index;
+    *first = _race_first;
+    *second = _race_second;
+    _race_param = -1;
     return param;
 }
 """
@@ -122,7 +153,8 @@ def _cxx_type(param):
 
 def _declarations(params, first_index, position, outputs):
     """C++ lines binding each parameter to argument slot first_index + k, as two lists: the raw
-    ones as checked arrays (made once; _steps[k] holds the length), and for the others the value
+    ones as checked arrays (made once; _steps[k] holds the length, _args[_count + k] a raw
+    output's owner array), and for the others the value
     (input) or a reference (output) at `position` (made per element; _steps[k] is 1, or 0 for a
     scalar)."""
     pointers, per_element = [], []
@@ -130,7 +162,9 @@ def _declarations(params, first_index, position, outputs):
         ctype = _cxx_type(p)
         if p.raw:
             const = "" if outputs else "const "  # a kernel writing to an input does not compile
-            pointers.append(f"const RawArray<{const}{ctype}> {p.name}{{({const}{ctype}*)_args[{k}], _steps[{k}], {k}}};")
+            owner = f"(long long*)_args[_count + {k}]" if outputs else "nullptr"
+            pointers.append(f"const RawArray<{const}{ctype}> {p.name}{{({const}{ctype}*)_args[{k}], _steps[{k}], {k}, "
+                            f"{owner}}};")
         elif outputs:
             per_element.append(f"{ctype}& {p.name} = (({ctype}*)_args[{k}])[({position}) * _steps[{k}]];")
         else:
@@ -149,8 +183,10 @@ def elementwise_cxx(in_params, out_params, operation, name):
 // {name}: in ({in_params}), out ({out_params})
 template <typename T>
 static void run(long long _size, void** _args, const long long* _steps) {{
+    const int _count = {len(inputs) + len(outputs)};  // parameters; _args holds as many owner arrays after them
     {indent[5:].join(pointers)}
     for (long long i = 0; i < _size; ++i) {{
+        _thread = i;
         {indent.join(per_element)}
         {{
 {operation};
@@ -249,8 +285,11 @@ def _check_dtype(param, value, dtype, name):
         raise TypeError(f"{name}: parameter {param.name} expects {dtype}, got an array of {value.dtype}")
 
 
-def _call(function, leading, buffers, steps):
-    pointers = (ctypes.c_void_p * len(buffers))(*[b.ctypes.data for b in buffers])
+def _call(function, leading, buffers, steps, owners=()):
+    """function(*leading, args, steps): args the buffers' addresses, then the owner arrays' (null
+    where there is none)."""
+    addresses = [b.ctypes.data for b in buffers] + [None if o is None else o.ctypes.data for o in owners]
+    pointers = (ctypes.c_void_p * len(addresses))(*addresses)
     step_array = (ctypes.c_longlong * len(steps))(*steps)
     function(*[ctypes.c_longlong(v) for v in leading], pointers, step_array)
 
@@ -279,6 +318,7 @@ class ElementwiseKernel:
         else:
             raise ValueError(f"{self.name}: no non-raw array fixes the size; pass size=")
         buffers, steps, write_back = [], [], []
+        owners = [None] * len(params)  # per raw output: which i first touched each element
         for k, (p, value) in enumerate(zip(params, values)):
             dtype = _dtype_of(p, t_dtype)
             if value is None:  # an output not given: allocated as CuPy does
@@ -294,6 +334,8 @@ class ElementwiseKernel:
                     raise ValueError(f"{self.name}: raw output {p.name} must be C-contiguous")
                 buffer = value if is_output else np.ascontiguousarray(value)
                 step = buffer.size  # a raw parameter's "step" is its length, for the bounds check
+                if is_output:
+                    owners[k] = np.full(buffer.size, -1, dtype=np.int64)
             elif _is_array(value):
                 if is_output and value.shape != tuple(shape):
                     raise ValueError(f"{self.name}: output {p.name} has shape {value.shape}, expected {shape}")
@@ -306,12 +348,16 @@ class ElementwiseKernel:
             steps.append(step)
         count = int(np.prod(shape))
         if count:
-            _call(getattr(self.library, "run_" + T_INSTANCES[t_dtype]), [count], buffers, steps)
-            index = ctypes.c_longlong()
+            _call(getattr(self.library, "run_" + T_INSTANCES[t_dtype]), [count], buffers, steps, owners)
+            index, first, second = ctypes.c_longlong(), ctypes.c_longlong(), ctypes.c_longlong()
             bad = self.library.out_of_bounds(ctypes.byref(index))
             if bad >= 0:
                 raise IndexError(f"{self.name}: the kernel indexed {params[bad].name}[{index.value}], outside its "
                                  f"{buffers[bad].size} elements")
+            raced = self.library.race(ctypes.byref(index), ctypes.byref(first), ctypes.byref(second))
+            if raced >= 0:
+                raise RuntimeError(f"{self.name}: threads i={first.value} and i={second.value} both touch "
+                                   f"{params[raced].name}[{index.value}]: a race on a GPU (no atomics)")
         for value, buffer in write_back:
             value[...] = buffer
         results = values[len(self.inputs):]

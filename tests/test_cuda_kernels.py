@@ -121,3 +121,13 @@ def test_harness_reduction_sums_the_given_axes(shape, data, dtype):
     x = np.random.default_rng(1).uniform(-1, 1, shape).astype(dtype)
     np.testing.assert_allclose(kernel(x, 0.25, axis=axes), ((x.astype(np.float64) - 0.25) ** 2).sum(axis=axes),
                                rtol=1e-12)
+
+
+def test_harness_reports_two_threads_touching_one_raw_output_element():
+    # Thread i adds into element i // 2: threads 0 and 1 both write element 0, a race on a GPU.
+    racing = cuda_harness.ElementwiseKernel("raw T x", "raw T total", "total[i / 2] += x[i]", "harness_racing")
+    with pytest.raises(RuntimeError, match=r"harness_racing: threads i=0 and i=1 both touch total\[0\]"):
+        racing(np.ones(4), np.zeros(2), size=4)
+    owned = cuda_harness.ElementwiseKernel("raw T x", "raw T total", "total[i] += x[2 * i] + x[2 * i + 1]",
+                                           "harness_owned")
+    np.testing.assert_array_equal(owned(np.ones(4), np.zeros(2), size=2), [2, 2])  # one thread per element: fine
