@@ -49,6 +49,7 @@ def compare_eval_logits(ours, theirs, x, tmp_path, device="cpu"):
 
 
 def dropout_off(ours, theirs):
+    """p = 0 in every Dropout module of both (their random masks cannot be made equal)."""
     for m in ours.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
