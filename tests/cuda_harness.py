@@ -153,16 +153,15 @@ def _cxx_type(param):
 
 def _declarations(params, first_index, position, outputs):
     """C++ lines binding each parameter to argument slot first_index + k, as two lists: the raw
-    ones as checked arrays (made once; _steps[k] holds the length, _args[_count + k] a raw
-    output's owner array), and for the others the value
-    (input) or a reference (output) at `position` (made per element; _steps[k] is 1, or 0 for a
-    scalar)."""
+    ones as checked arrays (made once; _steps[k] holds the length, _args[_nparams + k] a raw
+    output's owner array), and for the others the value (input) or a reference (output) at
+    `position` (made per element; _steps[k] is 1, or 0 for a scalar)."""
     pointers, per_element = [], []
     for k, p in enumerate(params, start=first_index):
         ctype = _cxx_type(p)
         if p.raw:
             const = "" if outputs else "const "  # a kernel writing to an input does not compile
-            owner = f"(long long*)_args[_count + {k}]" if outputs else "nullptr"
+            owner = f"(long long*)_args[_nparams + {k}]" if outputs else "nullptr"
             pointers.append(f"const RawArray<{const}{ctype}> {p.name}{{({const}{ctype}*)_args[{k}], _steps[{k}], {k}, "
                             f"{owner}}};")
         elif outputs:
@@ -183,7 +182,7 @@ def elementwise_cxx(in_params, out_params, operation, name):
 // {name}: in ({in_params}), out ({out_params})
 template <typename T>
 static void run(long long _size, void** _args, const long long* _steps) {{
-    const int _count = {len(inputs) + len(outputs)};  // parameters; _args holds as many owner arrays after them
+    const int _nparams = {len(inputs) + len(outputs)};  // _args: the parameters, then as many owner arrays
     {indent[5:].join(pointers)}
     for (long long i = 0; i < _size; ++i) {{
         _thread = i;
