@@ -16,6 +16,10 @@ within support.TOLERANCES of the case's dtype. The draws include strided and tra
 ties in max pooling, batch 1 and one channel, dilation, ceil_mode, count_include_pad, even LRN
 sizes, and convolutions on the Numba backend's pixel-major path (ungrouped, 4 or more input
 channels, outputs narrower than 16: kernels/cpu_conv.py).
+
+Also here: gradchecks of every backend's backward against its own forward (central differences in
+float64, 2x2 and 3x3 pooling windows among the draws), col2im as im2col's adjoint, empty batches
+through kernels/gpu.py, and, on a GPU, whole networks and op gradchecks on CuPy against the CPU.
 """
 import copy
 import warnings
@@ -58,11 +62,21 @@ def run(backend, primitive, *args, **kwargs):
     if backend == "cuda_on_cpu":
         with cuda_harness.gpu_module_on_cpu() as gpu:
             return getattr(gpu, primitive)(*args, **kwargs)
-    on_device = [array_backend.to_gpu(a) if isinstance(a, np.ndarray) else a for a in args]
+    on_device = [_to_gpu_keeping_layout(a) if isinstance(a, np.ndarray) else a for a in args]
     result = getattr(tinycnn.kernels.gpu, primitive)(*on_device, **kwargs)
     if isinstance(result, tuple):
         return tuple(None if r is None else array_backend.to_cpu(r) for r in result)
     return array_backend.to_cpu(result)
+
+
+def _to_gpu_keeping_layout(a):
+    """A CuPy copy of a whose memory is laid out like a's: a C-contiguous copy of a transposed or
+    strided array would not test the kernels' handling of those layouts."""
+    if a.flags.c_contiguous or a.ndim == 0:
+        return array_backend.to_gpu(a)
+    if a.T.flags.c_contiguous:
+        return array_backend.to_gpu(a.T).T
+    return array_backend.to_gpu(np.repeat(a, 2, axis=-1))[..., ::2]  # every other element
 
 
 def _array(seed, shape, dtype, layout="contiguous"):
