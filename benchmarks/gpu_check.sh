@@ -173,7 +173,7 @@ import sys, setuptools
 from importlib.util import find_spec
 sys.exit(not (find_spec('setuptools.command.bdist_wheel') or find_spec('wheel')))" 2> /dev/null; then
         echo "setuptools present: editable install, no index, no dependencies, no build isolation"
-        if (cd "$REPO" && "$PYTHON" -m pip install --no-index --no-deps --no-build-isolation -e .) \
+        if (cd "$REPO" && timeout 120 "$PYTHON" -m pip install --no-index --no-deps --no-build-isolation -e .) \
                 && imports_this_checkout; then
             return 0
         fi
