@@ -22,7 +22,7 @@ import os
 import numpy
 
 import tinycnn
-from tinycnn import arithmetic, config
+from tinycnn import arithmetic, backend, config
 from tinycnn.autograd import Tensor
 from tinycnn.errors import UserError
 from tinycnn.functional import activation, basic, conv, normalization, pooling
@@ -55,7 +55,10 @@ class GraphBuilder:
 
     def __init__(self, onnx, opset, parameter_names, buffer_names):
         self.onnx, self.helper, self.opset = onnx, onnx.helper, opset
-        self.nodes, self.initializers = [], []
+        # The model is built in place: a VGG's 550 MB of weights are copied into it once, where
+        # helper.make_graph and make_model would copy them twice more.
+        self.proto = onnx.ModelProto()
+        self.nodes, self.initializers = [], self.proto.graph.initializer
         self.names = {}  # id(Tensor) -> its name in the ONNX graph
         self.parameter_names = parameter_names  # id(Parameter) -> state_dict key
         self.buffer_names = buffer_names  # id(array) -> state_dict key
@@ -70,11 +73,16 @@ class GraphBuilder:
         return name
 
     def initializer(self, array, name):
-        array = numpy.ascontiguousarray(array)
+        # On the host (a model on the GPU has CuPy arrays); not ascontiguousarray: it makes a 0-d scalar 1-d.
+        array = numpy.asarray(backend.to_cpu(array), order="C")
         if name in self.used:
             name = self.fresh(name)
         self.used.add(name)
-        self.initializers.append(self.onnx.numpy_helper.from_array(array, name))
+        tensor = self.initializers.add()  # numpy_helper.from_array's fields, written in place
+        tensor.name = name
+        tensor.data_type = _onnx_dtype(self.onnx, array.dtype)
+        tensor.dims.extend(array.shape)
+        tensor.raw_data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()  # ONNX stores little-endian
         return name
 
     def constant(self, values, dtype):
@@ -94,7 +102,7 @@ class GraphBuilder:
 
     def array_name(self, array, fallback, dtype):
         """An initializer for a state array such as BatchNorm's running mean, named by its buffer key."""
-        return self.initializer(numpy.asarray(array).astype(dtype), self.buffer_names.get(id(array), fallback))
+        return self.initializer(backend.to_cpu(array).astype(dtype), self.buffer_names.get(id(array), fallback))
 
     def output(self, tensor, hint):
         """The name of an output tensor of the node being written."""
@@ -474,7 +482,8 @@ def to_onnx(model, example_input, opset=17):
                           f"{SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
     x, outputs = _trace(model, example_input)
     parameter_names = {id(p): name for name, p in model.named_parameters()}
-    buffer_names = {id(getattr(array, "data", array)): name for name, array in model.named_buffers()}
+    buffer_names = {id(array.data if isinstance(array, Tensor) else array): name
+                    for name, array in model.named_buffers()}
     builder = GraphBuilder(onnx, opset, parameter_names, buffer_names)
     builder.names[id(x)] = "input"
     builder.used.add("input")
@@ -500,15 +509,16 @@ def to_onnx(model, example_input, opset=17):
         if builder.names.get(id(y)) != name:  # the input itself, or a constant
             builder.node("Identity", [builder.name(y)], [name])
 
-    helper = onnx.helper
-    graph = helper.make_graph(
-        builder.nodes, type(model).__name__,
-        [helper.make_tensor_value_info("input", _onnx_dtype(onnx, x.dtype), list(x.shape))],
-        [helper.make_tensor_value_info(name, _onnx_dtype(onnx, y.dtype), list(y.shape))
-         for y, name in zip(outputs, output_names)],
-        initializer=builder.initializers)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="tinycnn",
-                             producer_version=tinycnn.__version__, ir_version=IR_VERSIONS[opset])
+    helper, proto = onnx.helper, builder.proto
+    proto.ir_version = IR_VERSIONS[opset]
+    proto.producer_name, proto.producer_version = "tinycnn", tinycnn.__version__
+    proto.opset_import.append(helper.make_opsetid("", opset))
+    proto.graph.name = type(model).__name__
+    proto.graph.node.extend(builder.nodes)
+    proto.graph.input.append(helper.make_tensor_value_info("input", _onnx_dtype(onnx, x.dtype), list(x.shape)))
+    proto.graph.output.extend(helper.make_tensor_value_info(name, _onnx_dtype(onnx, y.dtype), list(y.shape))
+                              for y, name in zip(outputs, output_names))
+    return proto
 
 
 def export(model, example_input, path, opset=17):
