@@ -5,6 +5,7 @@ network's memory kept for backward, counted by tinycnn.trace() and by an indepen
 graph (tests/test_trace.py)."""
 import numpy as np
 import pytest
+from hypothesis import given, strategies as st
 
 import tinycnn
 import tinycnn.models as models
@@ -13,6 +14,7 @@ from reference_comparison import compare_training_step, dropout_off, randomize_b
 from test_models_torchvision import reference_network
 from test_trace import bytes_held_by_graph
 from tinycnn import nn
+from tinycnn.models.densenet import DenseLayer
 
 # DenseNet-121's activation memory with memory_efficient=True over the plain network's (issue 14).
 MEMORY_RATIO_BOUND = 0.6
@@ -145,3 +147,23 @@ def test_eval_mode_input_gradient_uses_the_running_statistics():
     for name, grad in plain_result[2].items():
         assert_equal_to_round_off(efficient_result[2][name], grad, f"gradient of {name}")
 
+
+
+@given(widths=st.lists(st.integers(1, 3), min_size=1, max_size=3), side=st.integers(1, 3),
+       training=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_recomputed_bottleneck_passes_gradcheck(widths, side, training, seed):
+    """Finite differences through one memory-efficient dense layer, with respect to each input
+    map, norm1's weight and bias and conv1's weight (the RecomputedBottleneck's inputs), in
+    training mode (batch statistics) and eval mode (running statistics)."""
+    tinycnn.manual_seed(seed)
+    layer = DenseLayer(sum(widths), growth_rate=2, bn_size=2, memory_efficient=True).double().train(training)
+    rng = np.random.default_rng(seed)
+    layer.norm1.running_mean[...] = rng.standard_normal(sum(widths))
+    layer.norm1.running_var[...] = rng.random(sum(widths)) + 0.5
+    features = [tinycnn.tensor(rng.standard_normal((2, width, side + 1, side)), requires_grad=True)
+                for width in widths]
+    parameters = [layer.norm1.weight, layer.norm1.bias, layer.conv1.weight]
+
+    def forward(*inputs):  # the parameters are the layer's own, perturbed in place by gradcheck
+        return layer(list(inputs[:len(widths)]))
+    assert tinycnn.gradcheck(forward, [*features, *parameters])
