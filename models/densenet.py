@@ -34,7 +34,7 @@ parameters for CIFAR-10 and 800,032 for CIFAR-100 (osmr imgclsmob's counts).
 from collections import OrderedDict
 
 import tinycnn.functional as F
-from tinycnn import config, nn
+from tinycnn import autograd, config, nn
 from tinycnn.autograd import Function, Tensor
 from tinycnn.models.common import register
 
@@ -115,20 +115,30 @@ class RecomputedBottleneck(Function):
 
     def backward(self, gy):
         leaves = [Tensor(a, requires_grad=needed) for a, needed in zip(self.saved_arrays, self.needs_input_grad)]
-        *features, weight, bias, conv_weight = leaves
+        # Inside `with tinycnn.trace()` this Function stays one row, as in forward: the sub-graph
+        # rebuilt here lives only during this backward and is not memory the graph keeps.
+        trace, autograd.active_trace = autograd.active_trace, None
+        try:
+            with config.enable_grad():
+                y = self.recompute(*leaves)
+            y.backward(gy)
+        finally:
+            autograd.active_trace = trace
+        return tuple(leaf.grad if needed else None for leaf, needed in zip(leaves, self.needs_input_grad))
+
+    def recompute(self, *inputs):
+        """The forward again, on Tensors, recording a graph; norm1's running statistics untouched."""
+        *features, weight, bias, conv_weight = inputs
         norm = self.layer.norm1
         # Batch statistics exactly when norm1 used them in forward (BatchNorm2d.forward), but
         # passing no running buffers, so that they are not updated a second time.
         use_batch_stats = norm.training or norm.running_mean is None
-        with config.enable_grad():
-            x = F.concat(features, axis=1)
-            if use_batch_stats:
-                x = F.batch_norm(x, None, None, weight, bias, True, 0.0, norm.eps)
-            else:
-                x = F.batch_norm(x, norm.running_mean, norm.running_var, weight, bias, False, 0.0, norm.eps)
-            y = F.conv2d(F.relu(x), conv_weight)
-        y.backward(gy)
-        return tuple(leaf.grad if needed else None for leaf, needed in zip(leaves, self.needs_input_grad))
+        x = F.concat(features, axis=1)
+        if use_batch_stats:
+            x = F.batch_norm(x, None, None, weight, bias, True, 0.0, norm.eps)
+        else:
+            x = F.batch_norm(x, norm.running_mean, norm.running_var, weight, bias, False, 0.0, norm.eps)
+        return F.conv2d(F.relu(x), conv_weight)
 
 
 class DenseBlock(nn.Module):
