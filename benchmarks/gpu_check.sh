@@ -25,7 +25,10 @@
 #                    torchvision's and timm's networks
 #   5 op-gradchecks  every other test marked gpu: the op tests' `xp` fixture on CuPy (gradchecks,
 #                    PyTorch comparisons) and the device tests
-#   6 benchmark      python -m benchmarks.run --only gpu: LeNet and ResNet-50 training, tinycnn on
+#   6 distributed    tests/test_distributed.py -m gpu (needs mpi4py and mpiexec, the extra
+#                    distributed): tinycnn.distributed over NCCL with a world of one, and 2
+#                    processes x batch 32 with CuPy arrays over MPI against 1 process x batch 64
+#   7 benchmark      python -m benchmarks.run --only gpu: LeNet and ResNet-50 training, tinycnn on
 #                    CuPy against PyTorch on CUDA
 #
 # Without a GPU the pytest steps report their tests as skipped and the benchmark prints "skipped:
@@ -209,7 +212,8 @@ run_step torchvision 150 "${PYTEST[@]}" --junitxml="$OUT/torchvision.xml" -m gpu
     "$REPO/tests/test_models_torchvision.py"
 run_step op-gradchecks 60 "${PYTEST[@]}" --junitxml="$OUT/op-gradchecks.xml" -m gpu "$REPO/tests" \
     --ignore="$REPO/tests/test_kernel_backends.py" --ignore="$REPO/tests/test_cuda_kernels.py" \
-    --ignore="$REPO/tests/test_models_torchvision.py"
+    --ignore="$REPO/tests/test_models_torchvision.py" --ignore="$REPO/tests/test_distributed.py"
+run_step distributed 60 "${PYTEST[@]}" --junitxml="$OUT/distributed.xml" -m gpu "$REPO/tests/test_distributed.py"
 run_step benchmark 100 "$PYTHON" -m benchmarks.run --only gpu --steps 3 --repeat 3 --json "$OUT/benchmark-gpu.json"
 
 log ""

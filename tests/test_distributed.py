@@ -219,6 +219,34 @@ def test_a_dying_rank_ends_the_job_with_a_clear_error(mode):
                 "within 3 s") in result.stderr
 
 
+needs_gpu = pytest.mark.skipif(not tinycnn.backend.gpu_available(), reason="needs CuPy and a CUDA device")
+
+
+@pytest.mark.gpu
+@needs_gpu
+@needs_mpi
+def test_nccl_with_a_world_of_one_gpu():
+    result, _ = mpirun(sys.executable, os.path.join(PROGRAMS, "gpu_nccl.py"), processes=1)
+    assert result.returncode == 0, result.stderr
+    found = differences(result.stdout)
+    assert len(found) == 7, result.stdout
+    assert all(value <= 1e-12 for value in found.values()), found
+
+
+@pytest.mark.gpu
+@needs_gpu
+@needs_mpi
+def test_two_processes_with_cupy_arrays_over_mpi_take_the_steps_of_one():
+    # Both processes on the one GPU, so MPI through host memory: NCCL refuses two ranks on one device.
+    result, _ = mpirun(sys.executable, os.path.join(PROGRAMS, "equivalence.py"), "gpu", "mpi")
+    assert result.returncode == 0, result.stderr
+    found = differences(result.stdout)
+    assert len(found) == 6, result.stdout
+    assert found["float64 vs one process"] <= 1e-10
+    assert found["float32 vs one process"] <= 1e-3
+    assert found["float64 rank 0 vs rank 1"] == found["float32 rank 0 vs rank 1"] == 0
+
+
 def mnist_available():
     return os.path.isdir(os.path.join(DATA, "mnist"))
 

@@ -1,4 +1,6 @@
-"""Run under `mpiexec -n 2`: 2 processes x batch 32 against 1 process x batch 64 on the same samples.
+"""Run under `mpiexec -n 2 ... equivalence.py [cpu|gpu] [auto|mpi|nccl]`: 2 processes x batch 32
+against 1 process x batch 64 on the same samples, on the CPU (default) or with CuPy arrays on the
+GPU, their gradients carried by the transport named (default auto: tinycnn.distributed.choose_transport).
 
 Both runs take 20 SGD-momentum steps on LeNet from the same start, on a synthetic data set of
 20 * 64 images shuffled by the same DataLoader seed; the two-process run shards each epoch with
@@ -6,14 +8,18 @@ DistributedSampler and averages gradients with DataParallel. Rank 0 also runs th
 reference and prints, per dtype, the largest difference of any weight between the two runs and
 between the two processes' copies. tests/test_distributed.py reads these lines.
 """
+import sys
+
 import numpy as np
 
 import tinycnn
 import tinycnn.functional as F
 import tinycnn.models as models
-from tinycnn import data, distributed, optim
+from tinycnn import backend, data, distributed, optim
 
 STEPS, GLOBAL_BATCH, SEED = 20, 64, 7
+DEVICE = sys.argv[1] if len(sys.argv) > 1 else "cpu"
+TRANSPORT = sys.argv[2] if len(sys.argv) > 2 else "auto"
 
 
 def make_dataset(dtype):
@@ -28,10 +34,13 @@ def train(dtype, loader, init_seed, data_parallel_group=None):
     model = models.create("lenet")
     if dtype == np.float64:
         model.double()
+    if DEVICE == "gpu":
+        model.to("gpu")
     data_parallel = None if data_parallel_group is None else distributed.DataParallel(model, data_parallel_group)
     optimizer = optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
     steps = 0
     for x, y in loader:
+        x, y = (backend.to_device(x, DEVICE), backend.to_device(y, DEVICE)) if DEVICE == "gpu" else (x, y)
         loss = F.cross_entropy(model(tinycnn.Tensor(x)), y)
         optimizer.zero_grad()
         loss.backward()
@@ -48,7 +57,7 @@ def max_difference(a, b):
 
 
 def main():
-    group = distributed.init(timeout_s=60)
+    group = distributed.init(timeout_s=60, gpu_transport=TRANSPORT)
     assert group.world_size == 2, group
     for dtype in (np.float64, np.float32):
         dataset = make_dataset(dtype)
@@ -56,18 +65,19 @@ def main():
         loader = data.DataLoader(dataset, batch_size=GLOBAL_BATCH // group.world_size, shuffle=True, sampler=sampler)
         # Each rank starts from its own weights: DataParallel must broadcast rank 0's.
         model, optimizer = train(dtype, loader, init_seed=1 + group.rank, data_parallel_group=group)
-        weights = {name: p.data.copy() for name, p in model.named_parameters()}
+        weights = {name: backend.to_cpu(p.data).copy() for name, p in model.named_parameters()}
         other = group.broadcast_object(weights if group.rank == 1 else None, root=1)
         # The optimizer state on resume: rank 1 forgets its momentum, then takes rank 0's.
         if group.rank == 1:
             optimizer.state = {}
         distributed.broadcast_optimizer_state(optimizer, group)
-        momentum = {str(i): optimizer.state[p]["momentum_buffer"] for i, p in enumerate(model.parameters())}
+        momentum = {str(i): backend.to_cpu(optimizer.state[p]["momentum_buffer"])
+                    for i, p in enumerate(model.parameters())}
         other_momentum = group.broadcast_object(momentum if group.rank == 1 else None, root=1)
         if group.rank == 0:
             reference_loader = data.DataLoader(dataset, batch_size=GLOBAL_BATCH, shuffle=True, seed=SEED)
             reference, _ = train(dtype, reference_loader, init_seed=1)
-            expected = {name: p.data for name, p in reference.named_parameters()}
+            expected = {name: backend.to_cpu(p.data) for name, p in reference.named_parameters()}
             scale = max(float(np.abs(w).max()) for w in expected.values())
             print(f"{np.dtype(dtype).name} vs one process: max |difference| {max_difference(weights, expected):.3e} "
                   f"(weights up to {scale:.3f})", flush=True)
