@@ -151,7 +151,7 @@ class ProcessGroup:
     def all_reduce_wait(self, pending, what="all-reduce"):
         kind, handle, host, array = pending
         if kind == "nccl":
-            self._wait(handle.done, f"NCCL {what}")  # handle: a CUDA event recorded after the NCCL call
+            self._wait(lambda: handle.done, f"NCCL {what}")  # handle: a CUDA event recorded after the NCCL call
             return array
         self._wait(handle.Test, f"MPI {what}")
         if host is not array:
@@ -226,7 +226,8 @@ class ProcessGroup:
     def _nccl_broadcast(self, array, root, what):
         stream = backend.cupy.cuda.get_current_stream().ptr
         self._nccl_communicator().bcast(array.data.ptr, array.size, self._nccl_dtype(array), root, stream)
-        self._wait(self._nccl_done_event().done, f"NCCL {what}")
+        event = self._nccl_done_event()
+        self._wait(lambda: event.done, f"NCCL {what}")
         return array
 
 
