@@ -120,6 +120,10 @@ def test_cli_gradflow_writes_png_and_csv_and_prints_first_to_last_ratios(tmp_pat
     assert cli.main(["gradflow", "plain21", "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("tinycnn: error: gradflow:") and "unknown model 'plain21'" in err and "plain20" in err
+    # LeNet-5 is specified for 32x32: on MNIST's 28x28 its C5 finds a 4x4 map for a 5x5 kernel.
+    assert cli.main(["gradflow", "lenet5", "--steps", "0", "--out", str(out), "--data-dir", DATA]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tinycnn: error: gradflow lenet5: the network does not take 64 MNIST images of 1x28x28")
 
 
 def test_degradation_example_runs_in_quick_mode(tmp_path):

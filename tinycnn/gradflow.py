@@ -230,7 +230,13 @@ def cli_command(args):
                 losses = train_steps(model, optimizer, _batches(dataset, args.batch_size, args.seed), step)
                 print(f"{name}: {step} SGD steps (lr {args.lr}, batch {args.batch_size}), loss "
                       f"{losses[0]:.3f} -> {losses[-1]:.3f}")
-            rows = measure(model, probe_images, probe_labels)
+            try:
+                rows = measure(model, probe_images, probe_labels)
+            except ValueError as error:  # a layer refused the input: the network does not fit MNIST
+                if step:
+                    raise  # it took the same images before training: a bug
+                raise UserError(f"gradflow {name}: the network does not take {args.batch_size} MNIST images of "
+                                f"{args.in_channels}x28x28: {error}") from None
             records += [dict(row, model=name, stage=stage, step=step) for row in rows]
             convs = [row for row in rows if row["kind"] == "conv"]
             print(f"{name} {stage + (f' ({step} steps)' if step else '')}: first conv ({convs[0]['layer']}) "
