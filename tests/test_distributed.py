@@ -219,6 +219,19 @@ def test_a_dying_rank_ends_the_job_with_a_clear_error(mode):
                 "within 3 s") in result.stderr
 
 
+@needs_mpi
+def test_the_readme_script_trains_on_two_processes(tmp_path):
+    # The README's ```py block of "Training on several machines" (```py, not ```python: test_readme
+    # runs those in its own process, where there is no second process).
+    readme = open(os.path.join(HERE, "..", "README.md")).read()
+    section = readme[readme.index("## Training on several machines"):]
+    script = re.search(r"^```py\n(.*?)^```$", section, re.MULTILINE | re.DOTALL).group(1)
+    (tmp_path / "train_two.py").write_text(script)
+    result, _ = mpirun(sys.executable, str(tmp_path / "train_two.py"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("epoch 1/2") == result.stdout.count("epoch 2/2") == 1, result.stdout
+
+
 needs_gpu = pytest.mark.skipif(not tinycnn.backend.gpu_available(), reason="needs CuPy and a CUDA device")
 
 
