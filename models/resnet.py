@@ -307,23 +307,66 @@ def resnext101_32x8d(**kwargs):
     return ResNet(Bottleneck, IMAGENET_CONFIGS[101][1], groups=32, width_per_group=8, **kwargs)
 
 
-def _register_cifar(depth):
-    def resnet(num_classes=10, in_channels=3, shortcut="A"):
-        return CifarResNet(depth, num_classes=num_classes, in_channels=in_channels, shortcut=shortcut)
-
-    def plain(num_classes=10, in_channels=3):
-        return CifarResNet(depth, num_classes=num_classes, in_channels=in_channels, shortcut=None)
-
-    resnet.__name__ = resnet.__qualname__ = f"resnet{depth}"
-    resnet.__doc__ = f"CIFAR ResNet-{depth} (section 4.2), shortcut option 'A' (default) or 'B'; input N x 3 x 32 x 32."
-    plain.__name__ = plain.__qualname__ = f"plain{depth}"
-    plain.__doc__ = f"CIFAR plain-{depth}: ResNet-{depth}'s layers without shortcuts (Fig. 6); input N x 3 x 32 x 32."
-    cifar = (3, 32, 32)
-    return register(f"resnet{depth}", cifar)(resnet), register(f"plain{depth}", cifar)(plain)
+# The CIFAR-10 networks of section 4.2: depth 6n + 2 for n = 3, 5, 7, 9, 18, each with shortcuts
+# (ResNet) and without (the plain net of Fig. 6). One factory per name, written out, so each can
+# be found and read; the input is N x 3 x 32 x 32 (in_channels=1 for 28 x 28 MNIST digits).
 
 
-resnet20, plain20 = _register_cifar(20)
-resnet32, plain32 = _register_cifar(32)
-resnet44, plain44 = _register_cifar(44)
-resnet56, plain56 = _register_cifar(56)
-resnet110, plain110 = _register_cifar(110)
+@register("resnet20", (3, 32, 32))
+def resnet20(num_classes=10, in_channels=3, shortcut="A"):
+    """CIFAR ResNet-20 (section 4.2), shortcut option 'A' (default) or 'B'."""
+    return CifarResNet(20, num_classes=num_classes, in_channels=in_channels, shortcut=shortcut)
+
+
+@register("plain20", (3, 32, 32))
+def plain20(num_classes=10, in_channels=3):
+    """CIFAR plain-20: ResNet-20's layers without shortcuts (Fig. 6)."""
+    return CifarResNet(20, num_classes=num_classes, in_channels=in_channels, shortcut=None)
+
+
+@register("resnet32", (3, 32, 32))
+def resnet32(num_classes=10, in_channels=3, shortcut="A"):
+    """CIFAR ResNet-32 (section 4.2), shortcut option 'A' (default) or 'B'."""
+    return CifarResNet(32, num_classes=num_classes, in_channels=in_channels, shortcut=shortcut)
+
+
+@register("plain32", (3, 32, 32))
+def plain32(num_classes=10, in_channels=3):
+    """CIFAR plain-32: ResNet-32's layers without shortcuts (Fig. 6)."""
+    return CifarResNet(32, num_classes=num_classes, in_channels=in_channels, shortcut=None)
+
+
+@register("resnet44", (3, 32, 32))
+def resnet44(num_classes=10, in_channels=3, shortcut="A"):
+    """CIFAR ResNet-44 (section 4.2), shortcut option 'A' (default) or 'B'."""
+    return CifarResNet(44, num_classes=num_classes, in_channels=in_channels, shortcut=shortcut)
+
+
+@register("plain44", (3, 32, 32))
+def plain44(num_classes=10, in_channels=3):
+    """CIFAR plain-44: ResNet-44's layers without shortcuts (Fig. 6)."""
+    return CifarResNet(44, num_classes=num_classes, in_channels=in_channels, shortcut=None)
+
+
+@register("resnet56", (3, 32, 32))
+def resnet56(num_classes=10, in_channels=3, shortcut="A"):
+    """CIFAR ResNet-56 (section 4.2), shortcut option 'A' (default) or 'B'."""
+    return CifarResNet(56, num_classes=num_classes, in_channels=in_channels, shortcut=shortcut)
+
+
+@register("plain56", (3, 32, 32))
+def plain56(num_classes=10, in_channels=3):
+    """CIFAR plain-56: ResNet-56's layers without shortcuts (Fig. 6)."""
+    return CifarResNet(56, num_classes=num_classes, in_channels=in_channels, shortcut=None)
+
+
+@register("resnet110", (3, 32, 32))
+def resnet110(num_classes=10, in_channels=3, shortcut="A"):
+    """CIFAR ResNet-110 (section 4.2), shortcut option 'A' (default) or 'B'."""
+    return CifarResNet(110, num_classes=num_classes, in_channels=in_channels, shortcut=shortcut)
+
+
+@register("plain110", (3, 32, 32))
+def plain110(num_classes=10, in_channels=3):
+    """CIFAR plain-110: ResNet-110's layers without shortcuts (Fig. 6)."""
+    return CifarResNet(110, num_classes=num_classes, in_channels=in_channels, shortcut=None)
