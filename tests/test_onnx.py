@@ -204,6 +204,14 @@ def test_each_op_matches_onnx_runtime(make, shape):
     assert_exports_exactly(model, rng.standard_normal(shape).astype(np.float32))
 
 
+def test_a_module_with_hooks_exports_as_without():
+    model = randomized(nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU()), np.random.default_rng(0))
+    model[0].register_full_backward_hook(lambda module, grad_input, grad_output: None)
+    model[1].register_forward_hook(lambda module, args, output: output * 2.0)
+    x = np.random.default_rng(1).standard_normal((2, 2, 5, 5)).astype(np.float32)
+    assert_exports_exactly(model, x)
+
+
 def test_lrn_exports_as_one_lrn_node_with_pytorch_alpha():
     model = nn.LocalResponseNorm(5, alpha=0.1, beta=0.75, k=2.0, alpha_divided_by_size=False)
     (node,) = tinycnn.onnx.to_onnx(model, np.ones((1, 7, 2, 2), np.float32)).graph.node

@@ -28,6 +28,7 @@ from tinycnn.errors import UserError
 from tinycnn.functional import activation, basic, conv, normalization, pooling
 # The package's `dropout` attribute is the function: the module's class is imported by name.
 from tinycnn.functional.dropout import Dropout
+from tinycnn.nn.module import BackwardHookFunction
 
 __all__ = ["ExportError", "export", "to_onnx"]
 
@@ -53,8 +54,8 @@ def _onnx():
 class GraphBuilder:
     """Collects ONNX nodes and initializers, and names every tensor of the traced graph once."""
 
-    def __init__(self, onnx, opset, parameter_names, buffer_names):
-        self.onnx, self.helper, self.opset = onnx, onnx.helper, opset
+    def __init__(self, onnx, parameter_names, buffer_names):
+        self.onnx, self.helper = onnx, onnx.helper
         # The model is built in place: a VGG's 550 MB of weights are copied into it once, where
         # helper.make_graph and make_model would copy them twice more.
         self.proto = onnx.ModelProto()
@@ -66,7 +67,7 @@ class GraphBuilder:
         self.counter = 0
 
     def fresh(self, hint):
-        """A new, unused tensor name such as 'conv2d_7'."""
+        """A new, unused tensor name such as 'conv_7'."""
         self.counter += 1
         name = f"{hint}_{self.counter}"
         self.used.add(name)
@@ -218,19 +219,21 @@ def _local_response_norm(b, f, inputs, outputs):
     # over the channel axis of x^2 viewed as N x 1 x C x (H*W).
     N, C = x.shape[:2]
     rest = int(numpy.prod(x.shape[2:]))
-    square, column, window_sum, summed, scale, factor = (b.fresh(f"lrn_{part}") for part in
-                                                         ("square", "column", "window_sum", "sum", "scale", "factor"))
+    square = b.fresh("lrn_square")
     b.node("Mul", [b.name(x), b.name(x)], [square])
+    column = b.fresh("lrn_column")  # N x 1 x C x (H*W)
     b.node("Reshape", [square, b.constant([N, 1, C, rest], numpy.int64)], [column])
+    window_sum = b.fresh("lrn_window_sum")
     ones = b.initializer(numpy.ones((1, 1, f.size, 1), dtype=x.dtype), "lrn_window")
     b.node("Conv", [column, ones], [window_sum], kernel_shape=[f.size, 1],
            pads=[f.size // 2, 0, (f.size - 1) // 2, 0])
+    summed = b.fresh("lrn_sum")  # back to x's shape
     b.node("Reshape", [window_sum, b.constant(x.shape, numpy.int64)], [summed])
     # y = x * (k + alpha * sum)^(-beta)
-    b.node("Mul", [summed, b.constant(f.alpha, x.dtype)], [scale])
-    b.node("Add", [scale, b.constant(f.k, x.dtype)], [factor])
-    powered = b.fresh("lrn_power")
-    b.node("Pow", [factor, b.constant(-f.beta, x.dtype)], [powered])
+    scaled, scale, powered = b.fresh("lrn_alpha_sum"), b.fresh("lrn_scale"), b.fresh("lrn_power")
+    b.node("Mul", [summed, b.constant(f.alpha, x.dtype)], [scaled])
+    b.node("Add", [scaled, b.constant(f.k, x.dtype)], [scale])
+    b.node("Pow", [scale, b.constant(-f.beta, x.dtype)], [powered])
     b.node("Mul", [b.name(x), powered], [b.output(y, "lrn")])
 
 
@@ -379,7 +382,10 @@ def _getitem(b, f, inputs, outputs):
             start, stop, step = i.indices(x.shape[axis])
             if step < 0:
                 raise ExportError(f"GetItem: the index {f.index!r} has a negative step, not exported here")
-            starts.append(start), ends.append(stop), axes.append(axis), steps.append(step)
+            starts.append(start)
+            ends.append(stop)
+            axes.append(axis)
+            steps.append(step)
     name = b.name(x)
     if axes:
         sliced = b.fresh("slice") if any(not isinstance(i, slice) for i in index) else b.output(y, "slice")
@@ -436,6 +442,7 @@ WRITERS = {
     arithmetic.Reshape: _reshape,
     arithmetic.Permute: _permute,
     arithmetic.GetItem: _getitem,
+    BackwardHookFunction: _identity,  # a module's full backward hook: the identity forward
 }
 
 
@@ -484,7 +491,7 @@ def to_onnx(model, example_input, opset=17):
     parameter_names = {id(p): name for name, p in model.named_parameters()}
     buffer_names = {id(array.data if isinstance(array, Tensor) else array): name
                     for name, array in model.named_buffers()}
-    builder = GraphBuilder(onnx, opset, parameter_names, buffer_names)
+    builder = GraphBuilder(onnx, parameter_names, buffer_names)
     builder.names[id(x)] = "input"
     builder.used.add("input")
     output_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
@@ -503,7 +510,7 @@ def to_onnx(model, example_input, opset=17):
         writer = WRITERS.get(type(function))
         if writer is None:
             raise ExportError(f"onnx.export: the op {function.name} has no ONNX form in tinycnn.onnx "
-                              f"(exported ops: {', '.join(sorted(cls.__name__ for cls in WRITERS))})")
+                              f"(exported ops: {', '.join(sorted(cls.__name__ for cls, write in WRITERS.items() if write is not _dropout))})")
         writer(builder, function, inputs, results)
     for y, name in zip(outputs, output_names):
         if builder.names.get(id(y)) != name:  # the input itself, or a constant
