@@ -509,8 +509,9 @@ def to_onnx(model, example_input, opset=17):
         depends_on_input.update(id(y) for y in results if y is not None)
         writer = WRITERS.get(type(function))
         if writer is None:
+            exported = sorted(cls.__name__ for cls, write in WRITERS.items() if write is not _dropout)
             raise ExportError(f"onnx.export: the op {function.name} has no ONNX form in tinycnn.onnx "
-                              f"(exported ops: {', '.join(sorted(cls.__name__ for cls, write in WRITERS.items() if write is not _dropout))})")
+                              f"(exported ops: {', '.join(exported)})")
         writer(builder, function, inputs, results)
     for y, name in zip(outputs, output_names):
         if builder.names.get(id(y)) != name:  # the input itself, or a constant
