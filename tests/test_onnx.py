@@ -15,7 +15,7 @@ import tinycnn
 import tinycnn.functional as F
 import tinycnn.models as models
 import tinycnn.onnx
-from tinycnn import nn
+from tinycnn import checkpoint, nn
 from tinycnn.nn import init
 from tinycnn.autograd import Function
 from tinycnn.cli import main
@@ -285,6 +285,23 @@ def test_cli_export_with_weights(tmp_path, capsys):
     with tinycnn.no_grad():
         expected = model.eval()(tinycnn.tensor(x)).numpy()
     np.testing.assert_allclose(run_onnx(onnx.load(str(path)), x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_export_from_a_run_checkpoint_takes_its_data_sets_input(tmp_path, capsys):
+    tinycnn.manual_seed(0)
+    model = models.create("resnet20", num_classes=10, in_channels=1)  # as `tinycnn train resnet20` builds it
+    settings = {"model": "resnet20", "dataset": "mnist", "model_args": {}}
+    checkpoint.save({"settings": settings, "model": model.state_dict(), "epoch": 1}, tmp_path / "last.ckpt")
+    path = tmp_path / "resnet20.onnx"
+    assert main(["export", "resnet20", "--onnx", path, "--checkpoint", tmp_path / "last.ckpt"]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {path}: resnet20, input 1x1x28x28, ")
+    x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    with tinycnn.no_grad():
+        expected = model.eval()(tinycnn.tensor(x)).numpy()
+    np.testing.assert_allclose(run_onnx(onnx.load(str(path)), x), expected, rtol=1e-4, atol=1e-4)
+    assert main(["export", "resnet32", "--onnx", path, "--checkpoint", tmp_path / "last.ckpt"]) == 1
+    assert capsys.readouterr().err == (f"tinycnn: error: export --checkpoint {tmp_path / 'last.ckpt'} is a checkpoint "
+                                       "of 'resnet20', not of 'resnet32'\n")
 
 
 def test_cli_export_input_shape_and_opset(tmp_path, capsys):
