@@ -53,8 +53,12 @@ def mpirun(*args, processes=2, timeout=90):
 
 def differences(output):
     """{what: X} of each line 'what: max |difference| X' (or 'what max |difference| X')."""
-    return {line.rsplit(" max |difference|", 1)[0].rstrip(":"): float(re.search(r"max \|difference\| (\S+)", line).group(1))
-            for line in output.splitlines() if "max |difference|" in line}
+    found = {}
+    for line in output.splitlines():
+        if "max |difference|" in line:
+            what, value = line.rsplit(" max |difference| ", 1)
+            found[what.rstrip(":")] = float(value.split()[0])
+    return found
 
 
 # DistributedSampler and the DataLoader, in this process
@@ -98,8 +102,8 @@ def test_each_process_draws_its_own_augmentation():
     def noise(x, rng):
         return x + rng.standard_normal(x.shape)
     dataset = data.TensorDataset(np.zeros((8, 1)), np.arange(8), transform=noise)
-    batches = [next(iter(data.DataLoader(dataset, batch_size=4, sampler=distributed.DistributedSampler(2, rank, seed=1))))
-               for rank in range(2)]
+    samplers = [distributed.DistributedSampler(2, rank, seed=1) for rank in range(2)]
+    batches = [next(iter(data.DataLoader(dataset, batch_size=4, sampler=sampler))) for sampler in samplers]
     assert not np.allclose(batches[0][0], batches[1][0])
 
 

@@ -173,7 +173,8 @@ def build_parser():
                    help="data-parallel over the processes of `mpiexec -n N tinycnn train ...` (extra distributed): "
                         "--batch-size per process, rank 0 alone prints and writes --out")
     t.add_argument("--collective-timeout", type=_bounded(float, 1, "a number of seconds >= 1"), default=300.0,
-                   metavar="SECONDS", help="with --distributed: end the job when a process waits this long for the others")
+                   metavar="SECONDS",
+                   help="with --distributed: end the job when a process waits this long for the others")
 
     e = commands.add_parser("eval", help="evaluate a checkpoint on its data set's test images")
     e.add_argument("checkpoint", help="a last.ckpt written by `tinycnn train` or fit(out_dir=...)")

@@ -123,6 +123,9 @@ class ProcessGroup:
         sys.stderr.write(f"tinycnn.distributed: rank {self.rank} of {self.world_size}: error: {message}; "
                          "aborting the job\n")
         sys.stderr.flush()
+        # mpiexec forwards each process's output through its proxy; MPI_Abort tears the job down
+        # at once and could lose the message on the way (seen with MPICH 5): give it a moment.
+        time.sleep(1.0)
         self.comm.Abort(1)
 
     def _wait(self, is_done, what):
@@ -419,7 +422,8 @@ class DistributedSampler:
                 seed = group.broadcast_object(int(random.generator().integers(2**63)) if group.is_root else None,
                                               0, "broadcast of the sampler's seed")
         if not 0 <= rank < num_replicas:
-            raise ValueError(f"DistributedSampler: expected 0 <= rank < num_replicas, got rank {rank} of {num_replicas}")
+            raise ValueError(f"DistributedSampler: expected 0 <= rank < num_replicas, got rank {rank} of "
+                             f"{num_replicas}")
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
         self.seed = int(seed)
