@@ -15,7 +15,8 @@ import numpy as np
 import tinycnn
 import tinycnn.functional as F
 import tinycnn.models as models
-from tinycnn import backend, data, distributed, optim
+from tinycnn import backend, data, distributed, nn, optim
+from tinycnn.autograd import Parameter
 
 STEPS, GLOBAL_BATCH, SEED = 20, 64, 7
 DEVICE = sys.argv[1] if len(sys.argv) > 1 else "cpu"
@@ -52,6 +53,37 @@ def train(dtype, loader, init_seed, data_parallel_group=None):
     return model, optimizer
 
 
+class TwoHeads(nn.Module):
+    """Head b is used on rank 1 only, `unused` nowhere: what DataParallel does with missing gradients."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(3, 2)
+        self.b = nn.Linear(3, 2)
+        self.unused = Parameter(np.zeros(4, dtype=np.float32))
+
+    def forward(self, x, use_b):
+        return self.a(x) + self.b(x) if use_b else self.a(x)
+
+
+def check_missing_gradients(group):
+    """A gradient only one process has is averaged with zeros from the others (as if they had
+    computed a zero gradient); a parameter no process used keeps grad None."""
+    tinycnn.manual_seed(0)
+    model = TwoHeads()
+    data_parallel = distributed.DataParallel(model, group)
+    x = tinycnn.Tensor(np.random.default_rng(group.rank).standard_normal((4, 3)).astype(np.float32))
+    model(x, use_b=group.rank == 1).sum().backward()
+    local_b = None if model.b.weight.grad is None else model.b.weight.grad.copy()
+    rank_1_b = group.broadcast_object(local_b, root=1)
+    data_parallel.synchronize()
+    difference = float(np.abs(model.b.weight.grad - rank_1_b / group.world_size).max())
+    unused = group.broadcast_object(model.unused.grad is None, root=1) and model.unused.grad is None
+    if group.rank == 0:
+        print(f"gradient of rank 1 only: max |difference| {difference:.3e}", flush=True)
+        print(f"unused parameter keeps grad None on both ranks: {unused}", flush=True)
+
+
 def max_difference(a, b):
     return max(float(np.abs(a[name] - b[name]).max()) for name in a)
 
@@ -85,6 +117,7 @@ def main():
                   flush=True)
             print(f"{np.dtype(dtype).name} momentum rank 0 vs rank 1 after broadcast_optimizer_state: "
                   f"max |difference| {max_difference(momentum, other_momentum):.3e}", flush=True)
+    check_missing_gradients(group)
     group.barrier()
 
 
