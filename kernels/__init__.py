@@ -29,6 +29,7 @@ PRIMITIVES = (
     "avg_pool2d_forward", "avg_pool2d_backward",
     "batch_norm_forward_training", "batch_norm_backward",
     "lrn_forward", "lrn_backward",
+    "batch_norm_forward_inference", "relu_forward", "relu_backward",
 )
 
 _numba_kernels = None  # tinycnn.kernels.cpu, once imported
@@ -193,3 +194,30 @@ def lrn_backward(x, y, scale, gy, size, alpha, beta):
     (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
     reference for NumPy arrays, tinycnn.kernels.reference.lrn_backward, which has the maths."""
     return _backend("lrn_backward", x).lrn_backward(x, y, scale, gy, size, alpha, beta)
+
+
+def batch_norm_forward_inference(x, gamma, beta, mean, inv_std):
+    """y of batch normalisation with given (C,) statistics: evaluation mode's running ones.
+
+    Runs on x's backend: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.batch_norm_forward_inference, which has the maths."""
+    return _backend("batch_norm_forward_inference", x).batch_norm_forward_inference(x, gamma, beta, mean, inv_std)
+
+
+def relu_forward(x):
+    """y = max(x, 0).
+
+    Runs on x's backend: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.relu_forward, which has the maths."""
+    return _backend("relu_forward", x).relu_forward(x)
+
+
+def relu_backward(gy, y):
+    """gx of relu_forward, from its output y.
+
+    Runs on gy's backend: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.relu_backward, which has the maths."""
+    return _backend("relu_backward", gy).relu_backward(gy, y)

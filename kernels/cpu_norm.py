@@ -2,7 +2,8 @@
 tinycnn.kernels.cpu for the whole picture).
 
     batch norm     one channel c per parallel item (its statistics need all of it); the statistics
-                   are accumulated in float64, so they differ from the reference by round-off only
+                   are accumulated in float64, so they differ from the reference by round-off only;
+                   evaluation mode's apply (constant statistics) one (n, c) row per item
     LRN            one (n, c) row per item (it reads the neighbouring channels), the window summed
                    in the reference's order
 """
@@ -114,6 +115,32 @@ def batch_norm_backward(gy, x, gamma, mean, inv_std):
                    C, 2 * x3.shape[0] * x3.shape[2])
     return gx.reshape(x.shape), ggamma, gbeta
 
+
+
+@njit(cache=True, nogil=True)
+def _batch_norm_forward_inference(x, gamma, beta, mean, inv_std, y, start, stop):
+    # x, y (N, C, L); gamma, beta, mean, inv_std (C,); the rows nc = n * C + c in [start, stop).
+    # The reference's order of operations, (x - mean) * inv_std * gamma + beta, in x's dtype.
+    N, C, L = x.shape
+    for nc in range(start, stop):
+        n, c = nc // C, nc % C
+        for l in range(L):
+            y[n, c, l] = (x[n, c, l] - mean[c]) * inv_std[c] * gamma[c] + beta[c]
+
+
+def batch_norm_forward_inference(x, gamma, beta, mean, inv_std):
+    """Normalise x (N, C, ...) per channel with given statistics (evaluation mode's running ones),
+    then scale and shift: y = (x - mean) * inv_std * gamma + beta. gamma or beta may be None."""
+    x3 = _as_ncl(x)  # (N, C, L)
+    N, C, L = x3.shape
+    gamma = np.ones(C, x.dtype) if gamma is None else np.ascontiguousarray(gamma, dtype=x.dtype)
+    beta = np.zeros(C, x.dtype) if beta is None else np.ascontiguousarray(beta, dtype=x.dtype)
+    mean, inv_std = np.ascontiguousarray(mean, dtype=x.dtype), np.ascontiguousarray(inv_std, dtype=x.dtype)
+    y = np.empty_like(x3)
+    # One (n, c) row per item, not one channel: inference batches are often small.
+    parallel_range(lambda start, stop: _batch_norm_forward_inference(x3, gamma, beta, mean, inv_std, y, start, stop),
+                   N * C, 2 * L)
+    return y.reshape(x.shape)
 
 @njit(cache=True, nogil=True)
 def _lrn_forward(x, before, after, alpha, beta, k, y, scale, start, stop):

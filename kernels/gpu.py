@@ -22,6 +22,7 @@ order:
                                       output cannot know which others picked the same pixel, but
                                       they all lie in its plane (fewer threads, still no atomics)
     batch norm                        reductions per channel, then one thread per element
+    ReLU, batch norm inference        one thread per element
 
 Index maths and names as in the Numba kernels (kernels/cpu_*.py), except that `i` is CuPy's
 element index here, so the kernel taps are (ki, kj): tap (ki, kj) of the window at output (oh, ow)
@@ -426,3 +427,48 @@ def lrn_backward(x, y, scale, gy, size, alpha, beta):
     gx = _kernel(LRN_BACKWARD)(x3, y3, scale3, gy3, C, L, (size - 1) // 2, size // 2, dtype(beta),
                        dtype(2 * alpha * beta))
     return gx.reshape(x.shape)
+
+
+# Evaluation mode: the statistics are given, so one pass, one thread per element, in the
+# reference's order of operations.
+BATCH_NORM_INFERENCE = ElementwiseSource(
+    "T x, T gamma, T beta, T mean, T inv_std", "T y",
+    "y = (x - mean) * inv_std * gamma + beta",
+    "tinycnn_batch_norm_inference")
+
+
+def batch_norm_forward_inference(x, gamma, beta, mean, inv_std):
+    """Normalise x (N, C, ...) per channel with given statistics (evaluation mode's running ones),
+    then scale and shift: y = (x - mean) * inv_std * gamma + beta. gamma or beta may be None."""
+    x3 = _as_ncl(x)  # (N, C, L)
+    C = x3.shape[1]
+    gamma = cupy.ones(C, x.dtype) if gamma is None else gamma.astype(x.dtype, copy=False)
+    beta = cupy.zeros(C, x.dtype) if beta is None else beta.astype(x.dtype, copy=False)
+    # (C,) -> (1, C, 1): broadcast over N and L
+    per_channel = [a.astype(x.dtype, copy=False).reshape(1, C, 1) for a in (gamma, beta, mean, inv_std)]
+    return _kernel(BATCH_NORM_INFERENCE)(x3, *per_channel).reshape(x.shape)
+
+
+# `x < 0` rather than `x > 0`: NaN passes through, as in the reference's maximum(x, 0).
+RELU_FORWARD = ElementwiseSource(
+    "T x", "T y",
+    "y = x < (T)0 ? (T)0 : x",
+    "tinycnn_relu_forward")
+
+
+def relu_forward(x):
+    """y = max(x, 0), element by element (NaN stays NaN, as in np.maximum)."""
+    # Flat (as kernels/cpu_elementwise.py): a 0-d array is then an array of one element, not a scalar.
+    return _kernel(RELU_FORWARD)(x.reshape(-1)).reshape(x.shape)
+
+
+RELU_BACKWARD = ElementwiseSource(
+    "T gy, T y", "T gx",
+    "gx = y > (T)0 ? gy : (T)0",
+    "tinycnn_relu_backward")
+
+
+def relu_backward(gy, y):
+    """gx = gy where y > 0, else 0."""
+    gx = _kernel(RELU_BACKWARD)(gy.reshape(-1), y.astype(gy.dtype, copy=False).reshape(-1))
+    return gx.reshape(gy.shape)

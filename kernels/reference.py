@@ -288,3 +288,37 @@ def lrn_backward(x, y, scale, gy, size, alpha, beta):
     back = _channel_window_sum(gy * y / scale, (size - 1) // 2, size // 2)
     gx = gy * scale ** -beta - 2 * alpha * beta * x * back
     return gx.astype(x.dtype)
+
+
+def batch_norm_forward_inference(x, gamma, beta, mean, inv_std):
+    """Normalise x (N, C, ...) per channel with given statistics (evaluation mode's running ones),
+    then scale and shift: y = (x - mean) * inv_std * gamma + beta, with mean and inv_std (C,)
+    constants. gamma or beta may be None (no scale, no shift).
+
+    Centred first, as batch_norm_forward_training: folding the mean into one multiply-add,
+    x * gain + (beta - gain * mean), cancels two large terms where the mean is large beside the
+    spread.
+    """
+    shape = _channel_shape(x)
+    y = (x - mean.reshape(shape)) * inv_std.reshape(shape)
+    if gamma is not None:
+        y = y * gamma.reshape(shape)
+    if beta is not None:
+        y = y + beta.reshape(shape)
+    return y.astype(x.dtype)
+
+
+def relu_forward(x):
+    """y = max(x, 0), element by element (NaN stays NaN, as in np.maximum)."""
+    xp = get_array_module(x)
+    return xp.maximum(x, x.dtype.type(0))
+
+
+def relu_backward(gy, y):
+    """gx = gy where y > 0, else 0.
+
+    dy/dx is 1 where x > 0 and 0 where x < 0 (0 at x = 0 too, as PyTorch), and y > 0 exactly where
+    x > 0, so the output y is all the backward needs.
+    """
+    xp = get_array_module(gy)
+    return xp.where(y > 0, gy, gy.dtype.type(0))

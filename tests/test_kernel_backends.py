@@ -394,6 +394,45 @@ def test_batch_norm(backend, shape, affine, dtype, layout, seed):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@given(normalization_shapes(), st.booleans(), DTYPES, LAYOUTS, st.integers(0, 2**16))
+@example((1, 2), False, np.float32, "contiguous", 86)  # a mean large beside the spread, as above
+def test_batch_norm_inference(backend, shape, affine, dtype, layout, seed):
+    # Evaluation mode: the statistics are given (the running ones), one value per channel is fine.
+    x = _array(seed, shape, dtype, layout) * 3 + 1
+    C = shape[1]
+    gamma = _array(seed + 1, (C,), dtype) if affine else None
+    beta = _array(seed + 2, (C,), dtype) if affine else None
+    mean = _array(seed + 3, (C,), dtype) + 1
+    inv_std = (_array(seed + 4, (C,), dtype) + 2).astype(dtype)  # in [1, 3)
+    what = f"batch_norm_forward_inference {shape} affine={affine} {layout}"
+    y = run(backend, "batch_norm_forward_inference", x, gamma, beta, mean, inv_std)
+    expected = reference.batch_norm_forward_inference(_f64(x), _f64(gamma), _f64(beta), _f64(mean), _f64(inv_std))
+    assert y.shape == shape, what
+    _assert_close(y, expected, dtype, what)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(st.lists(st.integers(0, 5), min_size=0, max_size=4).map(tuple), DTYPES, LAYOUTS, st.integers(0, 2**16))
+@example((2, 3), np.float32, "contiguous", 0)
+def test_relu(backend, shape, dtype, layout, seed):
+    # A gather: exactly the reference's values. Exact zeros, -0.0 and NaN are planted where there
+    # is room: ReLU's kink, and NaN must pass through forward as np.maximum lets it.
+    x = _array(seed, shape, dtype, layout)
+    flat = x.reshape(-1) if x.flags.c_contiguous else None
+    if flat is not None and flat.size >= 3:
+        flat[:3] = [0.0, -0.0, np.nan]
+    what = f"relu {shape} {layout}"
+    y = run(backend, "relu_forward", x)
+    assert y.dtype == dtype and y.shape == shape, what
+    np.testing.assert_array_equal(y, reference.relu_forward(_f64(x)).astype(dtype), err_msg=what)
+    gy = _array(seed + 1, shape, dtype, layout)
+    y = reference.relu_forward(x)
+    gx = run(backend, "relu_backward", gy, y)
+    assert gx.dtype == dtype and gx.shape == shape, what
+    _assert_same(gx, reference.relu_backward(_f64(gy), _f64(y)), dtype, f"{what} gx")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @given(normalization_shapes(), st.integers(1, 6), DTYPES, LAYOUTS, st.integers(0, 2**16))
 def test_lrn(backend, shape, size, dtype, layout, seed):
     # Even sizes make the window lopsided ([c - size//2, c + (size-1)//2]) and the backward
@@ -488,6 +527,16 @@ def test_batch_norm_gradcheck(backend, shape, seed):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@given(normalization_shapes(), st.integers(0, 2**16))
+def test_relu_gradcheck(backend, shape, seed):
+    x = _array(seed, shape, np.float64)
+    x[np.abs(x) < 1e-3] = 0.5  # no value within a step of the kink, where no derivative exists
+    y = run(backend, "relu_forward", x)
+    _directional_check(lambda a: run(backend, "relu_forward", a),
+                       lambda gy: run(backend, "relu_backward", gy, y), x, seed)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @given(normalization_shapes(), st.integers(1, 6), st.integers(0, 2**16))
 def test_lrn_gradcheck(backend, shape, size, seed):
     alpha, beta, k = 0.3, 0.75, 2.0
@@ -556,9 +605,20 @@ def _empty_batch_batch_norm(backend):
     assert gx.shape == x.shape and ggamma.shape == gbeta.shape == (3,) and not gbeta.any()
 
 
+def _empty_batch_batch_norm_inference(backend):
+    x, statistics = np.zeros((0, 3, 5, 5), np.float32), np.ones(3, np.float32)
+    assert run(backend, "batch_norm_forward_inference", x, None, None, statistics, statistics).shape == x.shape
+
+
+def _empty_batch_relu(backend):
+    x = np.zeros((0, 3, 5, 5), np.float32)
+    assert run(backend, "relu_forward", x).shape == run(backend, "relu_backward", x, x).shape == x.shape
+
+
 EMPTY_BATCH_CHECKS = {
     "columns": _empty_batch_columns, "conv2d": _empty_batch_conv2d, "max_pool2d": _empty_batch_max_pool2d,
     "avg_pool2d": _empty_batch_avg_pool2d, "lrn": _empty_batch_lrn, "batch_norm": _empty_batch_batch_norm,
+    "batch_norm_inference": _empty_batch_batch_norm_inference, "relu": _empty_batch_relu,
 }
 
 
@@ -674,6 +734,34 @@ def test_reference_batch_norm_equals_torch(shape, affine, seed):
                                    ("gbeta", gbeta, beta_t.grad)):
         np.testing.assert_allclose(actual, expected.numpy(), rtol=1e-9, atol=1e-11 * max(1, np.abs(gx).max()),
                                    err_msg=f"batch_norm {name}")
+
+
+@given(normalization_shapes(), st.booleans(), st.integers(0, 2**16))
+def test_reference_batch_norm_inference_equals_torch(shape, affine, seed):
+    C = shape[1]
+    x = _array(seed, shape, np.float64) * 3 + 1
+    gamma = _array(seed + 1, (C,), np.float64) if affine else None
+    beta = _array(seed + 2, (C,), np.float64) if affine else None
+    running_mean, running_var = _array(seed + 3, (C,), np.float64), _array(seed + 4, (C,), np.float64) + 1.5
+    yt = torch_F.batch_norm(_torch(x), _torch(running_mean), _torch(running_var),
+                            None if gamma is None else _torch(gamma), None if beta is None else _torch(beta),
+                            training=False, eps=1e-5)
+    inv_std = 1 / np.sqrt(running_var + 1e-5)
+    assert_close(reference.batch_norm_forward_inference(x, gamma, beta, running_mean, inv_std), yt, np.float64,
+                 "batch_norm_forward_inference y")
+
+
+@given(normalization_shapes(), st.integers(0, 2**16))
+def test_reference_relu_equals_torch(shape, seed):
+    x = _array(seed, shape, np.float64)
+    x.reshape(-1)[0] = 0.0  # the kink: gradient 0 there, as PyTorch
+    xt = _torch(x, True)
+    yt = torch.relu(xt)
+    y = reference.relu_forward(x)
+    np.testing.assert_array_equal(y, yt.detach().numpy())
+    gy = _array(seed + 1, shape, np.float64)
+    yt.backward(_torch(gy))
+    np.testing.assert_array_equal(reference.relu_backward(gy, y), xt.grad.numpy())
 
 
 @given(normalization_shapes().filter(lambda shape: len(shape) >= 3), st.integers(1, 6),

@@ -3,7 +3,7 @@
 The `inplace` arguments exist so code written for torch.nn.functional runs unchanged; tinycnn
 always returns a new tensor, because overwriting the input would destroy what backward needs.
 """
-from tinycnn import backend
+from tinycnn import backend, kernels
 from tinycnn.autograd import Function
 from tinycnn.explain import Example, Explanation
 from tinycnn.functional._checks import check_floating
@@ -19,13 +19,13 @@ class ReLU(Function):
 2. dy_i/dx_i = 1 where x_i > 0 (y = x there) and 0 where x_i < 0 (y = 0 there).
 3. At x_i = 0 the derivative does not exist; take 0, as PyTorch does.
 4. y_i > 0 exactly where x_i > 0, so gx = gy * [y > 0] needs only the output.""",
-        saved="y, the output: its sign is the mask [x > 0] of step 4.")
+        saved="y, the output: its sign is the mask [x > 0] of step 4.",
+        kernels=("relu_forward", "relu_backward"))
     examples = {"relu": Example(shape=(2, 3, 4, 4))}
 
     def forward(self, x):
         check_floating("relu", input=x)
-        xp = backend.get_array_module(x)
-        y = xp.maximum(x, 0)
+        y = kernels.relu_forward(x)
         self.save_for_backward(y)
         return y
 
@@ -33,7 +33,7 @@ class ReLU(Function):
         # y = max(x, 0): dy/dx = 1 where x > 0, else 0 (also at x = 0, as PyTorch). y > 0 exactly
         # where x > 0, so the output is all that needs keeping.
         (y,) = self.saved_arrays
-        return gy * (y > 0)
+        return kernels.relu_backward(gy, y)
 
 
 def relu(input, inplace=False):

@@ -43,7 +43,7 @@ Sums run over the n values of one channel.
    = gamma inv_std (gy - gbeta / n - x_hat ggamma / n): the two sums of step 1 reused.""",
         saved="x and gamma (the inputs themselves, no copy) and the batch's mean and inv_std, (C,) each:\n"
               "x_hat is recomputed from them rather than kept, sparing an array of x's size.",
-        kernels=("batch_norm_forward_training", "batch_norm_backward"))
+        kernels=("batch_norm_forward_training", "batch_norm_backward", "batch_norm_forward_inference"))
     # Training mode without running statistics: they are state the op updates, not inputs.
     examples = {"batch_norm": Example(shape=(4, 3, 2, 2),
                                       inputs=lambda shape, rng: [None, None, (shape[1],), (shape[1],)],
@@ -64,12 +64,7 @@ Sums run over the n values of one channel.
             xp = backend.get_array_module(x)
             mean = self.running_mean.astype(x.dtype)
             inv_std = (1 / xp.sqrt(self.running_var + self.eps)).astype(x.dtype)
-            shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)  # (C,) -> (1, C, 1, 1): broadcast over N, H, W
-            y = (x - mean.reshape(shape)) * inv_std.reshape(shape)
-            if gamma is not None:
-                y = y * gamma.reshape(shape)
-            if beta is not None:
-                y = y + beta.reshape(shape)
+            y = kernels.batch_norm_forward_inference(x, gamma, beta, mean, inv_std)
         self.save_for_backward(x, gamma, mean, inv_std)
         return y
 

@@ -1,0 +1,41 @@
+"""ReLU's forward and backward for the Numba backend (see tinycnn.kernels.cpu for the whole picture).
+
+Both are one pass over flat memory: a chunk of consecutive elements per parallel item, so a
+network's many ReLUs run on the kernel threads instead of as single-threaded NumPy ufuncs (whose
+backward, gy * (y > 0), also made a mask of the whole array on the way).
+"""
+import numpy as np
+from numba import njit
+
+from tinycnn.kernels.parallel import parallel_range
+
+
+@njit(cache=True, nogil=True)
+def _relu_forward(x, y, start, stop):
+    # x, y flat; the elements i in [start, stop). `x < 0` rather than `x > 0` so NaN passes
+    # through, as np.maximum(x, 0) lets it.
+    for i in range(start, stop):
+        y[i] = 0 if x[i] < 0 else x[i]
+
+
+def relu_forward(x):
+    """y = max(x, 0), element by element (NaN stays NaN, as in np.maximum)."""
+    x_flat = np.ascontiguousarray(x).reshape(-1)  # a view where x is contiguous
+    y_flat = np.empty_like(x_flat)
+    parallel_range(lambda start, stop: _relu_forward(x_flat, y_flat, start, stop), x_flat.size, 1)
+    return y_flat.reshape(x.shape)  # x's shape, even 0-d (ascontiguousarray makes that 1-d)
+
+
+@njit(cache=True, nogil=True)
+def _relu_backward(gy, y, gx, start, stop):
+    # gy, y, gx flat; the elements i in [start, stop). dy/dx = 1 where y > 0, else 0.
+    for i in range(start, stop):
+        gx[i] = gy[i] if y[i] > 0 else 0
+
+
+def relu_backward(gy, y):
+    """gx = gy where y > 0, else 0."""
+    gy_flat, y_flat = np.ascontiguousarray(gy).reshape(-1), np.ascontiguousarray(y).reshape(-1)
+    gx_flat = np.empty_like(gy_flat)
+    parallel_range(lambda start, stop: _relu_backward(gy_flat, y_flat, gx_flat, start, stop), gy_flat.size, 2)
+    return gx_flat.reshape(gy.shape)
