@@ -514,7 +514,8 @@ def train_command(args):
                                device=settings["device"], label_smoothing=settings["label_smoothing"],
                                start_epoch=start_epoch, history=history, out_dir=settings["out"],
                                settings=settings, progress=progress, log=lambda line: print(line, flush=True),
-                               data_parallel=None if group is None else distributed.DataParallel(model, group),
+                               data_parallel=None if group is None else distributed.DataParallel(
+                                   model, group, seed=settings.get("seed")),
                                on_epoch_end=forget_the_old_run)
     print(f"done in {time.perf_counter() - started:.1f}s: test accuracy {history[-1]['test_top1']:.2%} "
           f"({len(test_set)} images); run directory {settings['out']}")

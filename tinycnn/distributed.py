@@ -342,13 +342,23 @@ class DataParallel:
     completes a leaf's gradient only once the whole graph has run (run_backward's hook point 2),
     so a parameter hook fires no earlier than synchronize() would.
 
-    fit(..., data_parallel=dp) calls synchronize() between backward and step, averages the
-    epoch's training metrics over the processes, and lets only rank 0 log and write files.
+    fit(..., data_parallel=dp) calls start_epoch(epoch) before each epoch, synchronize() between
+    backward and step, averages the epoch's training metrics over the processes, and lets only
+    rank 0 log and write files.
+
+    start_epoch reseeds tinycnn's global generator (dropout's masks) from (seed, rank, epoch):
+    each process draws its own masks (a shared generator would give every process the same ones),
+    and a resumed run draws, from its first epoch on, what the run it continues would have drawn.
+    `seed` defaults to one drawn by rank 0 and broadcast; `tinycnn train` passes its --seed.
     """
 
-    def __init__(self, model, group=None, bucket_bytes=DEFAULT_BUCKET_BYTES, broadcast=True):
+    def __init__(self, model, group=None, bucket_bytes=DEFAULT_BUCKET_BYTES, broadcast=True, seed=None):
         self.group = get_group(group, "DataParallel")
         self.model = model
+        if seed is None:
+            seed = self.group.broadcast_object(int(random.generator().integers(2**63)) if self.group.is_root else None,
+                                               0, "broadcast of DataParallel's seed")
+        self.seed = int(seed)
         # In reverse: backward produces the last layers' gradients first.
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.buckets = make_buckets(reversed(trainable), bucket_bytes)
@@ -363,6 +373,10 @@ class DataParallel:
     @property
     def world_size(self):
         return self.group.world_size
+
+    def start_epoch(self, epoch):
+        """Reseed tinycnn's global generator for epoch `epoch` (0-based) of this process."""
+        random.manual_seed([self.seed, self.group.rank, epoch])
 
     def synchronize(self):
         """p.grad <- the mean over the processes of p.grad, for every trainable parameter."""

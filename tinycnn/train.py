@@ -188,8 +188,8 @@ def fit(model, optimizer, train_loader, epochs, test_loader=None, scheduler=None
     `tinycnn plot` and `tinycnn train --resume` accept the run directory.
     `log(line)` receives a one-line summary per epoch; `on_epoch_end(row)` is called last.
     With data_parallel (tinycnn.distributed.DataParallel) the gradients are averaged over the
-    processes every step, the training figures are those of the global batch, and only rank 0
-    logs, shows progress and writes out_dir.
+    processes every step, tinycnn's generator is reseeded per process and epoch, the training
+    figures are those of the global batch, and only rank 0 logs, shows progress and writes out_dir.
     """
     if data_parallel is not None and not data_parallel.is_root:
         out_dir, log, progress = None, None, False
@@ -198,6 +198,8 @@ def fit(model, optimizer, train_loader, epochs, test_loader=None, scheduler=None
         derived = run_settings(model, optimizer, train_loader, epochs, test_loader, scheduler, device, label_smoothing)
         settings = {**derived, **(settings or {})}
     for epoch in range(start_epoch, epochs):
+        if data_parallel is not None:
+            data_parallel.start_epoch(epoch)  # each process's own dropout masks, the same after a resume
         lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
         train = train_epoch(model, optimizer, train_loader, device, label_smoothing, loss_fn, progress,

@@ -84,6 +84,20 @@ def check_missing_gradients(group):
         print(f"unused parameter keeps grad None on both ranks: {unused}", flush=True)
 
 
+def check_dropout_streams(group):
+    """start_epoch gives each process its own stream of tinycnn's generator, the same every time
+    for one (seed, rank, epoch): what a resumed run needs to draw the masks of the run it continues."""
+    data_parallel = distributed.DataParallel(nn.Linear(2, 2), group, seed=5)
+    data_parallel.start_epoch(3)
+    first = tinycnn.random.generator().random(4)
+    data_parallel.start_epoch(3)
+    again = tinycnn.random.generator().random(4)
+    other = group.broadcast_object(first, root=1)
+    if group.rank == 0:
+        print(f"dropout stream of epoch 3: reproducible {np.array_equal(first, again)}, "
+              f"differs between ranks {not np.array_equal(first, other)}", flush=True)
+
+
 def max_difference(a, b):
     return max(float(np.abs(a[name] - b[name]).max()) for name in a)
 
@@ -118,6 +132,7 @@ def main():
             print(f"{np.dtype(dtype).name} momentum rank 0 vs rank 1 after broadcast_optimizer_state: "
                   f"max |difference| {max_difference(momentum, other_momentum):.3e}", flush=True)
     check_missing_gradients(group)
+    check_dropout_streams(group)
     group.barrier()
 
 
