@@ -46,6 +46,10 @@ __all__ = ["DataParallel", "DistributedError", "DistributedSampler", "ProcessGro
            "make_buckets", "run_on_root"]
 
 DEFAULT_TIMEOUT_S = 300.0
+# MPI moves a non-blocking collective forward only inside calls such as Test, so a wait first
+# calls Test without pause for this long (LeNet's all-reduce measured 0.3 ms this way, 1.1 ms with
+# pauses from the start, on 2 processes of one machine), then with growing pauses.
+SPIN_S = 0.002
 # Gradients are averaged in flat buffers of about this size: one MPI call per bucket rather than
 # one per parameter (LeNet's 1.6 MiB of float32 gradients: 1 bucket; ResNet-18's 43 MiB: 5). A
 # bucket closes once it holds bucket_bytes or more, so one may hold a little more.
@@ -131,12 +135,17 @@ class ProcessGroup:
         self.comm.Abort(1)
 
     def _wait(self, is_done, what):
-        """Poll `is_done()` until it is true; abort the job after timeout_s seconds. The pause
-        between polls grows to 1 ms, so a long wait costs little CPU and a short one little time."""
-        deadline = time.monotonic() + self.timeout_s
+        """Poll `is_done()` until it is true; abort the job after timeout_s seconds. Without pause
+        for SPIN_S, then with a pause that grows to 1 ms: a short wait costs little time, a long
+        one (a process running late) little CPU."""
+        started = time.monotonic()
+        deadline = started + self.timeout_s
         pause = 0.0
         while not is_done():
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now - started < SPIN_S:
+                continue
+            if now > deadline:
                 self.abort(f"{what} did not complete within {self.timeout_s:g} s: another process died, stalled "
                            "or did not call it (see the other ranks' messages)")
             time.sleep(pause)
