@@ -19,8 +19,9 @@ tinycnn is faster).
     d        single convolutions, forward and backward timed separately, in GFLOP/s, beside this
              machine's measured sgemm GFLOP/s on all its cores (a NumPy float32 matmul split into
              one single-threaded OpenBLAS product per core by tinycnn.kernels.cpu.matmul)
-    gpu      (a) on the GPU, and ResNet-50 at 224x224 batch 64 training: images/s and peak memory
-             (needs CuPy and a CUDA device; prints "skipped: no GPU" otherwise)
+    gpu      (a) on the GPU, and ResNet-50 at 224x224 batch 64 training and inference (eval, no_grad):
+             images/s and peak GPU memory against PyTorch+cuDNN, TF32 off on both (needs CuPy and a
+             CUDA device; prints "skipped: no GPU" otherwise)
     compile  Numba's compile cost: a fresh `python -c` that imports tinycnn and runs one LeNet
              forward + backward, with an empty NUMBA_CACHE_DIR (cold) and again with it filled (warm)
     shared   (not run by default) tinycnn's (a) with one kernel thread and with all of them, while 0,
@@ -438,13 +439,19 @@ def part_d(results, args):
 
 
 def part_gpu(results, args):
-    print("(gpu) LeNet training and ResNet-50 224x224 batch 64 training on the GPU, float32 on both, "
-          "TF32 off in torch, cudnn.benchmark on", flush=True)
+    # TF32 off on both: torch's flags are set below; CuPy's cuBLAS products use TF32 only when
+    # CUPY_TF32=1 is set, which is refused here so the two compute alike.
+    print("(gpu) LeNet training, ResNet-50 224x224 batch 64 training and inference on the GPU, float32 on "
+          "both, TF32 off on both (torch's allow_tf32 flags; CuPy without CUPY_TF32), cudnn.benchmark on",
+          flush=True)
     if not (backend.gpu_available() and torch.cuda.is_available()):
         reason = "CuPy is not installed" if backend.cupy is None else "no CUDA device"
         print(f"  skipped: no GPU ({reason}{'' if torch.cuda.is_available() else '; torch sees no CUDA device'})")
         results.gpu_skipped = True
         return
+    if os.environ.get("CUPY_TF32", "0") != "0":
+        raise SystemExit("benchmarks.run --only gpu: CUPY_TF32 is set, which would let tinycnn's CuPy products use "
+                         "TF32 while torch's are float32; unset it")
     import cupy
 
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -470,6 +477,44 @@ def part_gpu(results, args):
            f"torch {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (max_memory_allocated)"
     row["note"] += "; " + peak
     print("  " + Results.format(row), flush=True)
+    time_gpu_inference(results, args, "resnet50", 64, (3, 224, 224), 1000, sync_tiny, sync_torch)
+
+
+def time_gpu_inference(results, args, name, batch, shape, classes, sync_tiny, sync_torch):
+    """Issue 14: eval-mode forward under no_grad on the GPU, images/s and peak GPU memory against
+    PyTorch+cuDNN (same weights, outputs checked to agree); adds one s/step row."""
+    import cupy
+
+    pool = cupy.get_default_memory_pool()
+    pool.free_all_blocks()
+    torch.cuda.empty_cache()
+    tiny_model, torch_model = build_twins(name, "gpu")
+    tiny_model.eval(), torch_model.eval()
+    x, _ = random_batch(batch, shape, classes)
+    tiny_x, torch_x = tinycnn.tensor(x, device="gpu"), torch.from_numpy(x).cuda()
+    with tinycnn.no_grad(), torch.no_grad():
+        difference = output_difference(tiny_model, torch_model, tiny_x, torch_x)
+    pool.free_all_blocks()  # the pool's size is then the timed forwards' peak (blocks stay until freed)
+    torch.cuda.reset_peak_memory_stats()
+
+    def tiny_forward():
+        with tinycnn.no_grad():
+            tiny_model(tiny_x)
+        sync_tiny()
+
+    def torch_forward():
+        with torch.no_grad():
+            torch_model(torch_x)
+        sync_torch()
+
+    times = summarise(interleaved_rounds({"tinycnn": tiny_forward, "torch": torch_forward}, args.repeat,
+                                         args.steps))
+    (tiny_s, tiny_best), (torch_s, torch_best) = times["tinycnn"], times["torch"]
+    results.add("gpu", f"{name} {shape[1]}x{shape[2]} inference, batch {batch}, GPU", "auto", tiny_s, torch_s,
+                "s/step", f"{batch / tiny_s:.0f} vs {batch / torch_s:.0f} images/s; outputs agree to "
+                f"{difference:.0e}; peak GPU memory: tinycnn {pool.total_bytes() / 2**30:.2f} GiB (CuPy pool), "
+                f"torch {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (max_memory_allocated)",
+                best=(tiny_best, torch_best))
 
 
 COMPILE_PROBE = """
