@@ -22,10 +22,14 @@ TIMEOUT_S = 3.0
 
 def main():
     mode = sys.argv[1]
-    group = distributed.init(timeout_s=TIMEOUT_S)
+    # A long timeout while the processes start (one may import tinycnn seconds after the other on
+    # a busy machine), the short one from the first step on.
+    group = distributed.init(timeout_s=60)
     tinycnn.manual_seed(0)
     model = nn.Linear(8, 4)
     data_parallel = distributed.DataParallel(model)
+    group.barrier()
+    group.timeout_s = TIMEOUT_S
     optimizer = optim.SGD(model.parameters(), lr=0.1)
     rng = np.random.default_rng(group.rank)
     for step in range(5):
