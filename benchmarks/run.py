@@ -1,7 +1,7 @@
 """tinycnn against PyTorch, side by side in one process:
 
-    python -m benchmarks.run [--only a,b,c,d,gpu,compile,shared,import-order,zoo] [--steps N] [--repeat R]
-                             [--zoo-cases PREFIX,...]
+    python -m benchmarks.run [--only a,b,c,d,gpu,compile,shared,import-order,zoo,scaling] [--steps N]
+                             [--repeat R] [--zoo-cases PREFIX,...] [--scaling-batches B,...]
                              [--kernels auto,numpy] [--torch-threads N] [--profile] [--json out.json]
 
 Each part builds the same network in both frameworks with the same weights (benchmarks/twins.py),
@@ -35,6 +35,9 @@ tinycnn is faster).
              LeNet training at batch 1-1024, ResNet-18 (32x32), ResNet-50 and DenseNet-121 training,
              ResNet-50, VGG-16, DenseNet-121 and Inception v3 inference (benchmarks/zoo.py);
              --zoo-cases keeps the cases whose names start with the given prefixes
+    scaling  (not run by default) LeNet (MNIST) and ResNet-18 (3x32x32) training step time and images/s
+             against batch size 1, 4, 16, ..., 1024 (--scaling-batches), flagging any batch whose images/s
+             falls below a smaller batch's (benchmarks/scaling.py)
 
 Data: one random batch per case (float32 N(0, 1), uniform labels), or for LeNet the first images of
 the real MNIST training set when $TINYCNN_DATA is set; the timings do not depend on the values.
@@ -69,7 +72,7 @@ import tinycnn.models
 from benchmarks import twins as torch_twins
 from tinycnn import backend
 
-PARTS = ("a", "b", "c", "d", "gpu", "compile", "shared", "import-order", "zoo")
+PARTS = ("a", "b", "c", "d", "gpu", "compile", "shared", "import-order", "zoo", "scaling")
 PART_ALIASES = {"lenet": "a", "lenet5": "b", "resnet18": "c", "conv": "d"}
 MNIST_TRAIN_IMAGES = 60000
 
@@ -80,10 +83,12 @@ def parse_args(argv=None):
                                      epilog=__doc__.split("\n", 4)[4])
     parser.add_argument("--only", "--parts", dest="only", default="a,b,c,d,gpu,compile",
                         help="comma-separated parts to run (default: a,b,c,d,gpu,compile; shared, "
-                             "import-order and zoo only on request)")
+                             "import-order, zoo and scaling only on request)")
     parser.add_argument("--zoo-cases", metavar="PREFIX,...",
                         help="zoo part: only the cases whose names start with these prefixes "
                              "(e.g. lenet-train-1,resnet50; the names are in benchmarks/zoo.py)")
+    parser.add_argument("--scaling-batches", metavar="B,...",
+                        help="scaling part: the batch sizes (default 1,4,16,64,256,1024)")
     parser.add_argument("--steps", type=int, default=10, help="steps timed per round (default 10)")
     parser.add_argument("--repeat", "--rounds", dest="repeat", type=int, default=5,
                         help="alternating timing rounds per framework; the median is reported (default 5)")
@@ -103,6 +108,13 @@ def parse_args(argv=None):
     unknown = [p for p in args.only if p not in PARTS]
     if unknown:
         parser.error(f"--only: unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
+    if args.scaling_batches is not None:
+        try:
+            args.scaling_batches = [int(b) for b in args.scaling_batches.split(",") if b.strip()]
+        except ValueError:
+            parser.error(f"--scaling-batches: expected comma-separated positive integers, got {args.scaling_batches!r}")
+        if not args.scaling_batches or min(args.scaling_batches) < 1:
+            parser.error(f"--scaling-batches: expected comma-separated positive integers, got {args.scaling_batches}")
     if args.zoo_cases is not None:
         args.zoo_cases = [c.strip() for c in args.zoo_cases.split(",") if c.strip()]
     args.kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
@@ -652,6 +664,11 @@ def part_zoo(results, args):
     zoo.part_zoo(results, args)
 
 
+def part_scaling(results, args):
+    from benchmarks import scaling  # here, not at the top: scaling imports this module's helpers
+    scaling.part_scaling(results, args)
+
+
 def machine():
     info = dict(python=platform.python_version(), numpy=np.__version__, torch=torch.__version__,
                 torch_threads=torch.get_num_threads(), cpus=os.cpu_count(), tinycnn=tinycnn.__version__)
@@ -698,7 +715,8 @@ def main(argv=None):
                            sgemm_gflops=getattr(results, "sgemm_gflops", None),
                            compile=getattr(results, "compile", None), shared=getattr(results, "shared", None),
                            import_order=getattr(results, "import_order", None),
-                           gpu_skipped=getattr(results, "gpu_skipped", None)), file, indent=1, default=str)
+                           gpu_skipped=getattr(results, "gpu_skipped", None),
+                           scaling=getattr(results, "scaling", None)), file, indent=1, default=str)
 
 
 if __name__ == "__main__":
