@@ -23,7 +23,7 @@ import numpy
 from tinycnn import config, random
 from tinycnn.autograd import Tensor
 from tinycnn.errors import UserError
-from tinycnn.gradcheck import _outputs, _weighted_sum
+from tinycnn.gradcheck import numeric_gradient
 from tinycnn.kernels import reference
 
 # Central differences in float64, with gradcheck's defaults (torch.autograd.gradcheck's too).
@@ -141,7 +141,8 @@ def explain(name, shape=None, seed=0, file=None):
     try:
         # Inside the caller's no_grad() or shape_only there would be no graph or no numbers.
         with config.using(enable_backprop=True, shape_only=False):
-            outputs = _outputs(call, inputs)
+            outputs = call(*inputs)
+            outputs = tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
             op = outputs[0].creator
             if not isinstance(op, cls):
                 raise RuntimeError(f"explain {name}: the example's output was made by {type(op).__name__}, "
@@ -248,16 +249,7 @@ def _compare_gradients(call, inputs, outputs, checked, seed):
     for i in checked:
         x = inputs[i]
         analytic = x.grad if x.grad is not None else numpy.zeros(x.shape)
-        numeric = numpy.zeros(x.shape)
-        for index in numpy.ndindex(*x.shape):
-            original = x.data[index].item()
-            x.data[index] = original + EPS
-            plus = _weighted_sum(_outputs(call, inputs), weights)
-            x.data[index] = original - EPS
-            minus = _weighted_sum(_outputs(call, inputs), weights)
-            x.data[index] = original
-            numeric[index] = (plus - minus) / (2 * EPS)
-        results[i] = (analytic, numeric)
+        results[i] = (analytic, numeric_gradient(call, inputs, i, weights, EPS))
     return results
 
 

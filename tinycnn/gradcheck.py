@@ -15,6 +15,26 @@ class GradcheckError(AssertionError):
     """The analytic and numeric gradients differ; the message names where and by how much."""
 
 
+def numeric_gradient(fn, inputs, i, weights, eps=1e-6):
+    """dL/d(inputs[i]) by central differences, for L = sum_k weights_k * fn(*inputs)_k.
+
+    Each element of the input is moved by +eps and -eps in turn: (L(x + eps) - L(x - eps)) / 2 eps.
+    x.data is perturbed in place through a full index: x.data.reshape(-1) would be a copy for a
+    non-contiguous array (a transposed or sliced leaf), and perturbing a copy leaves L unchanged.
+    """
+    x = inputs[i]
+    numeric = numpy.zeros(x.shape)
+    for index in numpy.ndindex(*x.shape):
+        original = x.data[index].item()
+        x.data[index] = original + eps
+        plus = _weighted_sum(_outputs(fn, inputs), weights)
+        x.data[index] = original - eps
+        minus = _weighted_sum(_outputs(fn, inputs), weights)
+        x.data[index] = original
+        numeric[index] = (plus - minus) / (2 * eps)
+    return numeric
+
+
 def _outputs(fn, inputs):
     out = fn(*inputs)
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
@@ -63,17 +83,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, raise_exceptio
     for i in checked:
         x = inputs[i]
         analytic = backend.to_cpu(x.grad) if x.grad is not None else numpy.zeros(x.shape)
-        numeric = numpy.zeros(x.shape)
-        # Perturb x.data in place through a full index: x.data.reshape(-1) would be a copy for a
-        # non-contiguous array (a transposed or sliced leaf), and perturbing a copy leaves f unchanged.
-        for index in numpy.ndindex(*x.shape):
-            original = x.data[index].item()
-            x.data[index] = original + eps
-            plus = _weighted_sum(_outputs(fn, inputs), weights)
-            x.data[index] = original - eps
-            minus = _weighted_sum(_outputs(fn, inputs), weights)
-            x.data[index] = original
-            numeric[index] = (plus - minus) / (2 * eps)
+        numeric = numeric_gradient(fn, inputs, i, weights, eps)
         error = numpy.abs(numeric - analytic) - (atol + rtol * numpy.abs(numeric))
         if (error > 0).any() or not numpy.isfinite(analytic).all():
             worst = numpy.unravel_index(numpy.nanargmax(numpy.where(numpy.isfinite(error), error, numpy.inf)), x.shape)
