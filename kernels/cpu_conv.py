@@ -21,6 +21,10 @@ from tinycnn.kernels.reference import conv_output_size
 # that both cores share the products even where the columns are small (a ResNet's last stage),
 # but no more, as a product of few columns runs slower per column; and a layer split at all is
 # split into an even number of equal chunks, so that two threads finish together.
+# Each chunk reads the whole weight once (and its backward writes a whole share of the weight
+# gradient), so where the weight is bigger than COLUMN_CHUNK a chunk may take as many columns as
+# the weight has values: ResNet-50's 3x3 512->512 layer at 7x7 has 0.9 MB of columns per sample
+# but a 9.4 MB weight, and one sample per chunk read the weight once per sample.
 COLUMN_CHUNK = 1 << 18
 # The backward pass computes each chunk's columns again rather than keeping the forward's: the
 # copies run at vector speed, on data in cache, while kept columns cost fresh memory every step
@@ -43,11 +47,12 @@ PIXEL_MAJOR_WIDTH = 16
 SMALL_PRODUCT = 4096
 
 
-def _conv_chunks(N, column_length, multiply_adds):
+def _conv_chunks(N, column_length, weight_length, multiply_adds):
     """(start, stop) sample ranges for a conv layer; they depend on its shape only."""
     if N == 0:  # an empty batch: no chunk, and the outputs stay empty (the weight gradient zero)
         return []
-    count = -(-N // max(1, COLUMN_CHUNK // max(1, column_length)))  # chunks that fit COLUMN_CHUNK
+    chunk_length = max(COLUMN_CHUNK, weight_length)
+    count = -(-N // max(1, chunk_length // max(1, column_length)))  # chunks that fit chunk_length
     if multiply_adds >= PRODUCT_SERIAL:
         count = max(count, PRODUCT_CHUNKS)
     if count > 1:
@@ -126,7 +131,7 @@ class _ConvGeometry:
         self.K = self.C // groups * self.KH * self.KW  # the length of one column, per group
         self.pixel_major = groups == 1 and self.C >= PIXEL_MAJOR_CHANNELS and self.OW < PIXEL_MAJOR_WIDTH
         column_length = self.C * self.KH * self.KW * self.L
-        self.chunks = _conv_chunks(self.N, column_length, self.N * self.OC * self.K * self.L)
+        self.chunks = _conv_chunks(self.N, column_length, self.OC * self.K, self.N * self.OC * self.K * self.L)
         self.chunk_index = {start: k for k, (start, _) in enumerate(self.chunks)}
         if self.pixel_major:  # the weight as (OC, KH*KW*C), the columns' order
             self.weight = np.ascontiguousarray(W.transpose(0, 2, 3, 1)).reshape(self.OC, self.K)
