@@ -45,19 +45,10 @@ def skipped_init():
 
 
 @contextlib.contextmanager
-def fast_init(seed=0):
-    """Draw every random initial weight from a float32 uniform distribution with the mean and
-    standard deviation the model asks for (nn.init draws float64 and converts: ~4 s for VGG's fc6
-    alone). For forward/backward smoke tests, which check shapes and gradient flow, not
-    initialisation (nn.init has its own tests)."""
-    rng = np.random.default_rng(seed)
+def _uniform_init(uniform_):
+    """Route nn.init's random draws through `uniform_(tensor, a, b)`: normal_ becomes the uniform
+    distribution with the same mean and standard deviation, trunc_normal_ that one clipped."""
     saved = {name: getattr(init, name) for name in ("uniform_", "normal_", "trunc_normal_")}
-
-    def uniform_(tensor, a=0.0, b=1.0):
-        array = init._data(tensor)
-        values = rng.random(array.shape, dtype=np.float32)
-        array[...] = values * np.float32(b - a) + np.float32(a)
-        return tensor
 
     def normal_(tensor, mean=0.0, std=1.0):
         half_width = np.sqrt(3.0) * std  # U(-w, w) has standard deviation w / sqrt(3)
@@ -75,3 +66,37 @@ def fast_init(seed=0):
     finally:
         for name, function in saved.items():
             setattr(init, name, function)
+
+
+def fast_init(seed=0):
+    """Draw every random initial weight from a float32 uniform distribution with the mean and
+    standard deviation the model asks for (nn.init draws float64 and converts: ~4 s for VGG's fc6
+    alone). For forward/backward smoke tests, which check shapes and gradient flow, not
+    initialisation (nn.init has its own tests)."""
+    rng = np.random.default_rng(seed)
+
+    def uniform_(tensor, a=0.0, b=1.0):
+        array = init._data(tensor)
+        values = rng.random(array.shape, dtype=np.float32)
+        array[...] = values * np.float32(b - a) + np.float32(a)
+        return tensor
+
+    return _uniform_init(uniform_)
+
+
+def tiled_init():
+    """Fill every randomly initialised weight with one block of 2**20 uniform draws, repeated and
+    scaled to the range the model asks for. For checks that need weights that are not zero, not a
+    particular draw (the zoo's ONNX export): a VGG's 138M parameters cost a memory copy instead of
+    a random draw each."""
+    block = np.random.default_rng(0).random(2 ** 20, dtype=np.float32)
+
+    def uniform_(tensor, a=0.0, b=1.0):
+        flat = init._data(tensor).reshape(-1)  # a view: parameters are contiguous
+        for start in range(0, flat.size, block.size):
+            chunk = flat[start:start + block.size]
+            np.multiply(block[:chunk.size], np.float32(b - a), out=chunk)
+            chunk += np.float32(a)
+        return tensor
+
+    return _uniform_init(uniform_)

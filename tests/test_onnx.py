@@ -4,7 +4,6 @@ Inception v3 also at full size), each op's mapping on its own, the errors, and `
 Every exported model passes onnx.checker.check_model(full_check=True), and ONNX Runtime's CPU
 output equals tinycnn's forward on the same input.
 """
-import contextlib
 
 import numpy as np
 import onnx
@@ -16,12 +15,11 @@ import tinycnn.functional as F
 import tinycnn.models as models
 import tinycnn.onnx
 from tinycnn import checkpoint, nn
-from tinycnn.nn import init
 from tinycnn.autograd import Function
 from tinycnn.cli import main
 from tinycnn.models.lenet import C3_TABLE, PartialConv2d, RBFOutput, rbf_codes
 
-from models_support import canonical_input
+from models_support import canonical_input, tiled_init
 from test_models import SMALL_KWARGS, small_input
 
 
@@ -58,40 +56,6 @@ def calibrated(model, x):
     for m in norms:
         m.momentum = 0.1
     return model
-
-
-@contextlib.contextmanager
-def tiled_init():
-    """Fill every randomly initialised weight with one block of 2**20 uniform draws, repeated and
-    scaled to the range the model asks for. For the zoo's export checks, which need weights that
-    are not zero, not a particular draw: a VGG's 138M parameters cost a memory copy instead of
-    a random draw each (models_support.fast_init took most of this file's time)."""
-    block = np.random.default_rng(0).random(2 ** 20, dtype=np.float32)
-    saved = {name: getattr(init, name) for name in ("uniform_", "normal_", "trunc_normal_")}
-
-    def uniform_(tensor, a=0.0, b=1.0):
-        flat = init._data(tensor).reshape(-1)  # a view: parameters are contiguous
-        for start in range(0, flat.size, block.size):
-            chunk = flat[start:start + block.size]
-            np.multiply(block[:chunk.size], np.float32(b - a), out=chunk)
-            chunk += np.float32(a)
-        return tensor
-
-    def normal_(tensor, mean=0.0, std=1.0):
-        half_width = np.sqrt(3.0) * std  # U(-w, w) has standard deviation w / sqrt(3)
-        return uniform_(tensor, mean - half_width, mean + half_width)
-
-    def trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0):
-        uniform_(tensor, mean - np.sqrt(3.0) * std, mean + np.sqrt(3.0) * std)
-        np.clip(init._data(tensor), a, b, out=init._data(tensor))
-        return tensor
-
-    init.uniform_, init.normal_, init.trunc_normal_ = uniform_, normal_, trunc_normal_
-    try:
-        yield
-    finally:
-        for name, function in saved.items():
-            setattr(init, name, function)
 
 
 # The networks of more than 50M parameters: a few seconds each for the copies of their weights
