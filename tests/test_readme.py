@@ -15,7 +15,7 @@ import pytest
 
 import tinycnn
 import tinycnn.models as models
-from tinycnn import cli, nn
+from tinycnn import cli
 
 REPOSITORY = pathlib.Path(__file__).resolve().parent.parent
 DATA = os.path.abspath(os.environ.get("TINYCNN_DATA") or REPOSITORY.parent / "shared" / "data")  # before any chdir

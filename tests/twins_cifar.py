@@ -9,7 +9,6 @@ Module names make `state_dict()` keys equal tinycnn's (torchvision's names where
 """
 from collections import OrderedDict
 
-import torch
 from torch import nn
 from torch.nn import functional as F
 
