@@ -12,10 +12,15 @@ from tinycnn.kernels.parallel import parallel_range
 
 @njit(cache=True, nogil=True)
 def _relu_forward(x, y, start, stop):
-    # x, y flat; the elements i in [start, stop). `x < 0` rather than `x > 0` so NaN passes
-    # through, as np.maximum(x, 0) lets it.
-    for i in range(start, stop):
-        y[i] = 0 if x[i] < 0 else x[i]
+    # x, y flat; the elements in [start, stop). The loop runs over slices from index 0 and compares
+    # with a zero of x's dtype: then LLVM sees no negative index and no float64 round trip, and
+    # vectorises it (over range(start, stop) it ran at half NumPy's speed). `v < 0` rather than
+    # `v > 0` so NaN passes through, as np.maximum(x, 0) lets it.
+    x_chunk, y_chunk = x[start:stop], y[start:stop]
+    zero = x.dtype.type(0)
+    for i in range(x_chunk.size):
+        v = x_chunk[i]
+        y_chunk[i] = zero if v < zero else v
 
 
 def relu_forward(x):
@@ -28,9 +33,12 @@ def relu_forward(x):
 
 @njit(cache=True, nogil=True)
 def _relu_backward(gy, y, gx, start, stop):
-    # gy, y, gx flat; the elements i in [start, stop). dy/dx = 1 where y > 0, else 0.
-    for i in range(start, stop):
-        gx[i] = gy[i] if y[i] > 0 else 0
+    # gy, y, gx flat; the elements in [start, stop), as slices from index 0 (see _relu_forward).
+    # dy/dx = 1 where y > 0, else 0.
+    gy_chunk, y_chunk, gx_chunk = gy[start:stop], y[start:stop], gx[start:stop]
+    zero = gy.dtype.type(0)
+    for i in range(gy_chunk.size):
+        gx_chunk[i] = gy_chunk[i] if y_chunk[i] > zero else zero
 
 
 def relu_backward(gy, y):
