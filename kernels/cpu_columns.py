@@ -31,20 +31,22 @@ def _valid_range(k, L, O, S, P, D):
 
 
 @njit(cache=True, nogil=True)
-def _im2col(x, col, SH, SW, PH, PW, DH, DW, start, stop):
+def _im2col(x, col, SH, SW, PH, PW, DH, DW, start, stop, first_row=0):
     # Stride 1, the common case, gets its own copy of the loops with SW a constant, so that the
     # compiler turns each row's copy into vector loads and stores (3x faster on 56-pixel rows).
     if SW == 1:
-        _im2col_planes(x, col, SH, 1, PH, PW, DH, DW, start, stop)
+        _im2col_planes(x, col, SH, 1, PH, PW, DH, DW, start, stop, first_row)
     else:
-        _im2col_planes(x, col, SH, SW, PH, PW, DH, DW, start, stop)
+        _im2col_planes(x, col, SH, SW, PH, PW, DH, DW, start, stop, first_row)
 
 
 @njit(inline="always")
-def _im2col_planes(x, col, SH, SW, PH, PW, DH, DW, start, stop):
+def _im2col_planes(x, col, SH, SW, PH, PW, DH, DW, start, stop, first_row):
     # Fills the planes cn = c * N + n in [start, stop) of col, the channel-major array
-    # (C, KH, KW, N, OH, OW). Plain element indexing throughout: a slice such as col[c, i, j, n, oh]
-    # would be a new array object per row, whose reference counting costs more than copying the row.
+    # (C, KH, KW, N, OH, OW), with the windows of output rows first_row .. first_row + OH (conv2d
+    # makes the columns of a big sample a block of output rows at a time). Plain element indexing
+    # throughout: a slice such as col[c, i, j, n, oh] would be a new array object per row, whose
+    # reference counting costs more than copying the row.
     N, C, H, W = x.shape
     KH, KW, _, OH, OW = col.shape[1:]
     for cn in range(start, stop):
@@ -53,7 +55,7 @@ def _im2col_planes(x, col, SH, SW, PH, PW, DH, DW, start, stop):
             for j in range(KW):
                 ow_lo, ow_hi = _valid_range(j, W, OW, SW, PW, DW)
                 for oh in range(OH):
-                    h = oh * SH - PH + i * DH
+                    h = (first_row + oh) * SH - PH + i * DH
                     if h < 0 or h >= H:
                         ow_lo_h, ow_hi_h = 0, 0  # the whole row falls in the padding
                     else:

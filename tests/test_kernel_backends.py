@@ -236,6 +236,8 @@ def test_conv2d_taps_that_only_see_padding(backend, x_shape, w_shape, window):
     ((64, 20, 12, 12), (50, 20, 5, 5), (1, 1, 0, 0, 1, 1), 1),  # LeNet's second layer: pixel-major
     ((16, 1, 28, 28), (20, 1, 5, 5), (1, 1, 0, 0, 1, 1), 1),  # LeNet's first: the small weight product
     ((8, 64, 20, 20), (64, 64, 3, 3), (1, 1, 1, 1, 1, 1), 1),  # wide rows: channel-major, one sample a chunk
+    ((2, 64, 40, 40), (64, 64, 3, 3), (1, 1, 1, 1, 1, 1), 1),  # one sample's columns in blocks of output rows
+    ((2, 32, 80, 80), (16, 32, 3, 3), (2, 2, 1, 1, 1, 1), 1),  # the same at stride 2
     ((16, 24, 20, 20), (48, 8, 3, 3), (1, 1, 2, 2, 2, 2), 3),  # grouped and dilated
     ((32, 512, 1, 1), (256, 512, 3, 3), (1, 1, 1, 1, 1, 1), 1),  # dead taps cut, products split in two
 ])
