@@ -136,9 +136,17 @@ class _ConvGeometry:
         self.L = self.OH * self.OW
         self.pointwise = (self.KH, self.KW, SH, SW, self.PH, self.PW) == (1, 1, 1, 1, 0, 0)
         self.K = self.C // groups * self.KH * self.KW  # the length of one column, per group
-        self.pixel_major = groups == 1 and self.C >= PIXEL_MAJOR_CHANNELS and self.OW < PIXEL_MAJOR_WIDTH
         column_length = self.C * self.KH * self.KW * self.L
         self.chunks = _conv_chunks(self.N, column_length, self.OC * self.K, self.N * self.OC * self.K * self.L)
+        # A 1x1 window at stride 1 sees x itself: one product per sample reads x[n] and writes y[n]
+        # (gx[n] in the backward) in place, with no columns, no col2im and no copy back to NCHW.
+        # Where a chunk holds several samples, each product reads the weight again: only for a
+        # weight of at most COLUMN_CHUNK values (all of ResNet-50's and DenseNet-121's 1x1 layers
+        # but the 2048<->512 ones at 7x7).
+        self.per_sample = self.pointwise and (
+            self.OC * self.K <= COLUMN_CHUNK or all(stop - start == 1 for start, stop in self.chunks))
+        self.pixel_major = (not self.per_sample and groups == 1 and self.C >= PIXEL_MAJOR_CHANNELS
+                            and self.OW < PIXEL_MAJOR_WIDTH)
         self.chunk_index = {start: k for k, (start, _) in enumerate(self.chunks)}
         self.row_blocks = [(0, self.OH)]
         if not self.pixel_major and not self.pointwise and column_length > COLUMN_CHUNK \
@@ -204,7 +212,13 @@ def conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups):
 
     def run(start, stop):
         count = stop - start
-        if layer.pixel_major:
+        if layer.per_sample:
+            x_rows = x.reshape(N, layer.C, L)
+            for n in range(start, stop):
+                np.matmul(layer.weight, x_rows[n].reshape(G, K, L), out=y_rows[n].reshape(G, OC // G, L))
+            if b.shape[0]:
+                y_rows[start:stop] += b[:, None]
+        elif layer.pixel_major:
             col = layer.columns(x, start, stop)
             _rows_to_samples(_pixels_as_rows(col @ layer.weight.T, count), b, y_rows, start)  # (count*L, OC)
         elif count == 1:  # the product of one sample is already its NCHW output: write it in place
@@ -274,7 +288,12 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
                         np.matmul(rows_block, col_g.swapaxes(1, 2), out=share)
                     if index > 0:
                         gW_shares[k] += block_share
-            if needs_grad[0]:
+            if needs_grad[0] and layer.per_sample:  # dx[n] = W^T gy[n], written in place
+                gx_rows = gx.reshape(N, layer.C, L)
+                for n in range(start, stop):
+                    np.matmul(layer.weight.swapaxes(1, 2), gy_rows[n].reshape(G, OC // G, L),
+                              out=gx_rows[n].reshape(G, K, L))
+            elif needs_grad[0]:
                 layer.columns_to_input(np.matmul(layer.weight.swapaxes(1, 2), rows_g), gx, start, stop)
 
     run_chunks(run, chunks)
