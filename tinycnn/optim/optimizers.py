@@ -192,7 +192,10 @@ class SGD(Optimizer):
                 state["momentum_buffer"] = buf
             else:
                 buf *= momentum
-                buf += (1 - group["dampening"]) * grad
+                if group["dampening"] == 0:
+                    buf += grad  # the usual case: no scaled copy of the gradient (one pass fewer)
+                else:
+                    buf += (1 - group["dampening"]) * grad
             grad = grad + momentum * buf if group["nesterov"] else buf
         p.data -= group["lr"] * grad
 
