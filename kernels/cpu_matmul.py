@@ -24,6 +24,11 @@ def matmul(a, b):
     split by rows and 0.40 split by columns (written into strided halves of the result)."""
     M, K = a.shape
     N = b.shape[1]
+    if K == 1:
+        # An outer product (a fully connected layer's weight gradient at batch 1): each entry is
+        # one product, so the broadcast multiply gives the same values as OpenBLAS's gemm, which
+        # took 0.42 ms for LeNet's (500, 1) x (1, 800) against 0.15 ms for the multiply.
+        return a * b
     if M * K * N < PRODUCT_SERIAL or max(M, N) < 2:
         return a @ b
     out = np.empty((M, N), dtype=np.result_type(a.dtype, b.dtype))

@@ -280,7 +280,8 @@ def test_numba_conv2d_gives_the_same_bits_on_any_thread_count():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("M, K, N", [(1, 3, 4), (7, 5, 3), (64, 800, 500), (500, 64, 800), (2, 2000, 1000)])
+@pytest.mark.parametrize("M, K, N", [(1, 3, 4), (7, 5, 3), (64, 800, 500), (500, 64, 800), (2, 2000, 1000),
+                                     (500, 1, 800)])  # K = 1: an outer product
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_matmul(backend, M, K, N, dtype):
     # Big products are split across the Numba threads; b transposed, as Linear passes its weight.
