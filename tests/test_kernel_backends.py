@@ -238,6 +238,8 @@ def test_conv2d_taps_that_only_see_padding(backend, x_shape, w_shape, window):
     ((8, 64, 20, 20), (64, 64, 3, 3), (1, 1, 1, 1, 1, 1), 1),  # wide rows: channel-major, one sample a chunk
     ((2, 64, 40, 40), (64, 64, 3, 3), (1, 1, 1, 1, 1, 1), 1),  # one sample's columns in blocks of output rows
     ((2, 32, 80, 80), (16, 32, 3, 3), (2, 2, 1, 1, 1, 1), 1),  # the same at stride 2
+    ((8, 256, 14, 14), (128, 256, 1, 1), (1, 1, 0, 0, 1, 1), 1),  # 1x1: a product per sample, several a chunk
+    ((2, 512, 4, 4), (512, 512, 3, 3), (1, 1, 1, 1, 1, 1), 1),  # narrow rows, but a big weight: channel-major
     ((16, 24, 20, 20), (48, 8, 3, 3), (1, 1, 2, 2, 2, 2), 3),  # grouped and dilated
     ((32, 512, 1, 1), (256, 512, 3, 3), (1, 1, 1, 1, 1, 1), 1),  # dead taps cut, products split in two
 ])
@@ -400,7 +402,8 @@ def test_batch_norm(backend, shape, affine, dtype, layout, seed):
 @given(normalization_shapes(), st.booleans(), DTYPES, LAYOUTS, st.integers(0, 2**16))
 @example((1, 2), False, np.float32, "contiguous", 86)  # a mean large beside the spread, as above
 def test_batch_norm_inference(backend, shape, affine, dtype, layout, seed):
-    # Evaluation mode: the statistics are given (the running ones), one value per channel is fine.
+    # Evaluation mode: the statistics are given (the running ones), one value per channel is fine;
+    # forward and backward.
     x = _array(seed, shape, dtype, layout) * 3 + 1
     C = shape[1]
     gamma = _array(seed + 1, (C,), dtype) if affine else None
@@ -412,6 +415,12 @@ def test_batch_norm_inference(backend, shape, affine, dtype, layout, seed):
     expected = reference.batch_norm_forward_inference(_f64(x), _f64(gamma), _f64(beta), _f64(mean), _f64(inv_std))
     assert y.shape == shape, what
     _assert_close(y, expected, dtype, what)
+    gy = _array(seed + 5, shape, dtype, layout)
+    grads = run(backend, "batch_norm_backward_inference", gy, x, gamma, mean, inv_std)
+    expected = reference.batch_norm_backward_inference(_f64(gy), _f64(x), _f64(gamma), _f64(mean), _f64(inv_std))
+    assert grads[0].shape == shape and grads[1].shape == grads[2].shape == (C,), what
+    for name, actual, oracle in zip(("gx", "ggamma", "gbeta"), grads, expected):
+        _assert_close(actual, oracle, dtype, f"{what} {name}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -531,6 +540,25 @@ def test_batch_norm_gradcheck(backend, shape, seed):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @given(normalization_shapes(), st.integers(0, 2**16))
+def test_batch_norm_inference_gradcheck(backend, shape, seed):
+    C = shape[1]
+    x, gamma, beta = _array(seed, shape, np.float64), _array(seed + 1, (C,), np.float64), \
+        _array(seed + 2, (C,), np.float64)
+    mean, inv_std = _array(seed + 3, (C,), np.float64), _array(seed + 4, (C,), np.float64) + 2
+
+    def backward(gy, which):
+        return run(backend, "batch_norm_backward_inference", gy, x, gamma, mean, inv_std)[which]
+
+    _directional_check(lambda a: run(backend, "batch_norm_forward_inference", a, gamma, beta, mean, inv_std),
+                       lambda gy: backward(gy, 0), x, seed)
+    _directional_check(lambda a: run(backend, "batch_norm_forward_inference", x, a, beta, mean, inv_std),
+                       lambda gy: backward(gy, 1), gamma, seed)
+    _directional_check(lambda a: run(backend, "batch_norm_forward_inference", x, gamma, a, mean, inv_std),
+                       lambda gy: backward(gy, 2), beta, seed)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(normalization_shapes(), st.integers(0, 2**16))
 def test_relu_gradcheck(backend, shape, seed):
     x = _array(seed, shape, np.float64)
     x[np.abs(x) < 1e-3] = 0.5  # no value within a step of the kink, where no derivative exists
@@ -611,6 +639,8 @@ def _empty_batch_batch_norm(backend):
 def _empty_batch_batch_norm_inference(backend):
     x, statistics = np.zeros((0, 3, 5, 5), np.float32), np.ones(3, np.float32)
     assert run(backend, "batch_norm_forward_inference", x, None, None, statistics, statistics).shape == x.shape
+    gx, ggamma, gbeta = run(backend, "batch_norm_backward_inference", x, x, None, statistics, statistics)
+    assert gx.shape == x.shape and ggamma.shape == gbeta.shape == (3,) and not ggamma.any() and not gbeta.any()
 
 
 def _empty_batch_relu(backend):
@@ -746,12 +776,18 @@ def test_reference_batch_norm_inference_equals_torch(shape, affine, seed):
     gamma = _array(seed + 1, (C,), np.float64) if affine else None
     beta = _array(seed + 2, (C,), np.float64) if affine else None
     running_mean, running_var = _array(seed + 3, (C,), np.float64), _array(seed + 4, (C,), np.float64) + 1.5
-    yt = torch_F.batch_norm(_torch(x), _torch(running_mean), _torch(running_var),
-                            None if gamma is None else _torch(gamma), None if beta is None else _torch(beta),
-                            training=False, eps=1e-5)
+    xt = _torch(x, True)
+    gamma_t = _torch(np.ones(C) if gamma is None else gamma, True)
+    beta_t = _torch(np.zeros(C) if beta is None else beta, True)
+    yt = torch_F.batch_norm(xt, _torch(running_mean), _torch(running_var), gamma_t, beta_t, training=False, eps=1e-5)
     inv_std = 1 / np.sqrt(running_var + 1e-5)
     assert_close(reference.batch_norm_forward_inference(x, gamma, beta, running_mean, inv_std), yt, np.float64,
                  "batch_norm_forward_inference y")
+    gy = _array(seed + 5, shape, np.float64)
+    yt.backward(_torch(gy))
+    grads = reference.batch_norm_backward_inference(gy, x, gamma, running_mean, inv_std)
+    for name, actual, expected in zip(("gx", "ggamma", "gbeta"), grads, (xt.grad, gamma_t.grad, beta_t.grad)):
+        assert_close(actual, expected, np.float64, f"batch_norm_backward_inference {name}")
 
 
 @given(normalization_shapes(), st.integers(0, 2**16))
