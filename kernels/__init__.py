@@ -29,7 +29,7 @@ PRIMITIVES = (
     "avg_pool2d_forward", "avg_pool2d_backward",
     "batch_norm_forward_training", "batch_norm_backward",
     "lrn_forward", "lrn_backward",
-    "batch_norm_forward_inference", "relu_forward", "relu_backward",
+    "batch_norm_forward_inference", "batch_norm_backward_inference", "relu_forward", "relu_backward",
 )
 
 _numba_kernels = None  # tinycnn.kernels.cpu, once imported
@@ -203,6 +203,15 @@ def batch_norm_forward_inference(x, gamma, beta, mean, inv_std):
     (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
     reference for NumPy arrays, tinycnn.kernels.reference.batch_norm_forward_inference, which has the maths."""
     return _backend("batch_norm_forward_inference", x).batch_norm_forward_inference(x, gamma, beta, mean, inv_std)
+
+
+def batch_norm_backward_inference(gy, x, gamma, mean, inv_std):
+    """(gx, ggamma, gbeta) of batch_norm_forward_inference.
+
+    Runs on gy's backend: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.batch_norm_backward_inference, which has the maths."""
+    return _backend("batch_norm_backward_inference", gy).batch_norm_backward_inference(gy, x, gamma, mean, inv_std)
 
 
 def relu_forward(x):

@@ -1,6 +1,6 @@
 """The Numba CPU backend: the same functions, arguments and results as tinycnn.kernels.reference.
 
-This module is the backend's face: it holds the 16 primitives under the reference's names, each
+This module is the backend's face: it holds the 17 primitives under the reference's names, each
 written in the file of its concern, where a reader following one call stays:
 
     kernels/cpu_columns.py   im2col, col2im (channel-major columns) and conv2d's pixel-major columns
@@ -9,7 +9,7 @@ written in the file of its concern, where a reader following one call stays:
     kernels/cpu_conv.py      conv2d_forward, conv2d_backward: chunks of samples, columns, products
     kernels/cpu_pool.py      max_pool2d_forward/_backward, avg_pool2d_forward/_backward
     kernels/cpu_norm.py      batch_norm_forward_training, batch_norm_backward, lrn_forward, lrn_backward,
-                             batch_norm_forward_inference
+                             batch_norm_forward_inference, batch_norm_backward_inference
     kernels/cpu_elementwise.py  relu_forward, relu_backward
     kernels/parallel.py      the small pool of Python threads all of them run on
 
@@ -46,7 +46,7 @@ from tinycnn.kernels.cpu_columns import col2im, im2col
 from tinycnn.kernels.cpu_conv import conv2d_backward, conv2d_forward
 from tinycnn.kernels.cpu_matmul import matmul
 from tinycnn.kernels.cpu_norm import batch_norm_backward, batch_norm_forward_training, lrn_backward, lrn_forward
-from tinycnn.kernels.cpu_norm import batch_norm_forward_inference
+from tinycnn.kernels.cpu_norm import batch_norm_backward_inference, batch_norm_forward_inference
 from tinycnn.kernels.cpu_elementwise import relu_backward, relu_forward
 from tinycnn.kernels.cpu_pool import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
 
@@ -54,5 +54,5 @@ __all__ = [
     "matmul", "im2col", "col2im", "conv2d_forward", "conv2d_backward",
     "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
     "batch_norm_forward_training", "batch_norm_backward", "lrn_forward", "lrn_backward",
-    "batch_norm_forward_inference", "relu_forward", "relu_backward",
+    "batch_norm_forward_inference", "batch_norm_backward_inference", "relu_forward", "relu_backward",
 ]

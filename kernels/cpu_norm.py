@@ -3,7 +3,8 @@ tinycnn.kernels.cpu for the whole picture).
 
     batch norm     one channel c per parallel item (its statistics need all of it); the statistics
                    are accumulated in float64, so they differ from the reference by round-off only;
-                   evaluation mode's apply (constant statistics) one (n, c) row per item
+                   evaluation mode's apply (constant statistics) one (n, c) row per item, its
+                   backward one channel per item
     LRN            one (n, c) row per item (it reads the neighbouring channels), the window summed
                    in the reference's order
 """
@@ -174,6 +175,35 @@ def batch_norm_forward_inference(x, gamma, beta, mean, inv_std):
     parallel_range(lambda start, stop: _batch_norm_forward_inference(x3, gamma, beta, mean, inv_std, y, start, stop),
                    N * C, 2 * L)
     return y.reshape(x.shape)
+
+@njit(cache=True, nogil=True)
+def _batch_norm_backward_inference(gy, x, gain, mean, inv_std, gx, ggamma, gbeta, start, stop):
+    # gy, x, gx (N, C, L); gain = gamma * inv_std, mean, inv_std, ggamma, gbeta (C,); the channels
+    # c in [start, stop). Constant statistics: gx = gain * gy, no term through the mean or var.
+    N, C, L = x.shape
+    for c in range(start, stop):
+        gbeta[c], ggamma[c] = _channel_gradient_sums(gy, x, c, mean[c], inv_std[c])
+        g = gain[c]
+        for n in range(N):
+            gy_row, gx_row = gy[n, c], gx[n, c]  # (L,) each, contiguous
+            for l in range(L):
+                gx_row[l] = g * gy_row[l]
+
+
+def batch_norm_backward_inference(gy, x, gamma, mean, inv_std):
+    """Gradients of batch_norm_forward_inference: (gx, ggamma, gbeta), the last two (C,).
+    gamma None counts as 1."""
+    x3, gy3 = _as_ncl(x), _as_ncl(gy).astype(x.dtype, copy=False)  # (N, C, L)
+    C = x3.shape[1]
+    mean = np.ascontiguousarray(mean, dtype=x.dtype)
+    inv_std = np.ascontiguousarray(inv_std, dtype=x.dtype)
+    gain = inv_std if gamma is None else np.ascontiguousarray(gamma * inv_std, dtype=x.dtype)
+    gx = np.empty_like(x3)
+    ggamma, gbeta = np.zeros(C, dtype=x.dtype), np.zeros(C, dtype=x.dtype)  # an empty batch sums to 0
+    parallel_range(lambda start, stop: _batch_norm_backward_inference(gy3, x3, gain, mean, inv_std, gx, ggamma, gbeta,
+                                                                      start, stop),
+                   C, 2 * x3.shape[0] * x3.shape[2])
+    return gx.reshape(x.shape), ggamma, gbeta
 
 @njit(cache=True, nogil=True)
 def _lrn_forward(x, before, after, alpha, beta, k, y, scale, start, stop):

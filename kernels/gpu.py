@@ -449,6 +449,26 @@ def batch_norm_forward_inference(x, gamma, beta, mean, inv_std):
     return _kernel(BATCH_NORM_INFERENCE)(x3, *per_channel).reshape(x.shape)
 
 
+# Evaluation mode's backward: the statistics are constants, so gx = gain * gy, one thread per element.
+BATCH_NORM_GX_INFERENCE = ElementwiseSource(
+    "T gy, T gain", "T gx",
+    "gx = gain * gy",
+    "tinycnn_batch_norm_gx_inference")
+
+
+def batch_norm_backward_inference(gy, x, gamma, mean, inv_std):
+    """Gradients of batch_norm_forward_inference: (gx, ggamma, gbeta), the last two (C,).
+    gamma None counts as 1."""
+    x3, gy3 = _as_ncl(x), _as_ncl(gy).astype(x.dtype, copy=False)  # (N, C, L)
+    C = x3.shape[1]
+    mean3, inv_std3 = mean.astype(x.dtype).reshape(1, C, 1), inv_std.astype(x.dtype).reshape(1, C, 1)
+    gbeta64 = gy3.sum(axis=(0, 2), dtype=cupy.float64)  # (C,)
+    ggamma64 = _kernel(SUM_GY_X_HAT)(gy3, x3, mean3, inv_std3, axis=(0, 2))
+    gain = inv_std if gamma is None else gamma * inv_std
+    gx = _kernel(BATCH_NORM_GX_INFERENCE)(gy3, gain.astype(x.dtype).reshape(1, C, 1))
+    return gx.reshape(x.shape), ggamma64.astype(x.dtype), gbeta64.astype(x.dtype)
+
+
 # `x < 0` rather than `x > 0`: NaN passes through, as in the reference's maximum(x, 0).
 RELU_FORWARD = ElementwiseSource(
     "T x", "T y",

@@ -308,6 +308,21 @@ def batch_norm_forward_inference(x, gamma, beta, mean, inv_std):
     return y.astype(x.dtype)
 
 
+def batch_norm_backward_inference(gy, x, gamma, mean, inv_std):
+    """Gradients of batch_norm_forward_inference: (gx, ggamma, gbeta), the last two (C,).
+
+    The statistics are constants here, so y is affine in x: gx = gy * gamma * inv_std, and, with
+    sums over every axis but the channel's, ggamma = sum(gy * x_hat), gbeta = sum(gy), x_hat =
+    (x - mean) * inv_std. gamma None counts as 1; ggamma and gbeta are returned all the same.
+    """
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = _channel_shape(x)
+    x_hat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
+    gain = inv_std if gamma is None else gamma * inv_std
+    gx = gy * gain.reshape(shape)
+    return gx.astype(x.dtype), (gy * x_hat).sum(axis=axes).astype(x.dtype), gy.sum(axis=axes).astype(x.dtype)
+
+
 def relu_forward(x):
     """y = max(x, 0), element by element (NaN stays NaN, as in np.maximum)."""
     xp = get_array_module(x)

@@ -49,6 +49,7 @@ def test_every_kernel_is_reached_by_a_primitive():
         y, scale = on_cpu.lrn_forward(x, 3, 0.3, 0.75, 2.0)
         on_cpu.lrn_backward(x, y, scale, y, 3, 0.3, 0.75)
         on_cpu.batch_norm_forward_inference(x, None, None, mean, inv_std)
+        on_cpu.batch_norm_backward_inference(x, x, None, mean, inv_std)
         on_cpu.relu_backward(x, on_cpu.relu_forward(x))
         built = set(on_cpu._compiled)
     assert built == set(SOURCES)

@@ -43,7 +43,8 @@ Sums run over the n values of one channel.
    = gamma inv_std (gy - gbeta / n - x_hat ggamma / n): the two sums of step 1 reused.""",
         saved="x and gamma (the inputs themselves, no copy) and the batch's mean and inv_std, (C,) each:\n"
               "x_hat is recomputed from them rather than kept, sparing an array of x's size.",
-        kernels=("batch_norm_forward_training", "batch_norm_backward", "batch_norm_forward_inference"))
+        kernels=("batch_norm_forward_training", "batch_norm_backward", "batch_norm_forward_inference",
+                 "batch_norm_backward_inference"))
     # Training mode without running statistics: they are state the op updates, not inputs.
     examples = {"batch_norm": Example(shape=(4, 3, 2, 2),
                                       inputs=lambda shape, rng: [None, None, (shape[1],), (shape[1],)],
@@ -80,12 +81,7 @@ Sums run over the n values of one channel.
         else:
             # With constant statistics y is affine in x: dx = gy * gamma * inv_std,
             # dgamma = sum(gy * x_hat), dbeta = sum(gy), sums over every axis but the channel's.
-            axes = (0,) + tuple(range(2, x.ndim))
-            shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
-            gain = inv_std if gamma is None else gamma * inv_std
-            gx = gy * gain.reshape(shape)
-            ggamma = (gy * (x - mean.reshape(shape)) * inv_std.reshape(shape)).sum(axis=axes)
-            gbeta = gy.sum(axis=axes)
+            gx, ggamma, gbeta = kernels.batch_norm_backward_inference(gy, x, gamma, mean, inv_std)
         return (gx if self.needs_input_grad[0] else None,
                 ggamma if self.needs_input_grad[1] else None,
                 gbeta if self.needs_input_grad[2] else None)
