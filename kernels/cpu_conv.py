@@ -54,6 +54,11 @@ PIXEL_MAJOR_WEIGHT = 1 << 20
 # each block reads it again: ResNet-50's first layer and 3x3 64->64 at 56x56 (forward 0.85-0.93x,
 # backward 0.80-0.87x), DenseNet's 3x3 128->32; its 3x3 128->128 at 28x28 (0.6 MB weight) ran
 # 8-24% slower forward in blocks.
+# Channel-major layers compute each chunk's share of dW as (K, OC/G) = col gy^T rather than
+# (OC/G, K) = gy col^T: OpenBLAS ran it 7-22% faster so (3x3 64->64 at 56x56: 0.85 instead of
+# 1.06 ms a sample), and the sum is turned back once per call. Only for a weight gradient of at
+# most COLUMN_CHUNK values: the plain transpose of a bigger one is slow (a 4608x512 one took 16 ms,
+# its power-of-two rows fighting over the same cache sets), and its products gained only 2-7%.
 # A weight gradient of at most this many values (OC/G * C/G*KH*KW: LeNet's first layers) is
 # computed by _small_product rather than OpenBLAS, whose products with so small a result did not
 # run any faster on two threads than on one (0.95x for 20x25 over 9,216 pixels; bigger ones 1.7-1.9x).
@@ -143,6 +148,8 @@ class _ConvGeometry:
         self.pointwise = (self.KH, self.KW, SH, SW, self.PH, self.PW) == (1, 1, 1, 1, 0, 0)
         self.K = self.C // groups * self.KH * self.KW  # the length of one column, per group
         column_length = self.C * self.KH * self.KW * self.L
+        # dW's shares as (K, OC/G) (see COLUMN_CHUNK); set below for channel-major layers only
+        self.transposed_weight_gradient = False
         self.chunks = _conv_chunks(self.N, column_length, self.OC * self.K, self.N * self.OC * self.K * self.L)
         # A 1x1 window at stride 1 sees x itself: one product per sample reads x[n] and writes y[n]
         # (gx[n] in the backward) in place, with no columns, no col2im and no copy back to NCHW.
@@ -163,6 +170,7 @@ class _ConvGeometry:
             self.weight = np.ascontiguousarray(W.transpose(0, 2, 3, 1)).reshape(self.OC, self.K)
         else:
             self.weight = np.ascontiguousarray(W).reshape(groups, self.OC // groups, self.K)
+            self.transposed_weight_gradient = SMALL_PRODUCT < self.OC // groups * self.K * groups <= COLUMN_CHUNK
 
     def full_weight_gradient(self, gW):
         """The cut kernel's weight gradient (OC, C/G, KH, KW) placed in the whole kernel's, zero at
@@ -255,7 +263,8 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
     gx = np.empty_like(x) if needs_grad[0] else None
     # Each chunk's share of dW. (As (K, OC) products they ran 10-40% faster, but turning the sum
     # back into (OC, K) cost more: a (2304, 256) transpose took 2.5 ms here.)
-    gW_shares = np.empty((len(chunks), G, OC // G, K), dtype=x.dtype) if needs_grad[1] else None
+    share_shape = (G, K, OC // G) if layer.transposed_weight_gradient else (G, OC // G, K)
+    gW_shares = np.empty((len(chunks),) + share_shape, dtype=x.dtype) if needs_grad[1] else None
     gb_shares = np.empty((len(chunks), OC), dtype=x.dtype)
 
     def run(start, stop):
@@ -282,7 +291,7 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
             if needs_grad[1]:
                 # Blocks of output rows (one sample only; see COLUMN_CHUNK): their shares of dW add up.
                 blocks = layer.row_blocks if count == 1 else [(0, layer.OH)]
-                block_share = np.empty((G, OC // G, K), dtype=x.dtype) if len(blocks) > 1 else None
+                block_share = np.empty(share_shape, dtype=x.dtype) if len(blocks) > 1 else None
                 for index, (first, last) in enumerate(blocks):
                     col_g = layer.columns(x, start, stop, (first, last)).reshape(G, K, -1)
                     rows_block = rows_g[:, :, first * layer.OW:last * layer.OW] if count == 1 else rows_g
@@ -290,6 +299,8 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
                     if K * (OC // G) <= SMALL_PRODUCT:
                         for g in range(G):
                             _small_product(rows_block[g], col_g[g], share[g])
+                    elif layer.transposed_weight_gradient:  # dW^T = col gy^T
+                        np.matmul(col_g, rows_block.swapaxes(1, 2), out=share)
                     else:
                         np.matmul(rows_block, col_g.swapaxes(1, 2), out=share)
                     if index > 0:
@@ -306,6 +317,8 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
     gW = gb = None
     if needs_grad[1]:
         gW = gW_shares.sum(axis=0)  # (G, OC/G, K)
+        if layer.transposed_weight_gradient:  # the sum was (G, K, OC/G)
+            gW = gW.swapaxes(1, 2)
         if layer.pixel_major:  # (OC, KH*KW*C) -> (OC, C, KH, KW)
             gW = gW.reshape(OC, layer.KH, layer.KW, layer.C).transpose(0, 3, 1, 2)
         gW = layer.full_weight_gradient(np.ascontiguousarray(gW).reshape(OC, layer.C // G, layer.KH, layer.KW))
