@@ -39,9 +39,21 @@ def _rows_and_labels(op, x, t, weight):
     if bool(bad.any()):
         value = int(t[bad].reshape(-1)[0])
         raise ValueError(f"{op}: label {value} is out of range for {K} classes (expected 0 <= label < {K})")
+    if x.ndim == 2:
+        return x, t  # (N, K): one row per item already (moveaxis would cost microseconds a step)
     xp = backend.get_array_module(x)
     rows = xp.moveaxis(x, 1, -1).reshape(-1, K)  # (N, K, d1, ...) -> (N, d1, ..., K) -> (M, K)
     return rows, t.reshape(-1)
+
+
+def _rows_to_input_layout(g_rows, shape):
+    """Gradient rows (M, K) back in the layout of the input of shape (N, K, d1, ...): the
+    inverse of _rows_and_labels."""
+    if len(shape) == 2:
+        return g_rows  # (N, K) already
+    N, K, spatial = shape[0], shape[1], shape[2:]
+    # (M, K) -> (N, d1, ..., K) -> (N, K, d1, ...)
+    return backend.get_array_module(g_rows).moveaxis(g_rows.reshape((N,) + spatial + (K,)), -1, 1)
 
 
 def _reduce(loss, divisor, reduction, shape):
@@ -115,10 +127,7 @@ loss = sum(l) / D with D = sum of w_t over the items ('mean'), sum(l) ('sum'), o
         M, K = c.shape
         gl = _unreduce(gy, self.divisor, self.reduction, M)[:, None]  # (M, 1)
         g_rows = gl * (xp.exp(log_p) * c.sum(axis=1, keepdims=True) - c)  # (M, K)
-        N, spatial = self.shape[0], self.shape[2:]
-        # (M, K) -> (N, d1, ..., K) -> (N, K, d1, ...)
-        gx = xp.moveaxis(g_rows.reshape((N,) + spatial + (K,)), -1, 1)
-        return gx.astype(log_p.dtype), None, None
+        return _rows_to_input_layout(g_rows, self.shape).astype(log_p.dtype), None, None
 
 
 def cross_entropy(input, target, weight=None, reduction="mean", label_smoothing=0.0):
@@ -164,12 +173,10 @@ loss = sum(l) / D with D = sum of w_t over the items ('mean'), sum(l) ('sum'), o
     def backward(self, gy):
         # dl/dinput[k] = -w_t where k == t, 0 for every other class.
         xp = backend.get_array_module(gy)
-        M = self.labels.shape[0]
-        N, K, spatial = self.shape[0], self.shape[1], self.shape[2:]
+        M, K = self.labels.shape[0], self.shape[1]
         g_rows = xp.zeros((M, K), dtype=self.dtype)
         g_rows[xp.arange(M), self.labels] = -self.w_t * _unreduce(gy, self.divisor, self.reduction, M)
-        # (M, K) -> (N, d1, ..., K) -> (N, K, d1, ...)
-        return xp.moveaxis(g_rows.reshape((N,) + spatial + (K,)), -1, 1), None, None
+        return _rows_to_input_layout(g_rows, self.shape), None, None
 
 
 def nll_loss(input, target, weight=None, reduction="mean"):
