@@ -79,19 +79,23 @@ class Module:
     def _call_with_hooks(self, args, kwargs):
         # PyTorch's order: pre-hooks (may replace the arguments), forward, forward hooks (may
         # replace the output); full backward hooks watch the arguments and the final output.
-        for hook in list(self._forward_pre_hooks.values()):
-            result = hook(self, args)
-            if result is not None:
-                args = result if isinstance(result, tuple) else (result,)
+        # Each kind costs one check when unused, as most calls are (list() copies the hooks, so
+        # a hook may remove itself).
+        if self._forward_pre_hooks:
+            for hook in list(self._forward_pre_hooks.values()):
+                result = hook(self, args)
+                if result is not None:
+                    args = result if isinstance(result, tuple) else (result,)
         backward_hooks = None
         if self._backward_hooks and config.enable_backprop:
             backward_hooks = ModuleBackwardHooks(self)
             args = backward_hooks.watch_inputs(args)
         output = self.forward(*args, **kwargs)
-        for hook in list(self._forward_hooks.values()):
-            result = hook(self, args, output)
-            if result is not None:
-                output = result
+        if self._forward_hooks:
+            for hook in list(self._forward_hooks.values()):
+                result = hook(self, args, output)
+                if result is not None:
+                    output = result
         if backward_hooks is not None:
             output = backward_hooks.watch_output(output)
         return output
