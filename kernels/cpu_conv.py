@@ -59,6 +59,11 @@ PIXEL_MAJOR_WEIGHT = 1 << 20
 # 1.06 ms a sample), and the sum is turned back once per call. Only for a weight gradient of at
 # most COLUMN_CHUNK values: the plain transpose of a bigger one is slow (a 4608x512 one took 16 ms,
 # its power-of-two rows fighting over the same cache sets), and its products gained only 2-7%.
+# At stride 1, dx is itself a convolution: gy, padded by D*(K-1) - P, correlated with the weight
+# flipped in both kernel axes and with its two channel axes swapped, (C, OC, KH, KW). Where a layer
+# has fewer output than input channels, the columns of gy (OC*KH*KW rows) are smaller than the
+# column gradient W^T gy (C*KH*KW rows) that col2im would add up, and the product's inner axis is
+# OC*KH*KW instead of OC: DenseNet's 3x3 128->32 layers write a 4x smaller matrix and skip col2im.
 # A weight gradient of at most this many values (OC/G * C/G*KH*KW: LeNet's first layers) is
 # computed by _small_product rather than OpenBLAS, whose products with so small a result did not
 # run any faster on two threads than on one (0.95x for 20x25 over 9,216 pixels; bigger ones 1.7-1.9x).
@@ -156,6 +161,9 @@ class _ConvGeometry:
         # Where a chunk holds several samples, each product reads the weight again: only for a
         # weight of at most COLUMN_CHUNK values (all of ResNet-50's and DenseNet-121's 1x1 layers
         # but the 2048<->512 ones at 7x7).
+        self.input_gradient_by_convolution = (
+            (SH, SW) == (1, 1) and groups == 1 and self.OC < self.C and not self.pointwise
+            and DH * (KH - 1) >= PH and DW * (KW - 1) >= PW)
         self.per_sample = self.pointwise and (
             self.OC * self.K <= COLUMN_CHUNK or all(stop - start == 1 for start, stop in self.chunks))
         self.pixel_major = (not self.per_sample and groups == 1 and self.C >= PIXEL_MAJOR_CHANNELS
@@ -260,7 +268,9 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
     N, OC, L, G, K = layer.N, layer.OC, layer.L, layer.G, layer.K
     gy_rows = gy.reshape(N, OC, L)
     chunks = layer.chunks
-    gx = np.empty_like(x) if needs_grad[0] else None
+    # gx from the chunks' columns (col2im), or afterwards as a convolution of gy (see COLUMN_CHUNK)
+    gx_from_columns = needs_grad[0] and not layer.input_gradient_by_convolution
+    gx = np.empty_like(x) if gx_from_columns else None
     # Each chunk's share of dW. (As (K, OC) products they ran 10-40% faster, but turning the sum
     # back into (OC, K) cost more: a (2304, 256) transpose took 2.5 ms here.)
     share_shape = (G, K, OC // G) if layer.transposed_weight_gradient else (G, OC // G, K)
@@ -277,7 +287,7 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
             _samples_to_rows(gy_rows, start, _pixels_as_rows(gy_pixels, count), gb_shares[k])
             if needs_grad[1]:
                 np.matmul(gy_pixels.T, col, out=gW_shares[k, 0])
-            if needs_grad[0]:
+            if gx_from_columns:
                 layer.columns_to_input(gy_pixels @ layer.weight, gx, start, stop)
         else:
             # y = W col per group: dW = gy col^T, dcol = W^T gy (gy as (G, OC/G, count*L)).
@@ -305,15 +315,20 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
                         np.matmul(rows_block, col_g.swapaxes(1, 2), out=share)
                     if index > 0:
                         gW_shares[k] += block_share
-            if needs_grad[0] and layer.per_sample:  # dx[n] = W^T gy[n], written in place
+            if gx_from_columns and layer.per_sample:  # dx[n] = W^T gy[n], written in place
                 gx_rows = gx.reshape(N, layer.C, L)
                 for n in range(start, stop):
                     np.matmul(layer.weight.swapaxes(1, 2), gy_rows[n].reshape(G, OC // G, L),
                               out=gx_rows[n].reshape(G, K, L))
-            elif needs_grad[0]:
+            elif gx_from_columns:
                 layer.columns_to_input(np.matmul(layer.weight.swapaxes(1, 2), rows_g), gx, start, stop)
 
     run_chunks(run, chunks)
+    if needs_grad[0] and layer.input_gradient_by_convolution:
+        # (OC, C, KH, KW) -> (C, OC, KH, KW), each kernel turned by 180 degrees
+        W_turned = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        KH, KW = W.shape[2:]
+        gx = conv2d_forward(gy, W_turned, None, 1, 1, DH * (KH - 1) - PH, DW * (KW - 1) - PW, DH, DW, 1)
     gW = gb = None
     if needs_grad[1]:
         gW = gW_shares.sum(axis=0)  # (G, OC/G, K)
