@@ -261,7 +261,9 @@ def conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups):
 
 def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, True, True)):
     """As the reference, a chunk of samples at a time: each chunk's share of gW (and gb) is kept
-    apart and the shares are added in chunk order, so the sum does not depend on the threads."""
+    apart and the shares are added in chunk order, so the sum does not depend on the threads.
+    gx comes from each chunk's column gradient by col2im, or, at stride 1 where the layer has
+    fewer output than input channels, from one convolution of gy after the chunks."""
     x, W = np.ascontiguousarray(x), np.ascontiguousarray(W)
     gy = np.ascontiguousarray(gy, dtype=x.dtype)
     layer = _ConvGeometry(x, W, SH, SW, PH, PW, DH, DW, groups)
