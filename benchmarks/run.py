@@ -501,7 +501,8 @@ def time_gpu_inference(results, args, name, batch, shape, classes, sync_tiny, sy
     pool.free_all_blocks()
     torch.cuda.empty_cache()
     tiny_model, torch_model = build_twins(name, "gpu")
-    tiny_model.eval(), torch_model.eval()
+    tiny_model.eval()
+    torch_model.eval()
     x, _ = random_batch(batch, shape, classes)
     tiny_x, torch_x = tinycnn.tensor(x, device="gpu"), torch.from_numpy(x).cuda()
     with tinycnn.no_grad(), torch.no_grad():
