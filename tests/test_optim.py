@@ -77,6 +77,28 @@ def test_trajectory_matches_torch(xp, config, dtype, rng):
             assert_close(p.data, expected[step][i], dtype, f"{config} step {step} parameter {i}")
 
 
+@pytest.mark.parametrize("config", [name for name in sorted(CONFIGS) if name.startswith("sgd")])
+def test_sgd_on_parameters_of_several_blocks_matches_torch(config, rng):
+    # SGD goes through a big parameter in blocks of UPDATE_BLOCK elements: 2.5 blocks (the last
+    # one partial) and 1.5 blocks; a transposed parameter and a Fortran-order gradient take the
+    # whole-array path.
+    name, kwargs = CONFIGS[config]
+    block = tinycnn.optim.optimizers.UPDATE_BLOCK
+    initial = [rng.normal(size=(5, block // 2)).astype(np.float32),
+               rng.normal(size=(block // 4, 6)).astype(np.float32),
+               rng.normal(size=(3, block)).astype(np.float32).T]
+    gradients = [[rng.normal(size=x.shape).astype(np.float32) for x in initial] for _ in range(5)]
+    expected = torch_trajectory(name, kwargs, initial, gradients)
+    params = [nn.Parameter(x.copy(order="K")) for x in initial]
+    assert not params[2].data.flags.c_contiguous
+    optimizer = getattr(optim, name)(params, **kwargs)
+    for step, grads in enumerate(gradients):
+        params[0].grad, params[1].grad, params[2].grad = grads[0].copy(), np.asfortranarray(grads[1]), grads[2]
+        optimizer.step()
+        for i, p in enumerate(params):
+            assert_close(p.data, expected[step][i], np.float32, f"{config} step {step} parameter {i}")
+
+
 # name -> (defaults, options of three param groups): each group its own lr, the last one option more.
 GROUPS = {
     "SGD": (dict(momentum=0.9, weight_decay=0.01), [dict(lr=0.1), dict(lr=0.01), dict(lr=0.05, dampening=0.5)]),
