@@ -43,10 +43,14 @@ COLUMN_CHUNK = 1 << 18
 # twice in every backward (0.8 ms for a 512x512x3x3 one). ResNet-50's 3x3 512->512 layers (7x7
 # output) ran 0.81-0.87x forward and 0.44-0.84x backward channel-major (min times; 0.91-0.93 in CPU
 # time); the 256->256 ones (0.6 M values) 0.88-0.94x / 0.93-0.98x, but ResNet-18's at 8x8, batch
-# 32, 1.0x / 1.03-1.09x, so they stay pixel-major.
+# 32, 1.0x / 1.03-1.09x, so they stay pixel-major. A weight of more than COLUMN_CHUNK values is
+# reordered for pixel-major only where the layer has at least PIXEL_MAJOR_PIXELS output pixels
+# (N*OH*OW) to share that cost: Inception v3's 1x3 and 3x1 384->384 layers at 8x8, batch 4 (256
+# pixels), ran 0.75-0.81x forward and 0.82-0.85x backward channel-major.
 PIXEL_MAJOR_CHANNELS = 4
 PIXEL_MAJOR_WIDTH = 16
 PIXEL_MAJOR_WEIGHT = 1 << 20
+PIXEL_MAJOR_PIXELS = 1024
 # A sample whose columns alone overflow COLUMN_CHUNK (a 3x3 64->64 layer at 56x56: 1.8 M values,
 # 7 MB) is a chunk on its own, and its columns are made and multiplied a block of output rows at a
 # time, each block about COLUMN_CHUNK values (8 rows there), so the product reads them from L2
@@ -167,7 +171,8 @@ class _ConvGeometry:
         self.per_sample = self.pointwise and (
             self.OC * self.K <= COLUMN_CHUNK or all(stop - start == 1 for start, stop in self.chunks))
         self.pixel_major = (not self.per_sample and groups == 1 and self.C >= PIXEL_MAJOR_CHANNELS
-                            and self.OW < PIXEL_MAJOR_WIDTH and self.OC * self.K <= PIXEL_MAJOR_WEIGHT)
+                            and self.OW < PIXEL_MAJOR_WIDTH and self.OC * self.K <= PIXEL_MAJOR_WEIGHT
+                            and (self.OC * self.K <= COLUMN_CHUNK or self.N * self.L >= PIXEL_MAJOR_PIXELS))
         self.chunk_index = {start: k for k, (start, _) in enumerate(self.chunks)}
         self.row_blocks = [(0, self.OH)]
         if not self.pixel_major and not self.pointwise and column_length > COLUMN_CHUNK \
