@@ -57,7 +57,10 @@ PIXEL_MAJOR_PIXELS = 1024
 # rather than memory. Only where the weight is small too (at most COLUMN_CHUNK / 4 values), as
 # each block reads it again: ResNet-50's first layer and 3x3 64->64 at 56x56 (forward 0.85-0.93x,
 # backward 0.80-0.87x), DenseNet's 3x3 128->32; its 3x3 128->128 at 28x28 (0.6 MB weight) ran
-# 8-24% slower forward in blocks.
+# 8-24% slower forward in blocks. A weight of up to COLUMN_CHUNK values gets blocks of 4 times its
+# size, and only where one sample's columns are over 16 blocks: VGG-16's 3x3 128->128 and 64->128
+# at 112x112 (14.5 M and 7.2 M values a sample) ran 0.84-0.91x forward and backward so, but
+# Inception v3's 80->192 at 73x73 (3.8 M) and 96->96 at 35x35 1.04-1.06x forward.
 # Channel-major layers compute each chunk's share of dW as (K, OC/G) = col gy^T rather than
 # (OC/G, K) = gy col^T: OpenBLAS ran it 7-22% faster so (3x3 64->64 at 56x56: 0.85 instead of
 # 1.06 ms a sample), and the sum is turned back once per call. Only for a weight gradient of at
@@ -175,9 +178,14 @@ class _ConvGeometry:
                             and (self.OC * self.K <= COLUMN_CHUNK or self.N * self.L >= PIXEL_MAJOR_PIXELS))
         self.chunk_index = {start: k for k, (start, _) in enumerate(self.chunks)}
         self.row_blocks = [(0, self.OH)]
-        if not self.pixel_major and not self.pointwise and column_length > COLUMN_CHUNK \
-                and self.OC * self.K <= COLUMN_CHUNK // 4:
-            blocks = -(-self.OH // max(1, COLUMN_CHUNK // (self.C * self.KH * self.KW * self.OW)))
+        weight_length = self.OC * self.K
+        block_length = max(COLUMN_CHUNK, 4 * weight_length)
+        if weight_length <= COLUMN_CHUNK // 4:
+            blocked = column_length > COLUMN_CHUNK
+        else:  # a bigger weight, read again by every block: only for a sample's huge columns
+            blocked = weight_length <= COLUMN_CHUNK and column_length > 16 * block_length
+        if blocked and not self.pixel_major and not self.pointwise:
+            blocks = -(-self.OH // max(1, block_length // (self.C * self.KH * self.KW * self.OW)))
             self.row_blocks = split(self.OH, -(-self.OH // blocks))  # equal blocks: 28 rows as 4 x 7, not 8+8+8+4
         if self.pixel_major:  # the weight as (OC, KH*KW*C), the columns' order
             self.weight = np.ascontiguousarray(W.transpose(0, 2, 3, 1)).reshape(self.OC, self.K)

@@ -241,6 +241,7 @@ def test_conv2d_taps_that_only_see_padding(backend, x_shape, w_shape, window):
     ((8, 256, 14, 14), (128, 256, 1, 1), (1, 1, 0, 0, 1, 1), 1),  # 1x1: a product per sample, several a chunk
     ((2, 512, 4, 4), (512, 512, 3, 3), (1, 1, 1, 1, 1, 1), 1),  # narrow rows, but a big weight: channel-major
     ((2, 128, 28, 28), (32, 128, 3, 3), (1, 1, 1, 1, 1, 1), 1),  # fewer output channels: dx as a convolution of gy
+    ((1, 64, 92, 92), (128, 64, 3, 3), (1, 1, 1, 1, 1, 1), 1),  # huge columns: blocks of rows despite a bigger weight
     ((16, 24, 20, 20), (48, 8, 3, 3), (1, 1, 2, 2, 2, 2), 3),  # grouped and dilated
     ((32, 512, 1, 1), (256, 512, 3, 3), (1, 1, 1, 1, 1, 1), 1),  # dead taps cut, products split in two
 ])
