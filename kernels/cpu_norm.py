@@ -27,28 +27,36 @@ def _as_ncl(x):
 # add after another (4x faster on a 56x56 layer). The sums stay in float64, so the order changes
 # them by round-off only, and it is fixed by the compiled code, not by the threads: runs repeat bit
 # for bit. The loops that write arrays keep IEEE order (no fastmath), as the reference computes.
+#
+# Every loop runs sample by sample over a block of channels [start, stop), so x[n, start:stop] is
+# read in memory order: at 1x1 or 2x2 maps (a ResNet's last stages on 32x32 images) one channel's
+# values lie a whole sample apart, and a loop over one channel at a time read a cache line for
+# each value.
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _channel_sum(x, c):
-    # x (N, C, L): the float64 sum of channel c.
-    total = 0.0
+def _channel_sums(x, start, stop, total):
+    # x (N, C, L); total (stop - start,) float64: total[k] += the values of channel start + k.
     for n in range(x.shape[0]):
-        row = x[n, c]  # (L,), contiguous
-        for l in range(row.size):
-            total += row[l]
-    return total
+        for k in range(stop - start):
+            row = x[n, start + k]  # (L,), contiguous
+            partial = 0.0
+            for l in range(row.size):
+                partial += row[l]
+            total[k] += partial
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _channel_centred_squares(x, c, m):
-    # x (N, C, L): sum of (x - m)^2 over channel c, in float64.
-    squares = 0.0
+def _channel_centred_squares(x, start, stop, m, squares):
+    # x (N, C, L); m, squares (stop - start,) float64: squares[k] += sum of (x - m[k])^2 over
+    # channel start + k.
     for n in range(x.shape[0]):
-        row = x[n, c]
-        for l in range(row.size):
-            d = row[l] - m
-            squares += d * d
-    return squares
+        for k in range(stop - start):
+            row = x[n, start + k]
+            partial = 0.0
+            for l in range(row.size):
+                d = row[l] - m[k]
+                partial += d * d
+            squares[k] += partial
 
 
 @njit(cache=True, nogil=True)
@@ -56,20 +64,26 @@ def _batch_norm_forward_training(x, gamma, beta, eps, y, mean, var, inv_std, sta
     # x, y (N, C, L); gamma, beta, mean, var, inv_std (C,); the channels c in [start, stop).
     N, C, L = x.shape
     count = N * L
-    for c in range(start, stop):
-        m = _channel_sum(x, c) / count
-        mean[c] = m
-        var[c] = _channel_centred_squares(x, c, m) / count
+    total, squares = np.zeros(stop - start), np.zeros(stop - start)  # float64
+    _channel_sums(x, start, stop, total)
+    m = total / count  # (stop - start,) float64
+    _channel_centred_squares(x, start, stop, m, squares)
+    gain = np.empty(stop - start)
+    for k in range(stop - start):
+        c = start + k
+        mean[c] = m[k]
+        var[c] = squares[k] / count
         inv_std[c] = 1 / np.sqrt(var[c] + eps)
-        # y = gamma * (x - mean) * inv_std + beta, centred first: folding the mean into one
-        # multiply-add (x * gain + shift) cancelled two large float32 terms where the mean is large
-        # beside the spread, off by 2e-5 for values 1.6928 and 1.6935.
-        gain = gamma[c] * inv_std[c]
-        shift = beta[c]
-        for n in range(N):
-            x_row, y_row = x[n, c], y[n, c]  # (L,) each, contiguous: the loop vectorises
+        gain[k] = gamma[c] * inv_std[c]
+    # y = gamma * (x - mean) * inv_std + beta, centred first: folding the mean into one
+    # multiply-add (x * gain + shift) cancelled two large float32 terms where the mean is large
+    # beside the spread, off by 2e-5 for values 1.6928 and 1.6935.
+    for n in range(N):
+        for k in range(stop - start):
+            x_row, y_row = x[n, start + k], y[n, start + k]  # (L,) each, contiguous: the loop vectorises
+            mk, gk, shift = m[k], gain[k], beta[start + k]
             for l in range(L):
-                y_row[l] = (x_row[l] - m) * gain + shift
+                y_row[l] = (x_row[l] - mk) * gk + shift
 
 
 def batch_norm_forward_training(x, gamma, beta, eps):
@@ -97,17 +111,21 @@ def batch_norm_forward_training(x, gamma, beta, eps):
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _channel_gradient_sums(gy, x, c, m, s):
-    # gy, x (N, C, L): sum(gy) and sum(gy * x_hat) over channel c, x_hat = (x - m) * s, in float64
-    # (fastmath: see _channel_sum).
-    sum_gy = 0.0
-    sum_gy_x_hat = 0.0
+def _channel_gradient_sums(gy, x, mean, inv_std, start, stop, sum_gy, sum_gy_x_hat):
+    # gy, x (N, C, L); mean, inv_std (C,); sum_gy, sum_gy_x_hat (stop - start,) float64: += sum(gy)
+    # and sum(gy * x_hat) over channel c = start + k, x_hat = (x - mean[c]) * inv_std[c]
+    # (fastmath and the loop order: see _channel_sums).
     for n in range(x.shape[0]):
-        gy_row, x_row = gy[n, c], x[n, c]
-        for l in range(x_row.size):
-            sum_gy += gy_row[l]
-            sum_gy_x_hat += gy_row[l] * ((x_row[l] - m) * s)
-    return sum_gy, sum_gy_x_hat
+        for k in range(stop - start):
+            c = start + k
+            gy_row, x_row = gy[n, c], x[n, c]
+            m, s = mean[c], inv_std[c]
+            partial_gy, partial_gy_x_hat = 0.0, 0.0
+            for l in range(x_row.size):
+                partial_gy += gy_row[l]
+                partial_gy_x_hat += gy_row[l] * ((x_row[l] - m) * s)
+            sum_gy[k] += partial_gy
+            sum_gy_x_hat[k] += partial_gy_x_hat
 
 
 @njit(cache=True, nogil=True)
@@ -116,19 +134,21 @@ def _batch_norm_backward(gy, x, gain, mean, inv_std, gx, ggamma, gbeta, start, s
     # c in [start, stop).
     N, C, L = x.shape
     count = N * L
-    for c in range(start, stop):
-        m, s, g = mean[c], inv_std[c], gain[c]
-        sum_gy, sum_gy_x_hat = _channel_gradient_sums(gy, x, c, m, s)
-        gbeta[c] = sum_gy
-        ggamma[c] = sum_gy_x_hat
-        # gx = gain * (gy - sum(gy)/n - x_hat * sum(gy x_hat)/n)
-        mean_gy = sum_gy / count
-        mean_gy_x_hat = sum_gy_x_hat / count
-        for n in range(N):
+    sum_gy, sum_gy_x_hat = np.zeros(stop - start), np.zeros(stop - start)  # float64
+    _channel_gradient_sums(gy, x, mean, inv_std, start, stop, sum_gy, sum_gy_x_hat)
+    for k in range(stop - start):
+        gbeta[start + k] = sum_gy[k]
+        ggamma[start + k] = sum_gy_x_hat[k]
+    # gx = gain * (gy - sum(gy)/n - x_hat * sum(gy x_hat)/n)
+    mean_gy, mean_gy_x_hat = sum_gy / count, sum_gy_x_hat / count
+    for n in range(N):
+        for k in range(stop - start):
+            c = start + k
             gy_row, x_row, gx_row = gy[n, c], x[n, c], gx[n, c]  # (L,) each, contiguous
+            m, s, g = mean[c], inv_std[c], gain[c]
             for l in range(L):
                 x_hat = (x_row[l] - m) * s
-                gx_row[l] = g * (gy_row[l] - mean_gy - x_hat * mean_gy_x_hat)
+                gx_row[l] = g * (gy_row[l] - mean_gy[k] - x_hat * mean_gy_x_hat[k])
 
 
 def batch_norm_backward(gy, x, gamma, mean, inv_std):
@@ -181,11 +201,15 @@ def _batch_norm_backward_inference(gy, x, gain, mean, inv_std, gx, ggamma, gbeta
     # gy, x, gx (N, C, L); gain = gamma * inv_std, mean, inv_std, ggamma, gbeta (C,); the channels
     # c in [start, stop). Constant statistics: gx = gain * gy, no term through the mean or var.
     N, C, L = x.shape
-    for c in range(start, stop):
-        gbeta[c], ggamma[c] = _channel_gradient_sums(gy, x, c, mean[c], inv_std[c])
-        g = gain[c]
-        for n in range(N):
-            gy_row, gx_row = gy[n, c], gx[n, c]  # (L,) each, contiguous
+    sum_gy, sum_gy_x_hat = np.zeros(stop - start), np.zeros(stop - start)  # float64
+    _channel_gradient_sums(gy, x, mean, inv_std, start, stop, sum_gy, sum_gy_x_hat)
+    for k in range(stop - start):
+        gbeta[start + k] = sum_gy[k]
+        ggamma[start + k] = sum_gy_x_hat[k]
+    for n in range(N):
+        for k in range(stop - start):
+            gy_row, gx_row = gy[n, start + k], gx[n, start + k]  # (L,) each, contiguous
+            g = gain[start + k]
             for l in range(L):
                 gx_row[l] = g * gy_row[l]
 

@@ -447,6 +447,33 @@ def test_relu(backend, shape, dtype, layout, seed):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_norm_and_relu_split_over_parallel_chunks(backend):
+    # Big enough that the Numba kernels split the work into several chunks (kernels/parallel.py):
+    # batch norm's channels [start, stop) with start > 0, ReLU's elements likewise. The drawn cases
+    # above are small enough to run as one chunk from 0, where an index missing its `start` passes.
+    shape, dtype = (4, 96, 32, 32), np.float32
+    x, gy = _array(0, shape, dtype) * 3 + 1, _array(1, shape, dtype)
+    gamma, beta = _array(2, (96,), dtype), _array(3, (96,), dtype)
+    outputs = run(backend, "batch_norm_forward_training", x, gamma, beta, 1e-5)
+    expected = reference.batch_norm_forward_training(_f64(x), _f64(gamma), _f64(beta), 1e-5)
+    for name, actual, oracle in zip(("y", "mean", "var", "inv_std"), outputs, expected):
+        _assert_close(actual, oracle, dtype, f"batch_norm {name}")
+    mean, inv_std = expected[1].astype(dtype), expected[3].astype(dtype)
+    for primitive in ("batch_norm_backward", "batch_norm_backward_inference"):
+        grads = run(backend, primitive, gy, x, gamma, mean, inv_std)
+        oracle = getattr(reference, primitive)(_f64(gy), _f64(x), _f64(gamma), _f64(mean), _f64(inv_std))
+        for name, actual, value in zip(("gx", "ggamma", "gbeta"), grads, oracle):
+            _assert_close(actual, value, dtype, f"{primitive} {name}")
+    y = run(backend, "batch_norm_forward_inference", x, gamma, beta, mean, inv_std)
+    _assert_close(y, reference.batch_norm_forward_inference(_f64(x), _f64(gamma), _f64(beta), _f64(mean),
+                                                             _f64(inv_std)), dtype, "batch_norm_forward_inference")
+    y = run(backend, "relu_forward", gy)
+    np.testing.assert_array_equal(y, reference.relu_forward(gy), err_msg="relu_forward")
+    _assert_same(run(backend, "relu_backward", x - 1, y), reference.relu_backward(_f64(x - 1), _f64(y)), dtype,
+                 "relu_backward")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @given(normalization_shapes(), st.integers(1, 6), DTYPES, LAYOUTS, st.integers(0, 2**16))
 def test_lrn(backend, shape, size, dtype, layout, seed):
     # Even sizes make the window lopsided ([c - size//2, c + (size-1)//2]) and the backward
