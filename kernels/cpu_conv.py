@@ -191,7 +191,9 @@ class _ConvGeometry:
             self.weight = np.ascontiguousarray(W.transpose(0, 2, 3, 1)).reshape(self.OC, self.K)
         else:
             self.weight = np.ascontiguousarray(W).reshape(groups, self.OC // groups, self.K)
-            self.transposed_weight_gradient = SMALL_PRODUCT < self.OC // groups * self.K * groups <= COLUMN_CHUNK
+            # (per group: a group's product of at most SMALL_PRODUCT values is _small_product's, in (OC/G, K))
+            self.transposed_weight_gradient = (self.OC // groups * self.K > SMALL_PRODUCT
+                                               and self.OC * self.K <= COLUMN_CHUNK)
 
     def full_weight_gradient(self, gW):
         """The cut kernel's weight gradient (OC, C/G, KH, KW) placed in the whole kernel's, zero at

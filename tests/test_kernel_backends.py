@@ -243,6 +243,8 @@ def test_conv2d_taps_that_only_see_padding(backend, x_shape, w_shape, window):
     ((2, 128, 28, 28), (32, 128, 3, 3), (1, 1, 1, 1, 1, 1), 1),  # fewer output channels: dx as a convolution of gy
     ((1, 64, 92, 92), (128, 64, 3, 3), (1, 1, 1, 1, 1, 1), 1),  # huge columns: blocks of rows despite a bigger weight
     ((16, 24, 20, 20), (48, 8, 3, 3), (1, 1, 2, 2, 2, 2), 3),  # grouped and dilated
+    ((2, 128, 14, 14), (128, 4, 3, 3), (1, 1, 1, 1, 1, 1), 32),  # ResNeXt's groups: small products per group
+    ((2, 128, 14, 14), (128, 64, 3, 3), (1, 1, 1, 1, 1, 1), 2),  # two groups, each a BLAS product
     ((32, 512, 1, 1), (256, 512, 3, 3), (1, 1, 1, 1, 1, 1), 1),  # dead taps cut, products split in two
 ])
 def test_conv2d_at_real_layer_sizes(backend, x_shape, w_shape, window, groups):
