@@ -168,15 +168,17 @@ class _ConvGeometry:
         # Where a chunk holds several samples, each product reads the weight again: only for a
         # weight of at most COLUMN_CHUNK values (all of ResNet-50's and DenseNet-121's 1x1 layers
         # but the 2048<->512 ones at 7x7).
-        self.input_gradient_by_convolution = (
-            (SH, SW) == (1, 1) and groups == 1 and self.OC < self.C and not self.pointwise
-            and DH * (KH - 1) >= PH and DW * (KW - 1) >= PW)
         self.per_sample = self.pointwise and (
             self.OC * self.K <= COLUMN_CHUNK or all(stop - start == 1 for start, stop in self.chunks))
         self.pixel_major = (not self.per_sample and groups == 1 and self.C >= PIXEL_MAJOR_CHANNELS
                             and self.OW < PIXEL_MAJOR_WIDTH and self.OC * self.K <= PIXEL_MAJOR_WEIGHT
                             and (self.OC * self.K <= COLUMN_CHUNK or self.N * self.L >= PIXEL_MAJOR_PIXELS))
         self.chunk_index = {start: k for k, (start, _) in enumerate(self.chunks)}
+        # dx as a convolution of gy, where that beats col2im (see the comments above SMALL_PRODUCT);
+        # the padding D*(K-1) - P it needs must not be negative
+        self.input_gradient_by_convolution = (
+            (SH, SW) == (1, 1) and groups == 1 and self.OC < self.C and not self.pointwise
+            and DH * (KH - 1) >= PH and DW * (KW - 1) >= PW)
         self.row_blocks = [(0, self.OH)]
         weight_length = self.OC * self.K
         block_length = max(COLUMN_CHUNK, 4 * weight_length)
