@@ -607,13 +607,15 @@ def part_shared(results, args):
 
 IMPORT_ORDER_PROBE = """
 import sys, time
-steps, first = int(sys.argv[1]), sys.argv[2]
+steps, first, allocator = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 if first == "numpy":
     import numpy as np
     import tinycnn
 else:
     import tinycnn
     import numpy as np
+if allocator == "tuned":
+    tinycnn.config.tune_allocator()
 import tinycnn.functional as F
 import tinycnn.models
 rng = np.random.default_rng(0)
@@ -637,27 +639,36 @@ print((time.perf_counter() - start) / steps)
 def part_import_order(results, args):
     print(f"(import-order) the seed's LeNet training step at batch 64 in fresh processes: `import numpy` "
           f"before `import tinycnn`, and after it; {args.repeat} processes of each, alternating, after one untimed "
-          f"process; {args.steps} steps timed in each after 3 warm-up steps; median over the processes", flush=True)
+          f"process; {args.steps} steps timed in each after 3 warm-up steps; median over the processes; with glibc's "
+          f"allocator as a script finds it, then after tinycnn.config.tune_allocator()", flush=True)
 
-    def run_process(steps, first):
-        return subprocess.run([sys.executable, "-c", IMPORT_ORDER_PROBE, str(steps), first],
+    def run_process(steps, first, allocator):
+        return subprocess.run([sys.executable, "-c", IMPORT_ORDER_PROBE, str(steps), first, allocator],
                               check=True, capture_output=True, text=True).stdout
 
-    run_process(1, "tinycnn")  # not timed: the first process reads Numba's cache from disk into memory
-    times = {"numpy": [], "tinycnn": []}
-    for round_ in range(args.repeat):
-        for first in (("numpy", "tinycnn") if round_ % 2 == 0 else ("tinycnn", "numpy")):
-            times[first].append(float(run_process(args.steps, first).split()[-1]))
-    numpy_first, tinycnn_first = (statistics.median(times[first]) for first in ("numpy", "tinycnn"))
-    ratio = numpy_first / tinycnn_first
-    best_ratio = min(times["numpy"]) / min(times["tinycnn"])  # the quietest process of each
-    print(f"  NumPy imported first {numpy_first * 1e3:.2f} ms/step, tinycnn first {tinycnn_first * 1e3:.2f} "
-          f"ms/step: ratio {ratio:.3f} (target within 5%: {'met' if abs(ratio - 1) <= 0.05 else 'NOT met'}); "
-          f"best processes' ratio {best_ratio:.3f}", flush=True)
-    results.import_order = dict(numpy_first_ms=numpy_first * 1e3, tinycnn_first_ms=tinycnn_first * 1e3, ratio=ratio,
-                                best_ratio=best_ratio,
-                                numpy_first_rounds_ms=[t * 1e3 for t in times["numpy"]],
-                                tinycnn_first_rounds_ms=[t * 1e3 for t in times["tinycnn"]])
+    run_process(1, "tinycnn", "default")  # not timed: the first process reads Numba's cache from disk into memory
+    results.import_order = {}
+    # glibc's default allocator moves its mmap threshold as blocks are freed, so a process's big arrays land
+    # on reused or on fresh pages depending on its first allocations: per process, LeNet's step then takes
+    # one of two times (measured 9.2-9.7 and 11.2-12.0 ms), whichever the import order. The tuned allocator
+    # fixes the thresholds and so removes that spread; the import order is compared under both.
+    for allocator in ("default", "tuned"):
+        times = {"numpy": [], "tinycnn": []}
+        for round_ in range(args.repeat):
+            for first in (("numpy", "tinycnn") if round_ % 2 == 0 else ("tinycnn", "numpy")):
+                times[first].append(float(run_process(args.steps, first, allocator).split()[-1]))
+        numpy_first, tinycnn_first = (statistics.median(times[first]) for first in ("numpy", "tinycnn"))
+        ratio = numpy_first / tinycnn_first
+        best_ratio = min(times["numpy"]) / min(times["tinycnn"])  # the quietest process of each
+        print(f"  {allocator} allocator: NumPy imported first {numpy_first * 1e3:.2f} ms/step, tinycnn first "
+              f"{tinycnn_first * 1e3:.2f} ms/step: ratio {ratio:.3f} (target within 5%: "
+              f"{'met' if abs(ratio - 1) <= 0.05 else 'NOT met'}); best processes' ratio {best_ratio:.3f}; "
+              f"per process (ms), NumPy first {[round(t * 1e3, 1) for t in times['numpy']]}, tinycnn first "
+              f"{[round(t * 1e3, 1) for t in times['tinycnn']]}", flush=True)
+        results.import_order[allocator] = dict(
+            numpy_first_ms=numpy_first * 1e3, tinycnn_first_ms=tinycnn_first * 1e3, ratio=ratio, best_ratio=best_ratio,
+            numpy_first_rounds_ms=[t * 1e3 for t in times["numpy"]],
+            tinycnn_first_rounds_ms=[t * 1e3 for t in times["tinycnn"]])
 
 
 def part_zoo(results, args):
