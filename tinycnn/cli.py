@@ -638,6 +638,12 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("tinycnn: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (`tinycnn explain conv2d | head`): stop quietly, as
+        # other command-line tools do. Python would report the failed flush of stdout at exit, so
+        # point stdout at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (UserError, data.DataError, OSError) as error:
         # Only the failures raised on purpose (UserError and its subclasses such as
         # CheckpointError; DataError for missing or damaged data files) and the operating system's
