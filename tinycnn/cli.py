@@ -13,7 +13,7 @@ run's first checkpoint is written), and it checks every path, the model and the 
 loads the data set, so a mistake costs no epoch.
 
 Every expected failure (unknown model, bad argument or path, missing data, unreadable checkpoint)
-raises tinycnn.errors.UserError (or DataError, or the OSError of a path), which main() prints as one
+raises tinycnn.errors.UserError (DataError is one; or the OSError of a path), which main() prints as one
 line `tinycnn: error: ...` with exit status 1 (2 for a malformed command line). Any other exception
 is a bug and keeps its traceback.
 """
@@ -594,7 +594,7 @@ def plot_command(args):
     try:
         check_data_dir(data_dir, not args.no_download)
         test_set = load_dataset(settings["dataset"], False, data_dir, settings.get("limit_test"), not args.no_download)
-    except (UserError, data.DataError) as error:
+    except UserError as error:
         print(f"skipped feature_maps.png, confusion.png: no {settings['dataset']} test set ({error})")
         return 0
     for path in plots.plot_test_figures(run_dir, model, test_set):
@@ -644,9 +644,9 @@ def main(argv=None):
         # point stdout at /dev/null first.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except (UserError, data.DataError, OSError) as error:
+    except (UserError, OSError) as error:
         # Only the failures raised on purpose (UserError and its subclasses such as
-        # CheckpointError; DataError for missing or damaged data files) and the operating system's
+        # CheckpointError, or DataError for missing or damaged data files) and the operating system's
         # refusals (a path that cannot be read or written, a full disk) are the user's to fix.
         # Anything else is a bug in tinycnn and keeps its traceback.
         print(f"tinycnn: error: {error}", file=sys.stderr)

@@ -14,12 +14,15 @@ import os
 import tempfile
 import urllib.request
 
+from tinycnn.errors import UserError
+
 CHUNK = 1 << 20
 TIMEOUT_S = 30
 
 
-class DataError(ValueError):
-    """A data file is missing, truncated, corrupted or not in the expected format."""
+class DataError(UserError, ValueError):
+    """A data file is missing, truncated, corrupted or not in the expected format (a UserError: the
+    message says where the files go; still a ValueError, as it was before UserError existed)."""
 
 
 def data_root(root=None):
