@@ -94,6 +94,31 @@ def test_tensor_hooks_on_a_tensor_used_twice_see_the_complete_gradient_and_repla
     assert_close(w_grad, tw_grad, what="a leaf stores its hook's replacement")
 
 
+def test_a_leaf_used_by_two_functions_runs_its_hook_once_after_its_last_use_as_torch():
+    # w is read by the last multiplication and by the first: its gradient is complete only after
+    # the first one's backward, so its hook runs then, once, after a's hook, as in torch.
+    rng = np.random.default_rng(1)
+    x_array, w_array = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    events = []
+    for lib, relu in ((tinycnn, F.relu), (torch, torch.relu)):
+        x = lib.tensor(x_array, requires_grad=True)
+        w = lib.tensor(w_array, requires_grad=True)
+        recorder = Recorder()
+        w.register_hook(recorder.tensor_hook("w"))
+        a = x * w
+        a.register_hook(recorder.tensor_hook("a"))
+        x.register_hook(recorder.tensor_hook("x"))
+        (relu(a) * w).sum().backward()
+        events.append(recorder.events)
+    ours, theirs = events
+    # x and w are completed by the same backward (a = x * w); the order of two leaves made ready
+    # together is not specified in torch, so they are compared as a pair.
+    for recorded in (ours, theirs):
+        assert len(recorded) == 3 and recorded[0][0] == "a", recorded
+        assert sorted(label for label, _ in recorded[1:]) == ["w", "x"]
+    assert_same_events(ours[:1] + sorted(ours[1:], key=lambda e: e[0]), theirs[:1] + sorted(theirs[1:], key=lambda e: e[0]))
+
+
 def test_leaf_hook_sees_this_backwards_gradient_not_the_accumulated_grad():
     seen = {}
     for lib in (tinycnn, torch):
@@ -228,28 +253,33 @@ def test_hook_order_and_gradients_on_lenet_match_torch():
         for handle in handles:
             handle.remove()
     ours_recorder, torch_recorder = recorders
-    # Module and output hooks form one sequence, in the order of the backward pass: the same in both.
-    not_parameters = [event for event in ours_recorder.events if not event[0].startswith("parameter")]
-    torch_not_parameters = [event for event in torch_recorder.events if not event[0].startswith("parameter")]
-    assert len(not_parameters) == 2 * len(list(ours.named_modules()))
-    assert_same_events(not_parameters, torch_not_parameters)
-    # Parameter (leaf) hooks: PyTorch interleaves them with the rest, tinycnn runs them at the
-    # end of the pass (autograd.run_backward), layer by layer in the same order; within a layer
-    # torch follows its kernel's argument order (addmm: bias first, convolution: weight first).
-    parameters = [event for event in ours_recorder.events if event[0].startswith("parameter")]
-    torch_parameters = [event for event in torch_recorder.events if event[0].startswith("parameter")]
-    assert len(parameters) == 8
-    assert ours_recorder.events[-8:] == parameters
-
-    def layers(events):
-        return list(dict.fromkeys(label.rsplit(".", 1)[0] for label, _ in events))
-    assert layers(parameters) == layers(torch_parameters) == [
-        "parameter classifier.2", "parameter classifier.0", "parameter features.3", "parameter features.0"]
-    assert_same_events(sorted(parameters, key=lambda e: e[0]), sorted(torch_parameters, key=lambda e: e[0]))
+    # One sequence in both: module, output and parameter hooks interleaved in the order of the
+    # backward pass, a parameter's hooks as soon as its gradient is complete. Within one layer the
+    # parameters' hooks follow each framework's argument order (torch's addmm takes the bias before
+    # the weight), so those runs are put in name order before comparing.
+    ours_events, torch_events = in_layer_order(ours_recorder.events), in_layer_order(torch_recorder.events)
+    assert len(ours_events) == 2 * len(list(ours.named_modules())) + 8
+    assert [label for label, _ in ours_events] == [label for label, _ in torch_events]
+    assert_same_events(ours_events, torch_events)
     # The hooks were removed: a second pass calls none of them.
     ours.zero_grad()
     F.cross_entropy(ours(tinycnn.tensor(x_array)), tinycnn.tensor(labels)).backward()
-    assert len(ours_recorder.events) == len(not_parameters) + 8
+    assert len(ours_recorder.events) == len(ours_events)
+
+
+def in_layer_order(events):
+    """`events` with each run of consecutive parameter hooks of one layer sorted by name."""
+    ordered, run = [], []
+    for event in events + [("end", None)]:
+        layer = event[0].rsplit(".", 1)[0] if event[0].startswith("parameter") else None
+        if run and layer != run[0][0].rsplit(".", 1)[0]:
+            ordered += sorted(run, key=lambda e: e[0])
+            run = []
+        if layer is None:
+            ordered.append(event)
+        else:
+            run.append(event)
+    return ordered[:-1]
 
 
 def test_full_backward_hook_replacing_grad_input_on_lenet_matches_torch():
@@ -309,22 +339,20 @@ def test_hooks_on_a_resnet_basic_block_match_torch():
     assert ours_recorder.labels("module relu") == ["module relu"] * 2
     # Each hook ran as often as in torch, with the same gradients. The order between the two
     # branches is not fixed by the graph: torch runs the branch it computed last first, tinycnn
-    # interleaves them by generation; within a branch the order is the same. Parameter hooks run
-    # at the end in tinycnn (see the LeNet test), so they are compared apart.
+    # interleaves them by generation; within a branch the order is torch's, parameter hooks
+    # included (each as soon as its gradient is complete).
     assert sorted(ours_recorder.labels()) == sorted(torch_recorder.labels())
-    ours_events = [e for e in ours_recorder.events if not e[0].startswith("parameter")]
-    torch_events = [e for e in torch_recorder.events if not e[0].startswith("parameter")]
     for branch in ("downsample", "conv1", "bn1", "relu", "conv2", "bn2", "input", "model"):
         assert_same_events([e for e in ours_events if branch in e[0]], [e for e in torch_events if branch in e[0]])
-    main_branch = ["output bn2", "module bn2", "output conv2", "module conv2", "output relu",
-                   "module relu", "output bn1", "module bn1", "output conv1", "module conv1"]
+    main_branch = ["output bn2", "parameter bn2.weight", "parameter bn2.bias", "module bn2", "output conv2",
+                   "parameter conv2.weight", "module conv2", "output relu", "module relu", "output bn1",
+                   "parameter bn1.weight", "parameter bn1.bias", "module bn1", "output conv1",
+                   "parameter conv1.weight", "module conv1"]
     for events in (ours_events, torch_events):
         assert [label for label, _ in events if label in main_branch] == ["output relu", "module relu"] + main_branch
         # The block's hook waits for both uses of its input (conv1, shortcut); the input's own
         # hook comes after it.
         assert [label for label, _ in events][-2:] == ["module model", "input"]
-    assert_same_events(sorted((e for e in ours_recorder.events if e[0].startswith("parameter")), key=lambda e: e[0]),
-                       sorted((e for e in torch_recorder.events if e[0].startswith("parameter")), key=lambda e: e[0]))
     assert_close(inputs[0].grad, inputs[1].grad, what="input gradient (conv2's grad_input tripled)")
     for name, parameter in ours.named_parameters():
         assert_close(parameter.grad, dict(theirs.named_parameters())[name].grad, what=name)

@@ -23,6 +23,10 @@ from tinycnn import backend, config
 # call and each backward step costs one check of this name and nothing else.
 active_trace = None
 
+# Set once a hook is registered on a leaf (Tensor.register_hook): until then no backward pays for
+# the walk of the graph that tells when each leaf's gradient is complete (run_backward).
+leaf_hooks_registered = False
+
 
 class Function:
     """One differentiable operation.
@@ -184,6 +188,9 @@ class Tensor:
             raise RuntimeError("register_hook: cannot register a hook on a tensor that does not require grad")
         if self._backward_hooks is None:
             self._backward_hooks = {}
+        if self.creator is None:
+            global leaf_hooks_registered
+            leaf_hooks_registered = True  # from now on run_backward counts the uses of hooked leaves
         return HookHandle(self._backward_hooks, hook)
 
     def to(self, *args, device=None, dtype=None):
@@ -317,6 +324,17 @@ def run_backward(output, grad, retain_graph=False):
         previous = table.get(id(x))
         table[id(x)] = (x, gx if previous is None else previous[1] + gx)
 
+    # For leaves with hooks: how many inputs slots of the graph's functions still have to send
+    # them a gradient. At zero the leaf's gradient is complete, and its hooks run at once, as
+    # PyTorch runs a parameter's hooks (its AccumulateGrad node) as soon as it is ready.
+    pending_uses = count_hooked_leaf_uses(output) if leaf_hooks_registered else {}
+
+    def finish_leaf(x):
+        # Hook point 2: the last function that uses leaf x has run, so its gradient is complete.
+        entry = leaf_grads.pop(id(x), None)
+        if entry is not None:  # no function sent x a gradient (all None): no hook, as in torch
+            accumulate_grad(x, run_tensor_hooks(x, entry[1]))
+
     if output.creator is not None:
         push(output.creator)
     while heap:
@@ -358,14 +376,40 @@ def run_backward(output, grad, retain_graph=False):
                 else:
                     accumulate(grads, x, gx)
                     push(x.creator)
+        if pending_uses:
+            for x in function.inputs:
+                if x is not None and id(x) in pending_uses:
+                    pending_uses[id(x)] -= 1
+                    if pending_uses[id(x)] == 0:
+                        finish_leaf(x)
         if not retain_graph:
             function.release()
-    # Hook point 2: a leaf's gradient is complete once the whole graph has run. (PyTorch calls a
-    # leaf's hooks as soon as its last consumer is done: earlier, with the same gradient.)
+    # The other leaves (and hooked ones whose every use did not run: a branch that got no
+    # gradient) are written to .grad once the whole graph has run.
     for tensor, g in leaf_grads.values():
         if tensor._backward_hooks:
             g = run_tensor_hooks(tensor, g)
         accumulate_grad(tensor, g)
+
+
+def count_hooked_leaf_uses(output):
+    """{id(leaf): the number of input slots, over the functions behind `output`, that hold the leaf},
+    for the leaves with hooks. A walk of the graph with a stack: no recursion."""
+    uses = {}
+    stack = [] if output.creator is None else [output.creator]
+    seen = {id(function) for function in stack}
+    while stack:
+        function = stack.pop()
+        for x in getattr(function, "inputs", ()):  # a released function has none
+            if x is None or not x.requires_grad:
+                continue
+            if x.creator is None:
+                if x._backward_hooks:
+                    uses[id(x)] = uses.get(id(x), 0) + 1
+            elif id(x.creator) not in seen:
+                seen.add(id(x.creator))
+                stack.append(x.creator)
+    return uses
 
 
 def as_array(value, like=None):

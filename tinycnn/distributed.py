@@ -347,9 +347,9 @@ class DataParallel:
     this process has a gradient): a parameter no process used keeps grad None, as it would in one
     process, instead of getting a zero gradient that weight decay or momentum would act on.
 
-    Why synchronize() is called after backward instead of overlapping it: tinycnn's engine
-    completes a leaf's gradient only once the whole graph has run (run_backward's hook point 2),
-    so a parameter hook fires no earlier than synchronize() would.
+    synchronize() is called after backward, not overlapped with it. A parameter's hook runs as soon
+    as its gradient is complete (run_backward's hook point 2), so a bucket's all-reduce could start
+    from the hook of its last parameter; that is not done yet.
 
     fit(..., data_parallel=dp) calls start_epoch(epoch) before each epoch, synchronize() between
     backward and step, averages the epoch's training metrics over the processes, and lets only
