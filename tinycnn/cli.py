@@ -631,7 +631,9 @@ def main(argv=None):
         argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
         args = build_parser().parse_args(argv)
         args.argv = argv  # train --resume compares the options typed here with the checkpoint's
-        return COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, so that a reader who has gone away is met by the handler below
+        return status
     except UsageError as error:
         print(f"{error} (see tinycnn -h)", file=sys.stderr)
         return 2
