@@ -198,11 +198,7 @@ class Tensor:
         `to(numpy.float64)`, `to('cpu', numpy.float64)`; the same Tensor when nothing changes.
         The cast is recorded in the graph (gradients flow back in the source dtype); a device move
         makes a new leaf."""
-        for arg in args:
-            if isinstance(arg, str) and (arg in ("cpu", "gpu") or arg.startswith("cuda")):
-                device = arg
-            else:
-                dtype = arg
+        device, dtype = backend.device_and_dtype(args, device, dtype)
         result = self if dtype is None else self.astype(dtype)  # astype: tinycnn/arithmetic.py
         if device is None or result.device == device:
             return result

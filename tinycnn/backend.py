@@ -68,6 +68,18 @@ def to_cpu(array):
     return numpy.asarray(array)
 
 
+def device_and_dtype(args, device=None, dtype=None):
+    """(device, dtype) from the arguments of a torch-style `.to(...)` (Tensor.to and Module.to):
+    a string naming a device ('cpu', 'gpu', 'cuda...') is the device, anything else the dtype;
+    either may also come by keyword. None where not given."""
+    for arg in args:
+        if isinstance(arg, str) and (arg in ("cpu", "gpu") or arg.startswith("cuda")):
+            device = arg
+        else:
+            dtype = arg
+    return device, dtype
+
+
 def to_device(array, device):
     if device == "gpu" or (isinstance(device, str) and device.startswith("cuda")):
         return to_gpu(array)

@@ -200,11 +200,7 @@ class Module:
         buffers (an integer counter stays an integer). Each Parameter keeps its identity (its
         `.data` is replaced), so an optimizer built before still holds the model's parameters.
         """
-        for arg in args:
-            if isinstance(arg, str) and (arg in ("cpu", "gpu") or arg.startswith("cuda")):
-                device = arg
-            else:
-                dtype = arg
+        device, dtype = backend.device_and_dtype(args, device, dtype)
         if dtype is not None:
             try:
                 dtype = numpy.dtype(dtype)
