@@ -23,7 +23,7 @@ import numpy
 from tinycnn import config, random
 from tinycnn.autograd import Tensor
 from tinycnn.errors import UserError
-from tinycnn.gradcheck import numeric_gradient
+from tinycnn.gradcheck import numeric_gradient, weighted_loss
 from tinycnn.kernels import reference
 
 # Central differences in float64, with gradcheck's defaults (torch.autograd.gradcheck's too).
@@ -239,12 +239,7 @@ def _compare_gradients(call, inputs, outputs, checked, seed):
     fixed random weights w) from backward and by central differences in float64."""
     weight_rng = numpy.random.default_rng(seed)
     weights = [weight_rng.standard_normal(y.shape) for y in outputs]
-    loss = None
-    for y, w in zip(outputs, weights):
-        if y.requires_grad:
-            term = (y * Tensor(w)).sum()
-            loss = term if loss is None else loss + term
-    loss.backward()
+    weighted_loss(outputs, weights).backward()
     results = {}
     for i in checked:
         x = inputs[i]

@@ -15,6 +15,18 @@ class GradcheckError(AssertionError):
     """The analytic and numeric gradients differ; the message names where and by how much."""
 
 
+def weighted_loss(outputs, weights):
+    """L = sum_k sum(weights_k * outputs_k) as a Tensor in the graph, over the outputs that require
+    grad (None if none does): backward from L gives every input gradcheck's analytic gradient."""
+    loss = None
+    for y, w in zip(outputs, weights):
+        if y is not None and y.requires_grad:
+            xp = backend.get_array_module(y.data)
+            term = (y * Tensor(xp.asarray(w, dtype=y.dtype))).sum()
+            loss = term if loss is None else loss + term
+    return loss
+
+
 def numeric_gradient(fn, inputs, i, weights, eps=1e-6):
     """dL/d(inputs[i]) by central differences, for L = sum_k weights_k * fn(*inputs)_k.
 
@@ -70,12 +82,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, seed=0, raise_exceptio
 
     for i in checked:
         inputs[i].grad = None
-    loss = None
-    for y, w in zip(outputs, weights):
-        if y is not None and y.requires_grad:
-            xp = backend.get_array_module(y.data)
-            term = (y * Tensor(xp.asarray(w, dtype=y.dtype))).sum()
-            loss = term if loss is None else loss + term
+    loss = weighted_loss(outputs, weights)
     if loss is None:
         raise ValueError("gradcheck: no output depends on an input that requires grad")
     loss.backward()
