@@ -16,6 +16,17 @@ def _array(value):
     return value.data if isinstance(value, Tensor) else value
 
 
+def update_running_statistics(running_mean, running_var, mean, var, n, momentum):
+    """Move the running statistics (updated in place; either may be None) towards a batch's mean
+    and biased variance `var` over n values per channel: r = (1 - momentum) r + momentum * batch."""
+    if running_mean is not None:
+        running_mean *= 1 - momentum
+        running_mean += momentum * mean
+    if running_var is not None:
+        running_var *= 1 - momentum
+        running_var += momentum * var * (n / (n - 1))  # the unbiased variance, as PyTorch stores it
+
+
 class BatchNorm(Function):
     """y = gamma * (x - mean) / sqrt(var + eps) + beta per channel (axis 1) of x (N, C, ...).
 
@@ -60,7 +71,8 @@ Sums run over the n values of one channel.
         if self.training:
             y, mean, var, inv_std = kernels.batch_norm_forward_training(x, gamma, beta, self.eps)
             if x.size:  # an empty batch has no statistics: the running ones stay as they are (as PyTorch)
-                self._update_running_statistics(mean, var, n=x.size // x.shape[1])
+                update_running_statistics(self.running_mean, self.running_var, mean, var, x.size // x.shape[1],
+                                          self.momentum)
         else:
             xp = backend.get_array_module(x)
             mean = self.running_mean.astype(x.dtype)
@@ -85,15 +97,6 @@ Sums run over the n values of one channel.
         return (gx if self.needs_input_grad[0] else None,
                 ggamma if self.needs_input_grad[1] else None,
                 gbeta if self.needs_input_grad[2] else None)
-
-    def _update_running_statistics(self, mean, var, n):
-        m = self.momentum
-        if self.running_mean is not None:
-            self.running_mean *= 1 - m
-            self.running_mean += m * mean
-        if self.running_var is not None:
-            self.running_var *= 1 - m
-            self.running_var += m * var * (n / (n - 1))  # the unbiased variance, as PyTorch stores it
 
     def _check(self, x, gamma, beta):
         check_floating("batch_norm", input=x, weight=gamma, bias=beta)

@@ -13,6 +13,7 @@ import numpy
 from tinycnn import backend, distributed
 from tinycnn.autograd import Function
 from tinycnn.functional._checks import check_floating
+from tinycnn.functional.normalization import update_running_statistics
 from tinycnn.nn.normalization import _BatchNorm
 
 __all__ = ["SyncBatchNorm", "sync_batch_norm"]
@@ -65,12 +66,7 @@ class SyncBatchNormFunction(Function):
             y = y * gamma.reshape(shape)
         if beta is not None:
             y = y + beta.reshape(shape)
-        if self.running_mean is not None:
-            self.running_mean *= 1 - self.momentum
-            self.running_mean += self.momentum * mean
-        if self.running_var is not None:
-            self.running_var *= 1 - self.momentum
-            self.running_var += self.momentum * var * (n / (n - 1))  # unbiased, as PyTorch stores it
+        update_running_statistics(self.running_mean, self.running_var, mean, var, n, self.momentum)
         self.n = n
         self.save_for_backward(x_hat, gamma, inv_std)
         return y
