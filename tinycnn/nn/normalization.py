@@ -71,13 +71,20 @@ class _BatchNorm(Module):
             raise ValueError(f"{name}: expected {self.num_features} channels (num_features) on axis 1, got input "
                              f"of shape {tuple(x.shape)}")
 
-    def forward(self, x):
-        self._check_input(x)
+    def _momentum_of_this_call(self):
+        """The momentum of this call's update of the running statistics. In training with tracked
+        statistics the call counts one more batch (num_batches_tracked), and momentum=None means
+        their cumulative average: 1 / batches seen."""
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
             self.num_batches_tracked[...] += 1  # in place, like the running statistics
             if self.momentum is None:
                 momentum = 1.0 / float(self.num_batches_tracked)
+        return momentum
+
+    def forward(self, x):
+        self._check_input(x)
+        momentum = self._momentum_of_this_call()
         # Batch statistics in training, and in evaluation when no running statistics are kept.
         use_batch_stats = self.training or self.running_mean is None
         # Running buffers are handed over (and so updated) only when they are tracked.

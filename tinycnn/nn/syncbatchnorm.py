@@ -121,11 +121,7 @@ class SyncBatchNorm(_BatchNorm):
         if not self.training:
             return super().forward(x)
         self._check_input(x)
-        momentum = 0.0 if self.momentum is None else self.momentum
-        if self.track_running_stats:
-            self.num_batches_tracked[...] += 1
-            if self.momentum is None:
-                momentum = 1.0 / float(self.num_batches_tracked)
+        momentum = self._momentum_of_this_call()
         group = self.group if self.group is not None else distributed.default_group()
         return sync_batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, momentum, self.eps,
                                group)
