@@ -214,13 +214,14 @@ def batch_norm_backward_inference(gy, x, gamma, mean, inv_std):
     return _backend("batch_norm_backward_inference", gy).batch_norm_backward_inference(gy, x, gamma, mean, inv_std)
 
 
-def relu_forward(x):
-    """y = max(x, 0).
+def relu_forward(x, out=None):
+    """y = max(x, 0); written into `out` (x's shape and dtype; x itself for ReLU in place) and out
+    returned, when out is given.
 
     Runs on x's backend: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
     (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
     reference for NumPy arrays, tinycnn.kernels.reference.relu_forward, which has the maths."""
-    return _backend("relu_forward", x).relu_forward(x)
+    return _backend("relu_forward", x).relu_forward(x, out)
 
 
 def relu_backward(gy, y):

@@ -23,12 +23,20 @@ def _relu_forward(x, y, start, stop):
         y_chunk[i] = zero if v < zero else v
 
 
-def relu_forward(x):
-    """y = max(x, 0), element by element (NaN stays NaN, as in np.maximum)."""
+def relu_forward(x, out=None):
+    """y = max(x, 0), element by element (NaN stays NaN, as in np.maximum); written into `out`
+    (x's shape and dtype, may be x itself) and out returned when it is given."""
     x_flat = np.ascontiguousarray(x).reshape(-1)  # a view where x is contiguous
-    y_flat = np.empty_like(x_flat)
+    # A contiguous out is written directly (with out = x, each element is read just before it is
+    # overwritten); any other is filled from a contiguous result afterwards.
+    direct = out is not None and out.flags.c_contiguous
+    y_flat = out.reshape(-1) if direct else np.empty_like(x_flat)
     parallel_range(lambda start, stop: _relu_forward(x_flat, y_flat, start, stop), x_flat.size, 1)
-    return y_flat.reshape(x.shape)  # x's shape, even 0-d (ascontiguousarray makes that 1-d)
+    if out is None:
+        return y_flat.reshape(x.shape)  # x's shape, even 0-d (ascontiguousarray makes that 1-d)
+    if not direct:
+        out[...] = y_flat.reshape(x.shape)
+    return out
 
 
 @njit(cache=True, nogil=True)

@@ -476,9 +476,14 @@ RELU_FORWARD = ElementwiseSource(
     "tinycnn_relu_forward")
 
 
-def relu_forward(x):
-    """y = max(x, 0), element by element (NaN stays NaN, as in np.maximum)."""
-    # Flat (as kernels/cpu_elementwise.py): a 0-d array is then an array of one element, not a scalar.
+def relu_forward(x, out=None):
+    """y = max(x, 0), element by element (NaN stays NaN, as in np.maximum); written into `out`
+    (x's shape and dtype, may be x itself) and out returned when it is given."""
+    # A 0-d array goes in as an array of one element (reshape(1) is a view), not as a scalar.
+    if out is not None:
+        # Each thread reads x[i] and writes out[i] only, so out may be x; CuPy follows out's strides.
+        _kernel(RELU_FORWARD)(*((x.reshape(1), out.reshape(1)) if x.ndim == 0 else (x, out)))
+        return out
     return _kernel(RELU_FORWARD)(x.reshape(-1)).reshape(x.shape)
 
 

@@ -323,10 +323,14 @@ def batch_norm_backward_inference(gy, x, gamma, mean, inv_std):
     return gx.astype(x.dtype), (gy * x_hat).sum(axis=axes).astype(x.dtype), gy.sum(axis=axes).astype(x.dtype)
 
 
-def relu_forward(x):
-    """y = max(x, 0), element by element (NaN stays NaN, as in np.maximum)."""
+def relu_forward(x, out=None):
+    """y = max(x, 0), element by element (NaN stays NaN, as in np.maximum).
+
+    With `out` (x's shape and dtype) y is written there and out is returned; out may be x itself,
+    since each y_i needs only x_i: that is ReLU in place.
+    """
     xp = get_array_module(x)
-    return xp.maximum(x, x.dtype.type(0))
+    return xp.maximum(x, x.dtype.type(0), out=out)
 
 
 def relu_backward(gy, y):

@@ -448,6 +448,45 @@ def test_relu(backend, shape, dtype, layout, seed):
     _assert_same(gx, reference.relu_backward(_f64(gy), _f64(y)), dtype, f"{what} gx")
 
 
+def run_into(backend, primitive, *args, out):
+    """run() with out=: the primitive must write its result into `out` (a NumPy array, possibly one
+    of args: in place) and return that very array. On CuPy it runs on device copies laid out like
+    the NumPy arrays (out the same device array as the argument it was), copied back into out."""
+    if backend != "cupy":
+        result = run(backend, primitive, *args, out=out)
+        assert result is out, f"{primitive}: returned a new array, not out"
+        return out
+    on_device = [_to_gpu_keeping_layout(a) if isinstance(a, np.ndarray) else a for a in args]
+    device_out = next((d for a, d in zip(args, on_device) if a is out), None)
+    if device_out is None:
+        device_out = _to_gpu_keeping_layout(out)
+    result = getattr(tinycnn.kernels.gpu, primitive)(*on_device, out=device_out)
+    assert result is device_out, f"{primitive}: returned a new array, not out"
+    out[...] = array_backend.to_cpu(device_out)
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(st.lists(st.integers(0, 5), min_size=0, max_size=4).map(tuple), DTYPES, LAYOUTS, LAYOUTS,
+       st.integers(0, 2**16))
+@example((2, 3), np.float32, "contiguous", "contiguous", 0)
+@example((2, 3), np.float32, "strided", "strided", 0)
+def test_relu_forward_into_out(backend, shape, dtype, x_layout, out_layout, seed):
+    # out=x is ReLU in place (nn.ReLU(inplace=True) under no_grad); a strided or transposed x must
+    # be written through its own strides, not into a contiguous copy that is then lost. A separate
+    # out of another layout gets the result and leaves x as it was.
+    x = _array(seed, shape, dtype, x_layout)
+    expected = reference.relu_forward(_f64(x)).astype(dtype)
+    what = f"relu_forward out= {shape} {x_layout} -> {out_layout}"
+    before = x.copy()
+    out = _array(seed + 1, shape, dtype, out_layout)
+    run_into(backend, "relu_forward", x, out=out)
+    np.testing.assert_array_equal(out, expected, err_msg=what)
+    np.testing.assert_array_equal(x, before, err_msg=f"{what}: x changed")
+    run_into(backend, "relu_forward", x, out=x)
+    np.testing.assert_array_equal(x, expected, err_msg=f"{what}, in place")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_batch_norm_and_relu_split_over_parallel_chunks(backend):
     # Big enough that the Numba kernels split the work into several chunks (kernels/parallel.py):
@@ -471,6 +510,9 @@ def test_batch_norm_and_relu_split_over_parallel_chunks(backend):
                                                              _f64(inv_std)), dtype, "batch_norm_forward_inference")
     y = run(backend, "relu_forward", gy)
     np.testing.assert_array_equal(y, reference.relu_forward(gy), err_msg="relu_forward")
+    in_place = gy.copy()
+    np.testing.assert_array_equal(run_into(backend, "relu_forward", in_place, out=in_place), y,
+                                  err_msg="relu_forward in place")
     _assert_same(run(backend, "relu_backward", x - 1, y), reference.relu_backward(_f64(x - 1), _f64(y)), dtype,
                  "relu_backward")
 
