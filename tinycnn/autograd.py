@@ -5,6 +5,10 @@ A Tensor wraps an array (`.data`, NumPy or CuPy) and remembers the Function that
 `forward` and, when any input needs a gradient, links the outputs to it. `Tensor.backward()` walks
 that graph from the output back to the leaves, newest function first, calling each `backward(gy)`.
 
+The graph holds the leaves (parameters, data, constants) and, for every other input, a GraphValue:
+which Function made it and its shape, not its array. An intermediate array stays in memory only
+while the user holds its Tensor or a backward saved it (`save_for_backward`), as in PyTorch.
+
     >>> x = tinycnn.tensor([1.0, 2.0], requires_grad=True)
     >>> y = (x * x).sum()
     >>> y.backward()
@@ -26,6 +30,48 @@ active_trace = None
 # Set once a hook is registered on a leaf (Tensor.register_hook): until then no backward pays for
 # the walk of the graph that tells when each leaf's gradient is complete (run_backward).
 leaf_hooks_registered = False
+
+
+class GraphValue:
+    """A non-leaf tensor as the graph remembers it: the Function that made it (`creator`), which
+    of that Function's outputs it is (`index`), its shape and dtype, and its backward hooks, but not
+    its array. The consumers of a tensor hold its GraphValue (strongly: the graph must reach the
+    leaves), the Tensor holds it too, and the creator only weakly, so no cycle keeps a graph alive.
+    Like a Tensor, it has `creator`, `requires_grad`, `is_leaf`, `shape` and `dtype`, so code that
+    walks the graph reads both the same way."""
+
+    __slots__ = ("creator", "index", "shape", "dtype", "tensor_ref", "hooks", "__weakref__")
+    requires_grad = True
+    is_leaf = False
+
+    def __init__(self, creator, index, tensor):
+        self.creator, self.index = creator, index
+        self.shape, self.dtype = tuple(tensor.data.shape), tensor.data.dtype
+        self.tensor_ref = weakref.ref(tensor)  # for retain_grad(); None once the user dropped it
+        self.hooks = None  # register_hook's hooks of a non-leaf tensor, kept even if the Tensor is dropped
+
+    @property
+    def generation(self):
+        return self.creator.generation + 1
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @property
+    def name(self):
+        """The name given to the Tensor (tensor.name = ...), while the user holds it."""
+        tensor = self.tensor_ref()
+        return None if tensor is None else tensor.name
+
+    def __repr__(self):
+        return f"<GraphValue: output {self.index} of {self.creator.name}, shape {self.shape}>"
+
+
+def graph_value(tensor):
+    """What the graph holds for `tensor`: its GraphValue if a Function made it, else the Tensor
+    itself (a leaf). Code that matches the user's tensors against `function.inputs` compares these."""
+    return tensor if tensor._value is None else tensor._value
 
 
 class Function:
@@ -69,14 +115,21 @@ class Function:
         self.needs_input_grad = tuple(x is not None and x.requires_grad for x in inputs)
         if config.enable_backprop and any(self.needs_input_grad):
             self.generation = max(x.generation for x in inputs if x is not None and x.requires_grad)
-            for y in outputs:
+            values = []
+            for index, y in enumerate(outputs):
                 y.creator = self
                 y.generation = self.generation + 1
                 y.requires_grad = True
-            self.inputs = inputs
+                y._value = GraphValue(self, index, y)
+                values.append(y._value)
+            # Leaves as they are; any other input as its GraphValue, so the input's array is not
+            # kept here: a backward that needs it saved it (save_for_backward).
+            self.inputs = tuple(graph_value(x) if x is not None else None for x in inputs)
             # Weak references: the outputs own their creator, not the other way round, so a
-            # graph is freed as soon as the user drops its output.
-            self.outputs = tuple(weakref.ref(y) for y in outputs)
+            # graph is freed as soon as the user drops its output. Their shapes and dtypes stay,
+            # for the zero gradient of an output nobody used.
+            self.outputs = tuple(weakref.ref(value) for value in values)
+            self.output_shapes = tuple((value.shape, value.dtype) for value in values)
         return outputs[0] if len(outputs) == 1 else outputs
 
     @property
@@ -114,8 +167,11 @@ class Tensor:
 
     # Make NumPy defer to Tensor's reflected operators: ndarray + Tensor -> Tensor.__radd__.
     __array_ufunc__ = None
-    # register_hook's hooks; a class-level None, so the many tensors without hooks store nothing.
+    # register_hook's hooks of a leaf; a class-level None, so the many tensors without hooks store
+    # nothing (a non-leaf tensor's hooks live on its GraphValue).
     _backward_hooks = None
+    # What the graph holds for this tensor when a Function made it (GraphValue), else None.
+    _value = None
 
     def __init__(self, data, requires_grad=False, name=None):
         if isinstance(data, Tensor):
@@ -186,11 +242,14 @@ class Tensor:
         """
         if not self.requires_grad:
             raise RuntimeError("register_hook: cannot register a hook on a tensor that does not require grad")
+        if self._value is not None:  # on the GraphValue, which backward reaches even if the Tensor is dropped
+            if self._value.hooks is None:
+                self._value.hooks = {}
+            return HookHandle(self._value.hooks, hook)
         if self._backward_hooks is None:
             self._backward_hooks = {}
-        if self.creator is None:
-            global leaf_hooks_registered
-            leaf_hooks_registered = True  # from now on run_backward counts the uses of hooked leaves
+        global leaf_hooks_registered
+        leaf_hooks_registered = True  # from now on run_backward counts the uses of hooked leaves
         return HookHandle(self._backward_hooks, hook)
 
     def to(self, *args, device=None, dtype=None):
@@ -275,10 +334,10 @@ def hook_gradient(hook, result, replaced):
     return backend.get_array_module(replaced).asarray(array, dtype=replaced.dtype)
 
 
-def run_tensor_hooks(tensor, grad):
-    """Call the hooks of `tensor` (Tensor.register_hook) on its complete gradient; each may
-    replace it, for the next hook and the rest of the backward pass."""
-    for hook in list(tensor._backward_hooks.values()):
+def run_tensor_hooks(hooks, grad):
+    """Call a tensor's hooks (Tensor.register_hook) on its complete gradient; each may replace it,
+    for the next hook and the rest of the backward pass."""
+    for hook in list(hooks.values()):
         result = hook(Tensor(grad))
         if result is not None:
             grad = hook_gradient(hook, result, grad)
@@ -300,10 +359,11 @@ def run_backward(output, grad, retain_graph=False):
     each output's gradient is complete when it is used; no recursion, so depth is unlimited.
     Tensor hooks (register_hook) run at the two points where a gradient becomes complete.
     """
-    # id -> (tensor, gradient summed so far). Holding the tensor keeps it alive (functions only
-    # hold weak references to their outputs) until its creator has consumed the gradient.
-    grads = {id(output): (output, grad)}
-    leaf_grads = {}  # the same, for leaves: written to .grad at the end
+    # id(GraphValue) -> (GraphValue, gradient summed so far). Holding the GraphValue keeps it alive
+    # (functions only hold weak references to their outputs) until its creator consumes the gradient.
+    root = graph_value(output)
+    grads = {id(root): (root, grad)}
+    leaf_grads = {}  # the same, for leaves (Tensors): written to .grad at the end
     if output.creator is None:
         leaf_grads[id(output)] = (output, grad)
     counter = itertools.count()  # tie-breaker so the heap never compares Functions
@@ -329,7 +389,8 @@ def run_backward(output, grad, retain_graph=False):
         # Hook point 2: the last function that uses leaf x has run, so its gradient is complete.
         entry = leaf_grads.pop(id(x), None)
         if entry is not None:  # no function sent x a gradient (all None): no hook, as in torch
-            accumulate_grad(x, run_tensor_hooks(x, entry[1]))
+            g = entry[1]
+            accumulate_grad(x, run_tensor_hooks(x._backward_hooks, g) if x._backward_hooks else g)
 
     if output.creator is not None:
         push(output.creator)
@@ -338,20 +399,22 @@ def run_backward(output, grad, retain_graph=False):
         if getattr(function, "released", False):
             raise RuntimeError("backward: trying to go through the graph a second time; the buffers were "
                                "freed by the first backward. Pass retain_graph=True to the first call.")
-        outputs = [ref() for ref in function.outputs]
-        grad_outputs = [None if y is None else grads.pop(id(y), (None, None))[1] for y in outputs]
+        values = [ref() for ref in function.outputs]
+        grad_outputs = [None if y is None else grads.pop(id(y), (None, None))[1] for y in values]
         # Hook point 1: every consumer of these outputs has run, so their gradients are complete.
         # A hook may replace one; retain_grad() keeps what the hooks leave (as PyTorch 2).
-        for index, (y, g) in enumerate(zip(outputs, grad_outputs)):
+        for index, (y, g) in enumerate(zip(values, grad_outputs)):
             if g is None:
                 continue
-            if y._backward_hooks:
-                grad_outputs[index] = g = run_tensor_hooks(y, g)
-            if y.retains_grad:
-                accumulate_grad(y, g)
+            if y.hooks:
+                grad_outputs[index] = g = run_tensor_hooks(y.hooks, g)
+            tensor = y.tensor_ref()
+            if tensor is not None and tensor.retains_grad:
+                accumulate_grad(tensor, g)
         if any(g is not None for g in grad_outputs):
-            grad_outputs = [g if g is not None else backend.get_array_module(y.data).zeros_like(y.data)
-                            for g, y in zip(grad_outputs, outputs)]
+            xp = backend.get_array_module(next(g for g in grad_outputs if g is not None))
+            grad_outputs = [g if g is not None else xp.zeros(shape, dtype=dtype)
+                            for g, (shape, dtype) in zip(grad_outputs, function.output_shapes)]
             if active_trace is None:
                 grad_inputs = function.backward(*grad_outputs)
             else:  # inside `with tinycnn.trace()`: it times the backward and records the row
@@ -384,7 +447,7 @@ def run_backward(output, grad, retain_graph=False):
     # gradient) are written to .grad once the whole graph has run.
     for tensor, g in leaf_grads.values():
         if tensor._backward_hooks:
-            g = run_tensor_hooks(tensor, g)
+            g = run_tensor_hooks(tensor._backward_hooks, g)
         accumulate_grad(tensor, g)
 
 
@@ -400,7 +463,7 @@ def count_hooked_leaf_uses(output):
             if x is None or not x.requires_grad:
                 continue
             if x.creator is None:
-                if x._backward_hooks:
+                if x._backward_hooks:  # a leaf: the Tensor itself
                     uses[id(x)] = uses.get(id(x), 0) + 1
             elif id(x.creator) not in seen:
                 seen.add(id(x.creator))

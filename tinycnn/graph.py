@@ -23,7 +23,7 @@ rule the engine uses: one row below the lowest row they read from.
 import contextlib
 import os
 
-from tinycnn.autograd import Parameter, Tensor
+from tinycnn.autograd import Parameter, Tensor, graph_value
 
 __all__ = ["ModuleCall", "ModuleRecord", "build_graph", "draw_graph", "record_modules", "write_dot"]
 
@@ -145,9 +145,11 @@ def _recording_hook(record, path):
 
 
 def _tensors(value):
-    """The Tensors in a value that may be a Tensor, or a (nested) tuple, list or dict of them."""
+    """The Tensors in a value that may be a Tensor, or a (nested) tuple, list or dict of them, as
+    the graph holds them (autograd.graph_value: a leaf itself, any other tensor its GraphValue), so
+    they compare with `function.inputs`."""
     if isinstance(value, Tensor):
-        return [value]
+        return [graph_value(value)]
     if isinstance(value, dict):
         value = list(value.values())
     if isinstance(value, (tuple, list)):

@@ -2,8 +2,10 @@
 `tinycnn export MODEL --onnx FILE`.
 
 How it works. The model runs once, in eval mode, on a copy of the example input marked
-`requires_grad`, so the autograd engine records every op: each Function keeps its `inputs` and
-(weak references to) its `outputs`. The exporter walks that graph in topological order (a
+`requires_grad`, so the autograd engine records every op: each Function keeps its `inputs` (leaf
+Tensors, or the GraphValues of the others: shape and dtype) and (weak references to) its
+`outputs`; the export also holds every Tensor the forward made (_TensorKeeper), for the values of
+the constants. The exporter walks that graph in topological order (a
 Function's generation is larger than those of the Functions that made its inputs) and writes each
 Function as one or a few ONNX nodes with `onnx.helper`. Parameters and buffers become initializers
 named by their state_dict keys. Ops that do not depend on the input (LeNet-5's C3 weight, spread
@@ -23,7 +25,8 @@ import numpy
 
 import tinycnn
 from tinycnn import arithmetic, backend, config
-from tinycnn.autograd import Tensor
+from tinycnn import autograd
+from tinycnn.autograd import Tensor, graph_value
 from tinycnn.errors import UserError
 from tinycnn.functional import activation, basic, conv, normalization, pooling
 # The package's `dropout` attribute is the function: the module's class is imported by name.
@@ -97,8 +100,10 @@ class GraphBuilder:
             return ""  # ONNX's name for an absent optional input
         key = id(tensor)
         if key not in self.names:
-            name = self.parameter_names.get(key) or self.buffer_names.get(id(tensor.data)) or "constant"
-            self.names[key] = self.initializer(tensor.data, name)
+            # A constant made by an op (not a leaf) is read from its Tensor, which _TensorKeeper holds.
+            data = tensor.data if tensor.is_leaf else tensor.tensor_ref().data
+            name = self.parameter_names.get(key) or self.buffer_names.get(id(data)) or "constant"
+            self.names[key] = self.initializer(data, name)
         return self.names[key]
 
     def array_name(self, array, fallback, dtype):
@@ -121,7 +126,7 @@ def _onnx_dtype(onnx, dtype):
 
 
 # One writer per Function type: writer(builder, function, inputs, outputs), with the Function's
-# input Tensors (None for an absent bias) and output Tensors.
+# inputs (leaf Tensors or GraphValues, None for an absent bias) and output GraphValues.
 
 def _conv2d(b, f, inputs, outputs):
     x, W, bias = inputs
@@ -460,25 +465,49 @@ def _functions_in_order(outputs):
     return sorted(found, key=lambda function: function.generation)
 
 
+class _TensorKeeper:
+    """Installed as autograd.active_trace during the export's forward: it calls each Function and
+    module as usual and holds every Tensor made, so that a constant op's value (its array) is still
+    there when the exporter writes it (the graph itself keeps no intermediate array)."""
+
+    def __init__(self, outer):
+        self.outer = outer  # a `with tinycnn.trace()` around the export, which still records
+        self.tensors = []
+
+    def call_function(self, function, inputs):
+        outputs = function.apply(*inputs) if self.outer is None else self.outer.call_function(function, inputs)
+        self.tensors.append(outputs)
+        return outputs
+
+    def call_module(self, module, args, kwargs):
+        if self.outer is None:
+            return module._call_with_hooks(args, kwargs)
+        return self.outer.call_module(module, args, kwargs)
+
+
 def _trace(model, example_input):
-    """Run `model` in eval mode on a copy of the input that requires grad; returns (input, outputs)."""
+    """Run `model` in eval mode on a copy of the input that requires grad; returns (input, outputs,
+    the _TensorKeeper that holds every Tensor made)."""
     data = example_input.data if isinstance(example_input, Tensor) else numpy.asarray(example_input)
     if data.dtype.kind != "f":
         raise ExportError(f"onnx.export: expected a floating-point example input, got dtype {data.dtype}")
     x = Tensor(data.copy(), requires_grad=True)
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
+    keeper = _TensorKeeper(autograd.active_trace)
+    autograd.active_trace = keeper
     try:
         with config.using(enable_backprop=True, shape_only=False):
             output = model(x)
     finally:
+        autograd.active_trace = keeper.outer
         for module, training in modes:
             module.training = training
     outputs = output if isinstance(output, (tuple, list)) else (output,)
     if not all(isinstance(y, Tensor) for y in outputs):
         raise ExportError(f"onnx.export: expected the model to return a Tensor or a tuple of Tensors, got "
                           f"{type(output).__name__}")
-    return x, tuple(outputs)
+    return x, tuple(outputs), keeper
 
 
 def to_onnx(model, example_input, opset=17):
@@ -487,7 +516,8 @@ def to_onnx(model, example_input, opset=17):
     if opset not in SUPPORTED_OPSETS:
         raise ExportError(f"onnx.export: opset {opset} is not supported; choose one of "
                           f"{SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
-    x, outputs = _trace(model, example_input)
+    x, outputs, keeper = _trace(model, example_input)  # keeper: alive until the graph is written
+    outputs = tuple(graph_value(y) for y in outputs)  # as function.inputs hold them
     parameter_names = {id(p): name for name, p in model.named_parameters()}
     buffer_names = {id(array.data if isinstance(array, Tensor) else array): name
                     for name, array in model.named_buffers()}

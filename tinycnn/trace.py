@@ -14,9 +14,10 @@ every module), the shape of its output, the norm of the gradient that reached th
 each parameter it uses the ratio |gradient| / |weight| (the relative size of an SGD step at lr 1),
 the bytes it keeps for backward, and its forward and backward time.
 
-What "kept for backward" counts. A Function holds, from its forward until its backward, the arrays
-of its inputs (the graph keeps the input Tensors) and what its forward saved
-(`save_for_backward`, or named attributes such as MaxPool's `argmax`). Not counted: the arrays of
+What "kept for backward" counts. A Function holds, from its forward until its backward, what its
+forward saved (`save_for_backward`, or named attributes such as MaxPool's `argmax`) and the arrays
+of its leaf inputs (the graph keeps a leaf Tensor itself, but of any other input only its
+GraphValue, without the array: tinycnn/autograd.py). Not counted: the arrays of
 leaves that require a gradient (the parameters: they are the parameter memory) and arrays the
 Function was given when it was built and the buffers of the modules called (BatchNorm's running
 statistics, LeNet-5's RBF codes: model state, alive anyway). The input batch counts: the first
@@ -147,7 +148,8 @@ class Trace:
                     self._parameters[id(buffer)] = _reference(buffer)
                     self.parameter_bytes += buffer.nbytes
         held = {}  # id(buffer) -> buffer
-        arrays = [x.data for x in function.inputs if x is not None] + list(_arrays_in(vars(function).values()))
+        leaves = [x.data for x in function.inputs if x is not None and x.is_leaf]  # GraphValues hold no array
+        arrays = leaves + list(_arrays_in(vars(function).values()))
         for array in arrays:
             buffer = _buffer_of(array)
             if id(array) in given or id(buffer) in given:
@@ -162,7 +164,7 @@ class Trace:
                 new_bytes += buffer.nbytes
         self.activation_bytes += new_bytes
         self.functions_recorded += 1
-        shapes = [ref().shape for ref in function.outputs]
+        shapes = [shape for shape, _ in function.output_shapes]
         return TraceRow(op=function.name, module=self._current_module_name(),
                         output_shape=shapes[0] if len(shapes) == 1 else tuple(shapes),
                         saved_bytes=sum(buffer.nbytes for buffer in held.values()), new_bytes=new_bytes,
