@@ -1,12 +1,14 @@
 """Element-wise activations and the (log-)softmax over one axis.
 
-The `inplace` arguments exist so code written for torch.nn.functional runs unchanged; tinycnn
-always returns a new tensor, because overwriting the input would destroy what backward needs.
+relu and leaky_relu take torch's `inplace`: the result overwrites the input's array when no graph
+is recorded (no_grad, or nothing requires a gradient), and is a new array while one is, because
+tinycnn cannot tell whether a recorded backward still needs the input (see _inplace.py).
 """
 from tinycnn import backend, kernels
 from tinycnn.autograd import Function
 from tinycnn.explain import Example, Explanation
 from tinycnn.functional._checks import check_floating
+from tinycnn.functional._inplace import check_writeable, writes_in_place
 
 __all__ = ["leaky_relu", "log_softmax", "relu", "sigmoid", "softmax", "tanh"]
 
@@ -23,9 +25,14 @@ class ReLU(Function):
         kernels=("relu_forward", "relu_backward"))
     examples = {"relu": Example(shape=(2, 3, 4, 4))}
 
+    def __init__(self, inplace=False):
+        self.inplace = inplace  # write y into x's array; relu() asks for it only when no graph is recorded
+
     def forward(self, x):
         check_floating("relu", input=x)
-        y = kernels.relu_forward(x)
+        if self.inplace:
+            check_writeable("relu", x)
+        y = kernels.relu_forward(x, out=x if self.inplace else None)
         self.save_for_backward(y)
         return y
 
@@ -37,7 +44,13 @@ class ReLU(Function):
 
 
 def relu(input, inplace=False):
-    return ReLU()(input)
+    """max(x, 0), as torch.nn.functional.relu.
+
+    inplace=True: when no graph is recorded (under tinycnn.no_grad(), or input does not require a
+    gradient) the result is written into input's array and the Tensor returned shares it; while a
+    graph is recorded it is a new array and input is left as it was (see functional/_inplace.py).
+    """
+    return ReLU(writes_in_place(inplace, input))(input)
 
 
 class LeakyReLU(Function):
@@ -51,14 +64,21 @@ class LeakyReLU(Function):
               "always say which side of 0 x was on, so the input itself is kept.")
     examples = {"leaky_relu": Example(shape=(2, 3, 4, 4), options={"negative_slope": 0.1})}
 
-    def __init__(self, negative_slope):
+    def __init__(self, negative_slope, inplace=False):
         self.negative_slope = negative_slope
+        self.inplace = inplace  # overwrite x; leaky_relu() asks for it only when no graph is recorded
 
     def forward(self, x):
         check_floating("leaky_relu", input=x)
         xp = backend.get_array_module(x)
+        slope = x.dtype.type(self.negative_slope)
+        if self.inplace:
+            check_writeable("leaky_relu", x)
+            # Where not x > 0 (NaN included, as in xp.where below): the same products, in x's array.
+            x[~(x > 0)] *= slope
+            return x
         self.save_for_backward(x)
-        return xp.where(x > 0, x, x * x.dtype.type(self.negative_slope))
+        return xp.where(x > 0, x, x * slope)
 
     def backward(self, gy):
         # y = x for x > 0, slope * x otherwise: dy/dx is 1 or the slope.
@@ -68,7 +88,9 @@ class LeakyReLU(Function):
 
 
 def leaky_relu(input, negative_slope=0.01, inplace=False):
-    return LeakyReLU(negative_slope)(input)
+    """x where x > 0, negative_slope * x elsewhere, as torch.nn.functional.leaky_relu; `inplace`
+    as in relu: honoured only when no graph is recorded."""
+    return LeakyReLU(negative_slope, writes_in_place(inplace, input))(input)
 
 
 class Sigmoid(Function):

@@ -3,9 +3,10 @@ import numpy
 
 from tinycnn import backend, kernels
 from tinycnn.arithmetic import sum_to
-from tinycnn.autograd import Function
+from tinycnn.autograd import Function, as_tensor
 from tinycnn.explain import Example, Explanation
 from tinycnn.functional._checks import check_floating
+from tinycnn.functional._inplace import check_writeable, writes_in_place
 
 __all__ = ["add", "cat", "concat", "flatten", "linear"]
 
@@ -137,8 +138,18 @@ class AddN(Function):
         saved="only the inputs' shapes: no array.")
     examples = {"add": Example(shape=(2, 3, 4), inputs=lambda shape, rng: [shape, shape[-1:]])}
 
+    def __init__(self, inplace=False):
+        self.inplace = inplace  # accumulate into the first input's array; add() asks for it only when no graph is recorded
+
     def forward(self, *xs):
         self.shapes = [x.shape for x in xs]
+        if self.inplace:
+            y = xs[0]
+            check_writeable("add", y)
+            xp = backend.get_array_module(*xs)
+            for x in xs[1:]:
+                xp.add(y, x, out=y)  # x broadcast into y's shape (add() checked that it fits)
+            return y
         y = xs[0]
         for x in xs[1:]:
             y = y + x
@@ -151,13 +162,40 @@ class AddN(Function):
                      for shape, needed in zip(self.shapes, self.needs_input_grad))
 
 
-def add(*tensors):
-    """Sum several tensors with one op: add(a, b, c) or add([a, b, c])."""
+def add(*tensors, inplace=False):
+    """Sum several tensors with one op: add(a, b, c) or add([a, b, c]).
+
+    inplace=True is torch's `a += b + c` (a residual block's `out += identity`): the sum is written
+    into the first tensor's array and the Tensor returned shares it, when no graph is recorded
+    (under tinycnn.no_grad(), or when no input requires a gradient); while one is, the sum is a new
+    array and every input is left as it was (see functional/_inplace.py). Either way the result has
+    the first tensor's shape and dtype: the others must broadcast to that shape (as torch's +=
+    allows) and have that dtype, else ValueError or TypeError.
+    """
     if len(tensors) == 1 and isinstance(tensors[0], (list, tuple)):
         tensors = tuple(tensors[0])
     if not tensors:
         raise ValueError("add: expected at least one tensor, got none")
-    return AddN()(*tensors)
+    if inplace:
+        first = as_tensor(tensors[0])
+        tensors = (first,) + tuple(as_tensor(t, like=first.data) for t in tensors[1:])
+        _check_fits_into_first(tensors)
+    return AddN(writes_in_place(inplace, *tensors))(*tensors)
+
+
+def _check_fits_into_first(tensors):
+    """add(inplace=True)'s rule, checked whether or not it then writes in place, so that the result
+    never depends on whether a graph is recorded: every tensor broadcasts to the first's shape
+    (trailing axes equal or 1, no more axes than the first), and all share its dtype."""
+    first = tensors[0]
+    for index, t in enumerate(tensors[1:], start=1):
+        fits = t.ndim <= first.ndim and all(s in (1, f) for s, f in zip(t.shape[::-1], first.shape[::-1]))
+        if not fits:
+            raise ValueError(f"add: inplace=True writes into the first tensor, of shape {tuple(first.shape)}; "
+                             f"tensor {index} of shape {tuple(t.shape)} does not broadcast to that shape")
+        if t.dtype != first.dtype:
+            raise TypeError(f"add: inplace=True writes into the first tensor, of dtype {first.dtype}; "
+                            f"tensor {index} has dtype {t.dtype}")
 
 
 class Flatten(Function):

@@ -10,8 +10,11 @@ __all__ = ["LeakyReLU", "LogSoftmax", "ReLU", "Sigmoid", "Softmax", "Tanh"]
 class ReLU(Module):
     """max(x, 0).
 
-    `inplace` is accepted so torch code runs unchanged, and ignored: a new array is always
-    returned (overwriting the input would destroy what the previous op saved for backward).
+    inplace=True, as in torch, writes the result into the input's array, but only when no graph is
+    recorded (under tinycnn.no_grad(), or when the input needs no gradient): inference then
+    allocates nothing. While a graph is recorded (training) the result is a new array, because
+    tinycnn has no version counters to tell whether a backward still needs the input (see
+    tinycnn/functional/_inplace.py).
     """
 
     def __init__(self, inplace=False):
@@ -19,14 +22,15 @@ class ReLU(Module):
         self.inplace = inplace
 
     def forward(self, x):
-        return F.relu(x)
+        return F.relu(x, inplace=self.inplace)
 
     def extra_repr(self):
         return "inplace=True" if self.inplace else ""
 
 
 class LeakyReLU(Module):
-    """x for x > 0, negative_slope * x otherwise; `inplace` is accepted and ignored, as for ReLU."""
+    """x for x > 0, negative_slope * x otherwise; `inplace` as for ReLU (honoured only when no
+    graph is recorded)."""
 
     def __init__(self, negative_slope=0.01, inplace=False):
         super().__init__()
@@ -34,7 +38,7 @@ class LeakyReLU(Module):
         self.inplace = inplace
 
     def forward(self, x):
-        return F.leaky_relu(x, self.negative_slope)
+        return F.leaky_relu(x, self.negative_slope, inplace=self.inplace)
 
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
