@@ -59,7 +59,7 @@ class AlexNetPaper(nn.Module):
         for name, filters, kernel, stride, padding, groups, has_lrn, has_pool in PAPER_CONVS:
             index = name[-1]
             layers[name] = nn.Conv2d(channels, filters, kernel, stride=stride, padding=padding, groups=groups)
-            layers[f"relu{index}"] = nn.ReLU()
+            layers[f"relu{index}"] = nn.ReLU(inplace=True)
             if has_lrn:
                 layers[f"norm{index}"] = nn.LocalResponseNorm(**LRN_SETTINGS[lrn])
             if has_pool:
@@ -68,8 +68,8 @@ class AlexNetPaper(nn.Module):
         self.features = nn.Sequential(layers)
         hidden6, hidden7 = PAPER_FC
         self.classifier = nn.Sequential(OrderedDict([
-            ("fc6", nn.Linear(channels * 6 * 6, hidden6)), ("relu6", nn.ReLU()), ("drop6", nn.Dropout(dropout)),
-            ("fc7", nn.Linear(hidden6, hidden7)), ("relu7", nn.ReLU()), ("drop7", nn.Dropout(dropout)),
+            ("fc6", nn.Linear(channels * 6 * 6, hidden6)), ("relu6", nn.ReLU(inplace=True)), ("drop6", nn.Dropout(dropout)),
+            ("fc7", nn.Linear(hidden6, hidden7)), ("relu7", nn.ReLU(inplace=True)), ("drop7", nn.Dropout(dropout)),
             ("fc8", nn.Linear(hidden7, num_classes)),
         ]))
         if paper_init:
@@ -95,16 +95,16 @@ class AlexNet(nn.Module):
     def __init__(self, num_classes=1000, in_channels=3, dropout=0.5):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, stride=2),
-            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, stride=2),
-            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, stride=2),
+            nn.Conv2d(in_channels, 64, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2),
+            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2),
+            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2),
         )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.classifier = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(),
-            nn.Dropout(dropout), nn.Linear(4096, 4096), nn.ReLU(),
+            nn.Dropout(dropout), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
             nn.Linear(4096, num_classes),
         )
 

@@ -42,7 +42,7 @@ class ConvBNReLU(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                               groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_channels, eps=eps)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x):
         return self.relu(self.bn(self.conv(x)))

@@ -65,10 +65,10 @@ class DenseLayer(nn.Module):
     def __init__(self, in_channels, growth_rate, bn_size, drop_rate=0.0, memory_efficient=False):
         super().__init__()
         self.norm1 = nn.BatchNorm2d(in_channels)
-        self.relu1 = nn.ReLU()
+        self.relu1 = nn.ReLU(inplace=True)
         self.conv1 = nn.Conv2d(in_channels, bn_size * growth_rate, 1, bias=False)
         self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
-        self.relu2 = nn.ReLU()
+        self.relu2 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, 3, padding=1, bias=False)
         self.dropout = nn.Dropout(drop_rate)
         self.memory_efficient = memory_efficient
@@ -164,7 +164,7 @@ class Transition(nn.Sequential):
     def __init__(self, in_channels, out_channels):
         super().__init__(OrderedDict([
             ("norm", nn.BatchNorm2d(in_channels)),
-            ("relu", nn.ReLU()),
+            ("relu", nn.ReLU(inplace=True)),
             ("conv", nn.Conv2d(in_channels, out_channels, 1, bias=False)),
             ("pool", nn.AvgPool2d(2, stride=2)),
         ]))
@@ -182,7 +182,7 @@ class DenseNet(nn.Module):
             layers = OrderedDict([
                 ("conv0", nn.Conv2d(in_channels, num_init_features, 7, stride=2, padding=3, bias=False)),
                 ("norm0", nn.BatchNorm2d(num_init_features)),
-                ("relu0", nn.ReLU()),
+                ("relu0", nn.ReLU(inplace=True)),
                 ("pool0", nn.MaxPool2d(3, stride=2, padding=1)),
             ])
         elif stem == "cifar":
@@ -214,7 +214,7 @@ class DenseNet(nn.Module):
         # N x 3 x 224 x 224 (32 x 32 for the CIFAR stem)
         x = self.features(x)
         # N x 1024 x 7 x 7 for DenseNet-121 (blocks at 56, 28, 14, 7; CIFAR: 32, 16, 8)
-        x = F.relu(x)
+        x = F.relu(x, inplace=True)
         x = F.flatten(self.avgpool(x), 1)
         # N x num_features
         x = self.classifier(x)

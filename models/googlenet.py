@@ -88,7 +88,7 @@ def conv_relu(in_channels, out_channels, kernel_size, padding=0, stride=1):
     """The paper's (Caffe's) convolution: with bias, followed by ReLU."""
     return nn.Sequential(OrderedDict([
         ("conv", nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding)),
-        ("relu", nn.ReLU()),
+        ("relu", nn.ReLU(inplace=True)),
     ]))
 
 
@@ -136,7 +136,7 @@ class InceptionAux(nn.Module):
         # N x 512 x 14 x 14 (aux1) or N x 528 x 14 x 14 (aux2)
         x = self.conv(self.pool(x))
         # N x 128 x 4 x 4
-        x = F.relu(self.fc1(F.flatten(x, 1)))
+        x = F.relu(self.fc1(F.flatten(x, 1)), inplace=True)
         # N x 1024
         x = self.fc2(self.dropout(x))
         # N x num_classes

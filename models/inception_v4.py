@@ -204,14 +204,14 @@ class ResidualInceptionBlock(nn.Module):
     def __init__(self, scale, activate=True):
         super().__init__()
         self.scale = scale
-        self.relu = nn.ReLU() if activate else None
+        self.relu = nn.ReLU(inplace=True) if activate else None
 
     def branches(self, x):
         raise NotImplementedError(type(self).__name__)
 
     def forward(self, x):
         out = self.conv2d(F.concat(self.branches(x), axis=1))
-        out = F.add(out * self.scale, x)
+        out = F.add(out * self.scale, x, inplace=True)  # into the fresh product; x is left as it was
         return self.relu(out) if self.relu is not None else out
 
 

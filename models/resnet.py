@@ -71,7 +71,7 @@ class BasicBlock(nn.Module):
             raise ValueError(f"BasicBlock: only groups=1 and base_width=64 are defined, got {groups}, {base_width}")
         self.conv1 = conv3x3(in_channels, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
@@ -80,7 +80,7 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(F.add(out, identity))
+        return self.relu(F.add(out, identity, inplace=True))
 
 
 class Bottleneck(nn.Module):
@@ -102,7 +102,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
     def forward(self, x):
@@ -110,7 +110,7 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(F.add(out, identity))
+        return self.relu(F.add(out, identity, inplace=True))
 
 
 class ResNet(nn.Module):
@@ -125,7 +125,7 @@ class ResNet(nn.Module):
         self.inplanes = 64
         self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         for index, (planes, blocks, stride) in enumerate(zip(STAGE_PLANES, layers, STAGE_STRIDES)):
             setattr(self, f"layer{index + 1}", self._make_layer(block, planes, blocks, stride))
@@ -200,7 +200,7 @@ class CifarBasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.has_shortcut = shortcut is not None
         if shortcut is None or (stride == 1 and in_channels == planes):
             self.shortcut = nn.Identity()
@@ -215,7 +215,7 @@ class CifarBasicBlock(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         if self.has_shortcut:
-            out = F.add(out, self.shortcut(x))
+            out = F.add(out, self.shortcut(x), inplace=True)
         return self.relu(out)
 
 
@@ -229,7 +229,7 @@ class CifarResNet(nn.Module):
         n = (depth - 2) // 6
         self.conv1 = conv3x3(in_channels, CIFAR_PLANES[0])
         self.bn1 = nn.BatchNorm2d(CIFAR_PLANES[0])
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         in_planes = CIFAR_PLANES[0]
         for index, planes in enumerate(CIFAR_PLANES):
             stride = 1 if index == 0 else 2

@@ -43,7 +43,7 @@ def make_layers(config, in_channels=3, batch_norm=False):
         layers.append(nn.Conv2d(channels, item, 3, padding=1))
         if batch_norm:
             layers.append(nn.BatchNorm2d(item))
-        layers.append(nn.ReLU())
+        layers.append(nn.ReLU(inplace=True))
         channels = item
     return nn.Sequential(*layers)
 
@@ -54,8 +54,8 @@ class VGG(nn.Module):
         self.features = make_layers(config, in_channels, batch_norm)
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(
-            nn.Linear(512 * 7 * 7, 4096), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(512 * 7 * 7, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(4096, num_classes),
         )
         for module in self.modules():

@@ -42,8 +42,10 @@ def compare_eval_logits(ours, theirs, x, tmp_path, device="cpu"):
     ours.eval().to(device)
     with torch.no_grad():
         expected = theirs(torch.from_numpy(x)).numpy()
-    with tinycnn.no_grad():
-        actual = ours(tinycnn.tensor(x, device=device)).numpy()
+    given = tinycnn.tensor(x, device=device)
+    with tinycnn.no_grad():  # the zoo's ReLUs and residual adds write in place here
+        actual = ours(given).numpy()
+    np.testing.assert_array_equal(given.numpy(), x, err_msg="the forward overwrote the input it was given")
     assert actual.shape == expected.shape
     assert_logits_close(actual, expected)
 

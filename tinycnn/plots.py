@@ -103,7 +103,8 @@ def plot_feature_maps(model, image, path, label=None):
     if conv is None:
         raise ValueError(f"plot_feature_maps: {type(model).__name__} has no Conv2d layer")
     captured = []
-    handle = conv.register_forward_hook(lambda module, inputs, output: captured.append(output.data))
+    # A copy: an in-place ReLU after the conv (VGG, AlexNet, under no_grad) overwrites its output.
+    handle = conv.register_forward_hook(lambda module, inputs, output: captured.append(output.data.copy()))
     was_training = model.training
     model.eval()
     try:
