@@ -23,12 +23,28 @@ def _relu_forward(x, y, start, stop):
         y_chunk[i] = zero if v < zero else v
 
 
+@njit(cache=True, nogil=True)
+def _relu_in_place(x, start, stop):
+    # x flat; its elements in [start, stop) overwritten by max(x, 0). One array, not _relu_forward
+    # with y = x: given two arguments that overlap, LLVM's vectorised loop fails its run-time
+    # overlap check and the scalar loop runs, at half the speed or less.
+    x_chunk = x[start:stop]
+    zero = x.dtype.type(0)
+    for i in range(x_chunk.size):
+        v = x_chunk[i]
+        x_chunk[i] = zero if v < zero else v
+
+
 def relu_forward(x, out=None):
     """y = max(x, 0), element by element (NaN stays NaN, as in np.maximum); written into `out`
     (x's shape and dtype, may be x itself) and out returned when it is given."""
+    if out is x and x.flags.c_contiguous:
+        x_flat = x.reshape(-1)  # a view
+        parallel_range(lambda start, stop: _relu_in_place(x_flat, start, stop), x_flat.size, 1)
+        return x
     x_flat = np.ascontiguousarray(x).reshape(-1)  # a view where x is contiguous
-    # A contiguous out is written directly (with out = x, each element is read just before it is
-    # overwritten); any other is filled from a contiguous result afterwards.
+    # A contiguous out is written directly (an out that overlaps x: each element is read just before
+    # it is overwritten); any other is filled from a contiguous result afterwards.
     direct = out is not None and out.flags.c_contiguous
     y_flat = out.reshape(-1) if direct else np.empty_like(x_flat)
     parallel_range(lambda start, stop: _relu_forward(x_flat, y_flat, start, stop), x_flat.size, 1)
