@@ -11,6 +11,7 @@ from numba import njit
 
 from tinycnn.kernels.cpu_columns import _col2im, _from_padded_nhwc, _im2col, _im2row, _row2im, _to_padded_nhwc
 from tinycnn.kernels.cpu_matmul import PRODUCT_CHUNKS, PRODUCT_SERIAL, _small_product
+from tinycnn.kernels.cpu_winograd import winograd_conv2d_forward
 from tinycnn.kernels.parallel import run_chunks, split
 from tinycnn.kernels.reference import conv_output_size
 
@@ -75,6 +76,44 @@ PIXEL_MAJOR_PIXELS = 1024
 # computed by _small_product rather than OpenBLAS, whose products with so small a result did not
 # run any faster on two threads than on one (0.95x for 20x25 over 9,216 pixels; bigger ones 1.7-1.9x).
 SMALL_PRODUCT = 4096
+# Winograd's F(2x2, 3x3) (tinycnn.kernels.cpu_winograd) for 3x3 layers at stride 1, dilation 1,
+# ungrouped, whose three taps all see the input along both axes: 2.25 times fewer multiplications
+# than im2col's product, and its transformed input (16 values per 2x2 outputs and channel) smaller
+# than the columns (36). Only with at least WINOGRAD_CHANNELS input channels and outputs of at
+# least WINOGRAD_SIZE rows and columns. Forward, 2 threads, min of 5-7 alternating rounds on a
+# shared machine (benchmarks/winograd.py), Winograd / im2col:
+#   VGG-16, batch 4: 64->64 at 224x224 0.52 (223 -> 117 ms), 64->128 and 128->128 at 112 0.64,
+#   128->256 at 56 0.76, 256->256 0.57, 256->512 at 28 0.75, 512->512 0.65, 512->512 at 14 0.77;
+#   ResNet-50, batch 8: 64->64 at 56 0.56, 128->128 at 28 0.82, 256->256 at 14 0.61;
+#   DenseNet-121, batch 8: 128->32 at 56 0.46, at 28 0.48, at 14 0.55.
+# Left to im2col: VGG-16's 3->64 (1.19; 8->64 at 112 0.96, 16->16 0.57) and 7x7 outputs, whose
+# 4x4 tiles compute 64 outputs for 49 and whose tile rows carry a spare tile (see
+# cpu_winograd._input_transform): ResNet-50's 512->512 1.08-1.11, DenseNet-121's 128->32 1.05
+# (8x8 512->512 ran 0.88, 10x10 0.81-0.84).
+# The backward's dx, where it is the convolution of gy above, takes Winograd through
+# conv2d_forward; and where Winograd suits that convolution, dx is computed so for layers with as
+# many output channels as input too (WINOGRAD_INPUT_GRADIENT), rather than by W^T gy and col2im:
+# whole backward (dx, dW, db) of ResNet-50's 64->64 at 56 0.86, 128->128 at 28 0.97, 256->256 at
+# 14 0.99 (dW keeps im2col, and costs as much as the forward). float32 error against the float64
+# reference, He-initialised weights and post-ReLU inputs (batch 2, ResNet-50's and DenseNet-121's
+# 3x3 layers): RMS 2.3-4.3e-7 of the output's RMS (im2col 2.2-2.5e-7, PyTorch 1.6-1.8e-7), largest
+# 3.5-5.6e-7 of the largest output (im2col 2.1-5.1e-7).
+WINOGRAD_CHANNELS = 16
+WINOGRAD_SIZE = 8
+WINOGRAD_INPUT_GRADIENT = True
+WINOGRAD = True  # False: im2col everywhere (benchmarks/winograd.py's A/B)
+
+
+def _winograd_suits(x_shape, W_shape, SH, SW, PH, PW, DH, DW, groups):
+    """Whether conv2d_forward takes Winograd's F(2x2, 3x3) for this layer (see WINOGRAD_CHANNELS)."""
+    N, C, H, W = x_shape
+    OC, _, KH, KW = W_shape
+    if not WINOGRAD or (KH, KW, SH, SW, DH, DW, groups) != (3, 3, 1, 1, 1, 1, 1) or N == 0 or OC == 0:
+        return False
+    OH, OW = H + 2 * PH - 2, W + 2 * PW - 2
+    if OH < 1 or OW < 1 or _live_taps(H, OH, 3, 1, PH, 1) != (0, 3) or _live_taps(W, OW, 3, 1, PW, 1) != (0, 3):
+        return False  # taps that see only padding: im2col cuts them off (see _ConvGeometry)
+    return C >= WINOGRAD_CHANNELS and min(OH, OW) >= WINOGRAD_SIZE
 
 
 def _conv_chunks(N, column_length, weight_length, multiply_adds):
@@ -177,8 +216,11 @@ class _ConvGeometry:
         # dx as a convolution of gy, where that beats col2im (see the comments above SMALL_PRODUCT);
         # the padding D*(K-1) - P it needs must not be negative
         self.input_gradient_by_convolution = (
-            (SH, SW) == (1, 1) and groups == 1 and self.OC < self.C and not self.pointwise
-            and DH * (KH - 1) >= PH and DW * (KW - 1) >= PW)
+            (SH, SW) == (1, 1) and groups == 1 and not self.pointwise
+            and DH * (KH - 1) >= PH and DW * (KW - 1) >= PW
+            and (self.OC < self.C or (WINOGRAD_INPUT_GRADIENT and _winograd_suits(
+                (self.N, self.OC, self.OH, self.OW), (self.C, self.OC, KH, KW), 1, 1,
+                DH * (KH - 1) - PH, DW * (KW - 1) - PW, DH, DW, 1))))
         self.row_blocks = [(0, self.OH)]
         weight_length = self.OC * self.K
         block_length = max(COLUMN_CHUNK, 4 * weight_length)
@@ -241,7 +283,9 @@ class _ConvGeometry:
 
 def conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups):
     """As the reference: y (N, OC, OH, OW) = W * x + b, im2col and one product per group, done a
-    chunk of samples at a time on every thread."""
+    chunk of samples at a time on every thread; or Winograd's F(2x2, 3x3) where it is faster."""
+    if _winograd_suits(x.shape, W.shape, SH, SW, PH, PW, DH, DW, groups):
+        return winograd_conv2d_forward(x, W, b, PH, PW)
     x, W = np.ascontiguousarray(x), np.ascontiguousarray(W)
     layer = _ConvGeometry(x, W, SH, SW, PH, PW, DH, DW, groups)
     N, OC, OH, OW, L, G, K = layer.N, layer.OC, layer.OH, layer.OW, layer.L, layer.G, layer.K
@@ -280,7 +324,8 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
     """As the reference, a chunk of samples at a time: each chunk's share of gW (and gb) is kept
     apart and the shares are added in chunk order, so the sum does not depend on the threads.
     gx comes from each chunk's column gradient by col2im, or, at stride 1 where the layer has
-    fewer output than input channels, from one convolution of gy after the chunks."""
+    fewer output than input channels or where Winograd suits that convolution (see
+    WINOGRAD_INPUT_GRADIENT), from one convolution of gy after the chunks."""
     x, W = np.ascontiguousarray(x), np.ascontiguousarray(W)
     gy = np.ascontiguousarray(gy, dtype=x.dtype)
     layer = _ConvGeometry(x, W, SH, SW, PH, PW, DH, DW, groups)

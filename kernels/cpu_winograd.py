@@ -1,0 +1,244 @@
+"""conv2d by Winograd's minimal filtering F(2x2, 3x3) for the Numba backend: 3x3 kernels, stride 1,
+dilation 1, one group (tinycnn.kernels.cpu_conv says which layers take this path, and why).
+
+Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016, section 4: a 2x2
+block of outputs Y of a 3x3 filter g over the 4x4 input tile d under it is
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A          (* elementwise, over the 4x4 "Winograd domain")
+
+        B^T = [ 1  0 -1  0 ]      G = [ 1    0    0   ]      A^T = [ 1  1  1  0 ]
+              [ 0  1  1  0 ]          [ 1/2  1/2  1/2 ]            [ 0  1 -1 -1 ]
+              [ 0 -1  1  0 ]          [ 1/2 -1/2  1/2 ]
+              [ 0  1  0 -1 ]          [ 0    0    1   ]
+
+16 multiplications per 2x2 block instead of 36. Over many channels the elementwise products turn
+into matrix products (the paper's equation 12): with U = G g G^T for every (o, c) pair and
+V = B^T d B for every (c, tile), each of the 16 positions (xi, nu) of the Winograd domain is one
+
+    M[xi, nu] (OC, tiles) = U[xi, nu] (OC, C) @ V[xi, nu] (C, tiles)
+
+and Y = A^T M A gives each tile's 2x2 outputs. Tiles start every 2 pixels, so neighbouring 4x4
+tiles overlap by 2; pixels outside the input (the padding, and the far edge of a last tile that
+sticks out) read as zero, and a last tile row or column that sticks out of the output writes only
+what lies inside it. The coefficients are 0, +-1 and +-1/2, so the transforms add little round-off
+(tinycnn.kernels.cpu_conv states the float32 error measured).
+
+The work goes in chunks of tile rows (all the tiles of output rows 2*th, 2*th + 1 of one sample,
+counted across the batch), fixed by the layer's shape alone, on tinycnn.kernels.parallel's threads:
+each chunk transforms its input tiles, makes its 16 products (OpenBLAS on one thread) and
+transforms them back into y on one thread while its tiles are still in that core's cache.
+"""
+import numpy as np
+from numba import njit
+
+from tinycnn.kernels.parallel import get_num_threads, parallel_range, run_chunks, split
+
+# A chunk's transformed input and products, 16 * (C + OC) values per tile, are about TILE_CHUNK
+# values (1 MiB of float32, half this machine's per-core L2), and at least MIN_CHUNK_TILES tiles,
+# below which the products are too thin for OpenBLAS to run at speed. Each chunk reads the whole
+# transformed weight U (16 * OC * C values), so where U is bigger, a chunk's V and M together take
+# as many values as U. Measured on one thread (CPU time, shared machine): 3x3 64->64 at 56x56,
+# batch 8, products at 150 GFLOP/s with 145 tiles a chunk, 122-133 with 290 or 87; 512->512 at
+# 28x28, batch 4, 95 GFLOP/s with 75 tiles a chunk, 136-138 with 210 or 420.
+TILE_CHUNK = 1 << 18
+MIN_CHUNK_TILES = 64
+# A layer whose products are big gets at least two chunks, one per core, as conv2d's other paths.
+PRODUCT_SERIAL = 1 << 21
+
+
+def tile_counts(OH, OW):
+    """Tile rows and columns covering an OH x OW output, 2x2 outputs a tile (the last may stick out)."""
+    return -(-OH // 2), -(-OW // 2)
+
+
+def winograd_chunks(N, C, OC, OH, OW):
+    """(start, stop) ranges of the N * TH tile rows of a layer; they depend on its shape only."""
+    TH, TW = tile_counts(OH, OW)
+    rows = N * TH
+    if rows == 0:
+        return []
+    tiles = max(MIN_CHUNK_TILES, TILE_CHUNK // (16 * (C + OC)), OC * C // (C + OC))
+    count = -(-rows // max(1, -(-tiles // TW)))  # chunks of about `tiles` tiles, whole tile rows
+    if 16 * OC * C * rows * TW >= PRODUCT_SERIAL:
+        count = max(count, 2)
+    if count > 1:
+        count += count % 2  # an even number of equal chunks: two threads finish together
+    return split(rows, -(-rows // min(count, rows)))
+
+
+@njit(cache=True, nogil=True)
+def _weight_transform(W, U, start, stop):
+    # U[4*xi + nu, o, c] = (G g G^T)[xi, nu] for g = W[o, c] (3x3), for o in [start, stop): first
+    # t = G g (4x3) for every c, then its rows times G^T. Each loop writes one row of U or t, as
+    # vectors; writing the 16 values of one (o, c) at a time ran 6x slower (12.7 instead of 2.1 ms
+    # for a 512x512 weight), the 16 rows of U, 1 MiB apart, evicting each other from the cache.
+    C = W.shape[1]
+    t = np.empty((3, C), dtype=W.dtype)
+    for o in range(start, stop):
+        for xi in range(4):
+            for j in range(3):  # row xi of G times column j of g
+                for c in range(C):
+                    g0, g1, g2 = W[o, c, 0, j], W[o, c, 1, j], W[o, c, 2, j]
+                    if xi == 0:
+                        t[j, c] = g0
+                    elif xi == 1:
+                        t[j, c] = (g0 + g1 + g2) * 0.5
+                    elif xi == 2:
+                        t[j, c] = (g0 - g1 + g2) * 0.5
+                    else:
+                        t[j, c] = g2
+            for c in range(C):
+                U[4 * xi + 0, o, np.uint64(c)] = t[0, c]
+            for c in range(C):
+                U[4 * xi + 1, o, np.uint64(c)] = (t[0, c] + t[1, c] + t[2, c]) * 0.5
+            for c in range(C):
+                U[4 * xi + 2, o, np.uint64(c)] = (t[0, c] - t[1, c] + t[2, c]) * 0.5
+            for c in range(C):
+                U[4 * xi + 3, o, np.uint64(c)] = t[2, c]
+
+
+@njit(cache=True, nogil=True)
+def _input_transform(x, V, PH, PW, TH, TW, first_row, stop_row):
+    # V[4*xi + nu, c, q] = (B^T d B)[xi, nu] for the 4x4 tile d of channel c whose top left corner
+    # is input pixel (2*th - PH, 2*tw - PW), at q = (row - first_row) * (TW + 1) + tw, for the
+    # tile rows row = n * TH + th in [first_row, stop_row). Each tile row has one spare tile,
+    # tw = TW, whose values mean nothing and which _output_transform skips: with it the tiles of
+    # the whole chunk are evenly spaced, and the last step below is one long loop per row of V.
+    # (Loops over one tile row, TW long, ran mostly outside the compiler's vector code: 28 tiles
+    # is less than one turn of its unrolled loop.)
+    N, C, H, W = x.shape
+    pitch = TW + 1
+    width = 2 * pitch  # the input columns under one tile row, its spare tile included
+    strip = np.empty((4, width), dtype=x.dtype)  # a tile row's 4 input rows, zero outside the input
+    rows = np.empty((4, width), dtype=x.dtype)  # B^T strip
+    # B^T d along h for every column of the chunk's strips, even and odd columns apart: the tile
+    # at q has its 4 columns at even[q], odd[q], even[q + 1], odd[q + 1]
+    even = np.zeros((4, (stop_row - first_row) * pitch + 1), dtype=x.dtype)
+    odd = np.zeros((4, (stop_row - first_row) * pitch + 1), dtype=x.dtype)
+    tiles = (stop_row - first_row) * pitch
+    # The columns of strip inside the input, w - PW in [0, W): the same for every row.
+    w_lo = min(width, PW)
+    w_hi = max(w_lo, min(width, W + PW))
+    for c in range(C):
+        for row in range(first_row, stop_row):
+            n, th = row // TH, row % TH
+            for i in range(4):
+                h = 2 * th - PH + i
+                if h < 0 or h >= H:
+                    for w in range(width):
+                        strip[i, np.uint64(w)] = 0
+                    continue
+                # unsigned indices, as in cpu_columns: Numba then skips the negative-index check,
+                # which would keep the loop from vectorising
+                for w in range(w_lo):
+                    strip[i, np.uint64(w)] = 0
+                for w in range(w_lo, w_hi):
+                    strip[i, np.uint64(w)] = x[n, c, h, np.uint64(w - PW)]
+                for w in range(w_hi, width):
+                    strip[i, np.uint64(w)] = 0
+            # B^T's rows: d0 - d2, d1 + d2, d2 - d1, d1 - d3 (d the strip's rows), for every column
+            for w in range(width):
+                rows[0, np.uint64(w)] = strip[0, np.uint64(w)] - strip[2, np.uint64(w)]
+            for w in range(width):
+                rows[1, np.uint64(w)] = strip[1, np.uint64(w)] + strip[2, np.uint64(w)]
+            for w in range(width):
+                rows[2, np.uint64(w)] = strip[2, np.uint64(w)] - strip[1, np.uint64(w)]
+            for w in range(width):
+                rows[3, np.uint64(w)] = strip[1, np.uint64(w)] - strip[3, np.uint64(w)]
+            q0 = (row - first_row) * pitch
+            for xi in range(4):  # even and odd columns apart (both in one loop: vector shuffles)
+                for k in range(pitch):
+                    even[xi, np.uint64(q0 + k)] = rows[xi, np.uint64(2 * k)]
+                    odd[xi, np.uint64(q0 + k)] = rows[xi, np.uint64(2 * k + 1)]
+        # then B's columns: the same combinations of each tile's columns d0..d3
+        for xi in range(4):
+            for q in range(tiles):
+                u = np.uint64(q)
+                V[4 * xi + 0, c, u] = even[xi, u] - even[xi, u + np.uint64(1)]
+            for q in range(tiles):
+                u = np.uint64(q)
+                V[4 * xi + 1, c, u] = odd[xi, u] + even[xi, u + np.uint64(1)]
+            for q in range(tiles):
+                u = np.uint64(q)
+                V[4 * xi + 2, c, u] = even[xi, u + np.uint64(1)] - odd[xi, u]
+            for q in range(tiles):
+                u = np.uint64(q)
+                V[4 * xi + 3, c, u] = odd[xi, u] - odd[xi, u + np.uint64(1)]
+
+
+@njit(cache=True, nogil=True)
+def _output_transform(M, b, y, TH, TW, first_row, stop_row):
+    # y[n, o, 2*th + a, 2*tw + e] = (A^T m A)[a, e] + b[o], m[xi, nu] = M[4*xi + nu, o, q], for
+    # the tiles q of _input_transform (spare tiles skipped); outputs past OH, OW (a last tile
+    # sticking out) dropped.
+    OC, tiles = M.shape[1], M.shape[2]
+    OH, OW = y.shape[2], y.shape[3]
+    pitch = TW + 1
+    full_columns = OW // 2  # tiles whose two columns are both inside the output
+    # A^T m, output row a's combination of m's rows, for every tile of the chunk: s[a, nu, q]
+    s = np.empty((2, 4, tiles), dtype=M.dtype)
+    for o in range(OC):
+        shift = b[o] if b.shape[0] else 0
+        # A^T along xi: s0 = m0 + m1 + m2, s1 = m1 - m2 - m3 (rows of m)
+        for nu in range(4):
+            for q in range(tiles):
+                u = np.uint64(q)
+                s[0, nu, u] = M[nu, o, u] + M[4 + nu, o, u] + M[8 + nu, o, u]
+            for q in range(tiles):
+                u = np.uint64(q)
+                s[1, nu, u] = M[4 + nu, o, u] - M[8 + nu, o, u] - M[12 + nu, o, u]
+        # then A along nu: columns s0 + s1 + s2 and s1 - s2 - s3 of each row
+        for row in range(first_row, stop_row):
+            n, th = row // TH, row % TH
+            q0 = (row - first_row) * pitch
+            oh = 2 * th
+            for a in range(min(2, OH - oh)):
+                for tw in range(full_columns):
+                    u = np.uint64(q0 + tw)
+                    y[n, o, oh + a, np.uint64(2 * tw)] = s[a, 0, u] + s[a, 1, u] + s[a, 2, u] + shift
+                    y[n, o, oh + a, np.uint64(2 * tw + 1)] = s[a, 1, u] - s[a, 2, u] - s[a, 3, u] + shift
+                if full_columns < TW:  # OW odd: the last tile's first column only
+                    u = np.uint64(q0 + full_columns)
+                    y[n, o, oh + a, np.uint64(2 * full_columns)] = s[a, 0, u] + s[a, 1, u] + s[a, 2, u] + shift
+
+
+def weight_transform(W):
+    """U (16, OC, C) = G g G^T of every 3x3 kernel g of W (OC, C, 3, 3), position 4*xi + nu first."""
+    OC, C = W.shape[:2]
+    U = np.empty((16, OC, C), dtype=W.dtype)
+    parallel_range(lambda start, stop: _weight_transform(W, U, start, stop), OC, 16 * C)
+    return U
+
+
+def winograd_conv2d_forward(x, W, b, PH, PW):
+    """y = conv2d(x, W, b) at stride 1, dilation 1, one group, for a 3x3 W (OC, C, 3, 3), by
+    F(2x2, 3x3): as tinycnn.kernels.reference.conv2d_forward up to round-off."""
+    x, W = np.ascontiguousarray(x), np.ascontiguousarray(W, dtype=x.dtype)
+    N, C, H, Wd = x.shape
+    OC = W.shape[0]
+    OH, OW = H + 2 * PH - 2, Wd + 2 * PW - 2
+    TH, TW = tile_counts(OH, OW)
+    b = np.zeros(0, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
+    y = np.empty((N, OC, OH, OW), dtype=x.dtype)
+    U = weight_transform(W)
+    chunks = winograd_chunks(N, C, OC, OH, OW)
+    # One workspace (a chunk's V and M) per thread, made once per call and handed from chunk to
+    # chunk: fresh arrays for every chunk came as fresh pages from the operating system, whose
+    # first touch cost more than the transforms (3x3 64->64 at 56x56, batch 8, one thread: 28
+    # instead of 15 ms).
+    most_tiles = max((stop - start) * (TW + 1) for start, stop in chunks) if chunks else 0
+    free_workspaces = [(np.empty(16 * C * most_tiles, dtype=x.dtype), np.empty(16 * OC * most_tiles, dtype=x.dtype))
+                       for _ in range(min(get_num_threads(), len(chunks)))]
+
+    def run(first_row, stop_row):
+        tiles = (stop_row - first_row) * (TW + 1)  # a spare tile a row (see _input_transform)
+        V_memory, M_memory = free_workspaces.pop()  # list.pop and append are atomic under the GIL
+        V = V_memory[:16 * C * tiles].reshape(16, C, tiles)
+        M = M_memory[:16 * OC * tiles].reshape(16, OC, tiles)
+        _input_transform(x, V, PH, PW, TH, TW, first_row, stop_row)
+        np.matmul(U, V, out=M)  # one OpenBLAS product (OC, C) x (C, tiles) per position of the domain
+        _output_transform(M, b, y, TH, TW, first_row, stop_row)
+        free_workspaces.append((V_memory, M_memory))
+
+    run_chunks(run, chunks)
+    return y

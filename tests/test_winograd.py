@@ -1,0 +1,161 @@
+"""Winograd's F(2x2, 3x3) convolution of the Numba backend (kernels/cpu_winograd.py) against PyTorch.
+
+winograd_conv2d_forward is called directly on drawn shapes (odd sizes, 1x1 and 2x2 inputs, padding
+0 to 2, with and without bias), so that tiny layers the dispatch rule would send to im2col still
+test the Winograd code; then the rule in kernels/cpu_conv.py is checked to send the layers it was
+measured on to Winograd (and to keep the others away), conv2d_forward and conv2d_backward are
+checked to really call it there, and its bits are checked not to depend on the thread count.
+"""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as torch_F
+from hypothesis import example, given, strategies as st
+
+from tinycnn.kernels import cpu, cpu_conv, parallel
+from tinycnn.kernels.cpu_winograd import winograd_conv2d_forward
+
+
+def _torch_conv2d(x, W, b, padding):
+    """torch.nn.functional.conv2d in float64 on the same values."""
+    as_torch = (lambda a: None if a is None else torch.from_numpy(np.asarray(a, dtype=np.float64)))
+    return torch_F.conv2d(as_torch(x), as_torch(W), as_torch(b), padding=padding).numpy()
+
+
+def _assert_matches_torch(y, x, W, b, padding):
+    """y against PyTorch in float64, for x, W and b in [-1, 1]. Each output sums 9*C products, the
+    terms; as tests/test_kernel_backends.py allows the im2col path, the error may be 1e-6 per term
+    in float32 (17 unit round-offs), and here 2e-15 (as many) in float64. F(2,3)'s coefficients,
+    0, +-1 and +-1/2, add a few exact or nearly exact additions per value, so its error stays of that
+    order (kernels/cpu_conv.py gives the measured error on ResNet-50's layers)."""
+    expected = _torch_conv2d(x, W, b, padding)
+    assert y.shape == expected.shape and y.dtype == x.dtype
+    terms = 9 * W.shape[1]
+    per_term = 1e-6 if x.dtype == np.float32 else 2e-15
+    np.testing.assert_allclose(y, expected, rtol=10 * per_term, atol=per_term * terms)
+
+
+@st.composite
+def winograd_layers(draw):
+    """(N, C, OC, H, W, PH, PW): any input the 3x3 kernel fits in once padded, 1x1 included."""
+    PH, PW = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    H = draw(st.integers(max(1, 3 - 2 * PH), 9))
+    W = draw(st.integers(max(1, 3 - 2 * PW), 9))
+    return draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(1, 5)), H, W, PH, PW
+
+
+@given(winograd_layers(), st.sampled_from([np.float32, np.float64]), st.booleans(), st.integers(0, 2**32 - 1))
+@example((1, 1, 1, 1, 1, 1, 1), np.float64, True, 0)  # a 1x1 input: one tile, three quarters outside
+@example((2, 3, 2, 2, 2, 1, 1), np.float32, False, 1)  # 2x2, one tile
+@example((1, 2, 3, 5, 7, 0, 0), np.float64, True, 2)  # odd outputs 3x5: last tile row and column partial
+@example((1, 2, 2, 4, 9, 2, 1), np.float64, False, 3)  # padding 2 above and below, 1 at the sides
+def test_winograd_matches_torch(layer, dtype, bias, seed):
+    N, C, OC, H, W, PH, PW = layer
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (N, C, H, W)).astype(dtype)
+    weight = rng.uniform(-1, 1, (OC, C, 3, 3)).astype(dtype)
+    b = rng.uniform(-1, 1, OC).astype(dtype) if bias else None
+    y = winograd_conv2d_forward(x, weight, b, PH, PW)
+    _assert_matches_torch(y, x, weight, b, (PH, PW))
+
+
+def test_winograd_matches_torch_with_several_chunks():
+    # Big enough for several chunks of tile rows, some across two samples, and a 15x13 output
+    # (partial last tiles) in float32, as the network layers run.
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (6, 24, 15, 13)).astype(np.float32)
+    weight = rng.uniform(-1, 1, (40, 24, 3, 3)).astype(np.float32)
+    b = rng.uniform(-1, 1, 40).astype(np.float32)
+    _assert_matches_torch(winograd_conv2d_forward(x, weight, b, 1, 1), x, weight, b, (1, 1))
+
+
+# (x shape, W shape, padding): the 3x3 layers the rule was measured to speed up (kernels/cpu_conv.py)
+WINOGRAD_LAYERS = [
+    ((4, 64, 224, 224), (64, 64, 3, 3), 1),  # VGG-16
+    ((4, 128, 112, 112), (128, 128, 3, 3), 1),
+    ((4, 256, 56, 56), (256, 256, 3, 3), 1),
+    ((4, 512, 28, 28), (512, 512, 3, 3), 1),
+    ((4, 512, 14, 14), (512, 512, 3, 3), 1),
+    ((8, 64, 56, 56), (64, 64, 3, 3), 1),  # ResNet-50
+    ((8, 128, 28, 28), (128, 128, 3, 3), 1),
+    ((8, 256, 14, 14), (256, 256, 3, 3), 1),
+    ((8, 128, 56, 56), (32, 128, 3, 3), 1),  # DenseNet-121
+    ((8, 128, 14, 14), (32, 128, 3, 3), 1),
+]
+# and those it keeps on im2col, with (stride, dilation, groups)
+IM2COL_LAYERS = [
+    ((4, 3, 224, 224), (64, 3, 3, 3), 1, (1, 1, 1)),  # VGG-16's first layer: 3 input channels
+    ((8, 512, 7, 7), (512, 512, 3, 3), 1, (1, 1, 1)),  # ResNet-50's last stage: 7x7 output
+    ((8, 128, 7, 7), (32, 128, 3, 3), 1, (1, 1, 1)),  # DenseNet-121's last block
+    ((8, 64, 56, 56), (64, 64, 3, 3), 1, (2, 1, 1)),  # stride 2
+    ((8, 64, 56, 56), (64, 64, 3, 3), 2, (1, 2, 1)),  # dilation 2
+    ((8, 64, 56, 56), (64, 32, 3, 3), 1, (1, 1, 2)),  # two groups
+    ((8, 64, 56, 56), (64, 64, 5, 5), 2, (1, 1, 1)),  # 5x5
+    ((8, 64, 1, 56), (64, 64, 3, 3), 1, (1, 1, 1)),  # one input row: the outer taps see only padding
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, padding", WINOGRAD_LAYERS)
+def test_rule_sends_measured_layers_to_winograd(x_shape, w_shape, padding):
+    assert cpu_conv._winograd_suits(x_shape, w_shape, 1, 1, padding, padding, 1, 1, 1)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, padding, window", IM2COL_LAYERS)
+def test_rule_keeps_other_layers_on_im2col(x_shape, w_shape, padding, window):
+    stride, dilation, groups = window
+    assert not cpu_conv._winograd_suits(x_shape, w_shape, stride, stride, padding, padding, dilation, dilation, groups)
+
+
+@pytest.fixture
+def winograd_calls(monkeypatch):
+    """The (x shape, W shape) of every call conv2d makes to Winograd, while the test runs."""
+    calls = []
+
+    def counting(x, W, b, PH, PW):
+        calls.append((x.shape, W.shape))
+        return winograd_conv2d_forward(x, W, b, PH, PW)
+    monkeypatch.setattr(cpu_conv, "winograd_conv2d_forward", counting)
+    return calls
+
+
+def test_conv2d_forward_and_backward_take_winograd(winograd_calls):
+    # A ResNet-style 3x3 layer with as many output as input channels, small enough to be quick:
+    # the forward and dx (as the convolution of gy with the turned weight) go through Winograd.
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (2, 32, 16, 16)).astype(np.float32)
+    weight = rng.uniform(-1, 1, (32, 32, 3, 3)).astype(np.float32)
+    b = rng.uniform(-1, 1, 32).astype(np.float32)
+    assert cpu_conv._winograd_suits(x.shape, weight.shape, 1, 1, 1, 1, 1, 1, 1)
+    y = cpu.conv2d_forward(x, weight, b, 1, 1, 1, 1, 1, 1, 1)
+    assert winograd_calls == [(x.shape, weight.shape)]
+    _assert_matches_torch(y, x, weight, b, (1, 1))
+
+    gy = rng.uniform(-1, 1, y.shape).astype(np.float32)
+    gx, gW, gb = cpu.conv2d_backward(gy, x, weight, 1, 1, 1, 1, 1, 1, 1)
+    assert winograd_calls[1:] == [(gy.shape, (32, 32, 3, 3))]
+    x_torch = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    W_torch = torch.tensor(weight, dtype=torch.float64, requires_grad=True)
+    torch_F.conv2d(x_torch, W_torch, padding=1).backward(torch.from_numpy(gy.astype(np.float64)))
+    # gx sums 9 * OC products of numbers in [-1, 1]: 1e-6 per term, as for y
+    np.testing.assert_allclose(gx, x_torch.grad.numpy(), rtol=1e-5, atol=1e-6 * 9 * 32)
+    np.testing.assert_allclose(gW, W_torch.grad.numpy(), rtol=1e-5, atol=1e-6 * 2 * 16 * 16)
+    np.testing.assert_allclose(gb, gy.astype(np.float64).sum(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6 * 2 * 16 * 16)
+
+
+def test_winograd_gives_the_same_bits_on_any_thread_count():
+    # Chunks of tile rows are fixed by the layer's shape, each chunk's products are one thread's:
+    # 1, 2 or 3 threads must give the same bits.
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (16, 32, 20, 20)).astype(np.float32)
+    weight = rng.uniform(-1, 1, (32, 32, 3, 3)).astype(np.float32)
+    b = rng.uniform(-1, 1, 32).astype(np.float32)
+    previous = parallel.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            parallel.set_num_threads(threads)
+            results.append(winograd_conv2d_forward(x, weight, b, 1, 1))
+    finally:
+        parallel.set_num_threads(previous)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
