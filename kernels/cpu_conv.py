@@ -12,6 +12,7 @@ from numba import njit
 from tinycnn.kernels.cpu_columns import _col2im, _from_padded_nhwc, _im2col, _im2row, _row2im, _to_padded_nhwc
 from tinycnn.kernels.cpu_matmul import PRODUCT_CHUNKS, PRODUCT_SERIAL, _small_product
 from tinycnn.kernels.cpu_winograd import winograd_conv2d_forward
+from tinycnn.kernels.cpu_winograd_backward import winograd_conv2d_weight_gradient
 from tinycnn.kernels.parallel import run_chunks, split
 from tinycnn.kernels.reference import conv_output_size
 
@@ -98,8 +99,15 @@ SMALL_PRODUCT = 4096
 # reference, He-initialised weights and post-ReLU inputs (batch 2, ResNet-50's and DenseNet-121's
 # 3x3 layers): RMS 2.3-4.3e-7 of the output's RMS (im2col 2.2-2.5e-7, PyTorch 1.6-1.8e-7), largest
 # 3.5-5.6e-7 of the largest output (im2col 2.1-5.1e-7).
+# The weight gradient by Winograd (tinycnn.kernels.cpu_winograd_backward) for the layers that suit
+# the forward and have outputs of at least WINOGRAD_WEIGHT_GRADIENT_SIZE rows and columns. One
+# thread, CPU time, Winograd / im2col (shared machine): ResNet-50, batch 8, 64->64 at 56 0.77,
+# 128->128 at 28 0.70, 256->256 at 14 0.62; DenseNet-121's 128->32 at 56 0.84, at 14 0.97; VGG-16,
+# batch 4, 64->64 at 224 0.82, 256->256 at 56 0.66, 512->512 at 28 0.68; ResNet-18 on 32x32,
+# batch 32, 16->16 at 32 0.67; but 64->64 at 8x8 1.14 and 512->512 at 7x7 1.42.
 WINOGRAD_CHANNELS = 16
 WINOGRAD_SIZE = 8
+WINOGRAD_WEIGHT_GRADIENT_SIZE = 14
 WINOGRAD_INPUT_GRADIENT = True
 WINOGRAD = True  # False: im2col everywhere (benchmarks/winograd.py's A/B)
 
@@ -320,18 +328,36 @@ def conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups):
     return y
 
 
+def _input_gradient_by_convolution(gy, W, PH, PW, DH, DW):
+    """dx of an ungrouped stride-1 layer as a convolution of gy (see the comments above SMALL_PRODUCT)."""
+    # (OC, C, KH, KW) -> (C, OC, KH, KW), each kernel turned by 180 degrees
+    W_turned = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    KH, KW = W.shape[2:]
+    return conv2d_forward(gy, W_turned, None, 1, 1, DH * (KH - 1) - PH, DW * (KW - 1) - PW, DH, DW, 1)
+
+
 def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, True, True)):
     """As the reference, a chunk of samples at a time: each chunk's share of gW (and gb) is kept
     apart and the shares are added in chunk order, so the sum does not depend on the threads.
     gx comes from each chunk's column gradient by col2im, or, at stride 1 where the layer has
     fewer output than input channels or where Winograd suits that convolution (see
-    WINOGRAD_INPUT_GRADIENT), from one convolution of gy after the chunks."""
+    WINOGRAD_INPUT_GRADIENT), from one convolution of gy after the chunks. gW comes from
+    Winograd's F(2x2, 3x3) instead (tinycnn.kernels.cpu_winograd_backward) where the forward takes
+    it and the output is at least WINOGRAD_WEIGHT_GRADIENT_SIZE square."""
     x, W = np.ascontiguousarray(x), np.ascontiguousarray(W)
     gy = np.ascontiguousarray(gy, dtype=x.dtype)
     layer = _ConvGeometry(x, W, SH, SW, PH, PW, DH, DW, groups)
     N, OC, L, G, K = layer.N, layer.OC, layer.L, layer.G, layer.K
     gy_rows = gy.reshape(N, OC, L)
     chunks = layer.chunks
+    gW_by_winograd = (needs_grad[1] and _winograd_suits(x.shape, W.shape, SH, SW, PH, PW, DH, DW, groups)
+                      and min(layer.OH, layer.OW) >= WINOGRAD_WEIGHT_GRADIENT_SIZE)
+    if gW_by_winograd:
+        gW = winograd_conv2d_weight_gradient(gy, x, PH, PW)
+        needs_grad = (needs_grad[0], False, needs_grad[2])
+        if not needs_grad[0] or layer.input_gradient_by_convolution:  # the chunks have nothing left to do
+            gx = _input_gradient_by_convolution(gy, W, PH, PW, DH, DW) if needs_grad[0] else None
+            return gx, gW, (gy.sum(axis=(0, 2, 3)) if needs_grad[2] else None)
     # gx from the chunks' columns (col2im), or afterwards as a convolution of gy (see COLUMN_CHUNK)
     gx_from_columns = needs_grad[0] and not layer.input_gradient_by_convolution
     gx = np.empty_like(x) if gx_from_columns else None
@@ -389,11 +415,10 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
 
     run_chunks(run, chunks)
     if needs_grad[0] and layer.input_gradient_by_convolution:
-        # (OC, C, KH, KW) -> (C, OC, KH, KW), each kernel turned by 180 degrees
-        W_turned = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-        KH, KW = W.shape[2:]
-        gx = conv2d_forward(gy, W_turned, None, 1, 1, DH * (KH - 1) - PH, DW * (KW - 1) - PW, DH, DW, 1)
-    gW = gb = None
+        gx = _input_gradient_by_convolution(gy, W, PH, PW, DH, DW)
+    gb = None
+    if not gW_by_winograd:
+        gW = None
     if needs_grad[1]:
         gW = gW_shares.sum(axis=0)  # (G, OC/G, K)
         if layer.transposed_weight_gradient:  # the sum was (G, K, OC/G)
