@@ -7,6 +7,7 @@ written in the file of its concern, where a reader following one call stays:
     kernels/cpu_matmul.py    matmul (a big product split into one OpenBLAS product per thread) and
                              the small-result product Numba loop
     kernels/cpu_conv.py      conv2d_forward, conv2d_backward: chunks of samples, columns, products
+    kernels/cpu_winograd.py  conv2d_forward's Winograd F(2x2, 3x3) for 3x3 stride-1 layers
     kernels/cpu_pool.py      max_pool2d_forward/_backward, avg_pool2d_forward/_backward
     kernels/cpu_norm.py      batch_norm_forward_training, batch_norm_backward, lrn_forward, lrn_backward,
                              batch_norm_forward_inference, batch_norm_backward_inference
@@ -33,7 +34,8 @@ atomics or locks are needed:
     batch norm inference           one (n, c) row per item (its statistics are given)
     ReLU                           a chunk of consecutive elements per item
     conv2d                         a chunk of samples per item (im2col, product and col2im of a
-                                   few samples, while their columns are in the core's cache)
+                                   few samples, while their columns are in the core's cache);
+                                   Winograd's, a chunk of tile rows (2 output rows of a sample)
 
 Where the reference sums taps in a fixed order (col2im, pooling, LRN's window) the loops here add
 in that same order, so those results are equal to the reference to the last bit; batch norm

@@ -23,6 +23,9 @@ sticks out) read as zero, and a last tile row or column that sticks out of the o
 what lies inside it. The coefficients are 0, +-1 and +-1/2, so the transforms add little round-off
 (tinycnn.kernels.cpu_conv states the float32 error measured).
 
+Each tile row carries one spare tile past its end, computed and thrown away, so that a chunk's
+tiles lie evenly spaced and its transforms run as long vector loops (see _input_transform).
+
 The work goes in chunks of tile rows (all the tiles of output rows 2*th, 2*th + 1 of one sample,
 counted across the batch), fixed by the layer's shape alone, on tinycnn.kernels.parallel's threads:
 each chunk transforms its input tiles, makes its 16 products (OpenBLAS on one thread) and
@@ -36,12 +39,14 @@ from tinycnn.kernels.parallel import get_num_threads, parallel_range, run_chunks
 # A chunk's transformed input and products, 16 * (C + OC) values per tile, are about TILE_CHUNK
 # values (1 MiB of float32, half this machine's per-core L2), and at least MIN_CHUNK_TILES tiles,
 # below which the products are too thin for OpenBLAS to run at speed. Each chunk reads the whole
-# transformed weight U (16 * OC * C values), so where U is bigger, a chunk's V and M together take
-# as many values as U. Measured on one thread (CPU time, shared machine): 3x3 64->64 at 56x56,
-# batch 8, products at 150 GFLOP/s with 145 tiles a chunk, 122-133 with 290 or 87; 512->512 at
-# 28x28, batch 4, 95 GFLOP/s with 75 tiles a chunk, 136-138 with 210 or 420.
+# transformed weight U (16 * OC * C values), so where U is big, a chunk's V and M together take 4
+# times as many values as U. Measured on one thread (CPU time, shared machine), GFLOP/s of the
+# products: 3x3 64->64 at 56x56, batch 8, 138-159 with 145 tiles a chunk, 110 with 290;
+# 128->128 at 28x28 93 with 75 tiles, 111 with 150, 116-118 with 285; 128->32 at 56x56 128-135
+# with 116-145 tiles, 98 with 290; 512->512 at 28x28, batch 4, 95 with 75 tiles, 131-138 with
+# 210-420.
 TILE_CHUNK = 1 << 18
-MIN_CHUNK_TILES = 64
+MIN_CHUNK_TILES = 128
 # A layer whose products are big gets at least two chunks, one per core, as conv2d's other paths.
 PRODUCT_SERIAL = 1 << 21
 
@@ -57,7 +62,7 @@ def winograd_chunks(N, C, OC, OH, OW):
     rows = N * TH
     if rows == 0:
         return []
-    tiles = max(MIN_CHUNK_TILES, TILE_CHUNK // (16 * (C + OC)), OC * C // (C + OC))
+    tiles = max(MIN_CHUNK_TILES, TILE_CHUNK // (16 * (C + OC)), 4 * OC * C // (C + OC))
     count = -(-rows // max(1, -(-tiles // TW)))  # chunks of about `tiles` tiles, whole tile rows
     if 16 * OC * C * rows * TW >= PRODUCT_SERIAL:
         count = max(count, 2)
@@ -101,105 +106,101 @@ def _weight_transform(W, U, start, stop):
 def _input_transform(x, V, PH, PW, TH, TW, first_row, stop_row):
     # V[4*xi + nu, c, q] = (B^T d B)[xi, nu] for the 4x4 tile d of channel c whose top left corner
     # is input pixel (2*th - PH, 2*tw - PW), at q = (row - first_row) * (TW + 1) + tw, for the
-    # tile rows row = n * TH + th in [first_row, stop_row). Each tile row has one spare tile,
-    # tw = TW, whose values mean nothing and which _output_transform skips: with it the tiles of
-    # the whole chunk are evenly spaced, and the last step below is one long loop per row of V.
-    # (Loops over one tile row, TW long, ran mostly outside the compiler's vector code: 28 tiles
-    # is less than one turn of its unrolled loop.)
+    # tile rows row = n * TH + th in [first_row, stop_row).
+    # Each tile row has one spare tile, tw = TW, whose values mean nothing and which
+    # _output_transform skips: with it, tile q of the chunk starts at column 2*q of the chunk's
+    # tile rows laid end to end, each 2*(TW + 1) columns wide, and the last step below is one long
+    # loop per row of V. Loops over one tile row, TW long, ran mostly outside the compiler's
+    # vector code (28 tiles are less than one turn of its unrolled loop): without the spare tile
+    # this function took 1.9 instead of 1.25 ms for 3x3 64->64 at 56x56, batch 8.
+    # Unsigned indices, as in cpu_columns: Numba then skips the negative-index check, which would
+    # keep the loops from vectorising.
     N, C, H, W = x.shape
-    pitch = TW + 1
-    width = 2 * pitch  # the input columns under one tile row, its spare tile included
-    strip = np.empty((4, width), dtype=x.dtype)  # a tile row's 4 input rows, zero outside the input
-    rows = np.empty((4, width), dtype=x.dtype)  # B^T strip
-    # B^T d along h for every column of the chunk's strips, even and odd columns apart: the tile
-    # at q has its 4 columns at even[q], odd[q], even[q + 1], odd[q + 1]
-    even = np.zeros((4, (stop_row - first_row) * pitch + 1), dtype=x.dtype)
-    odd = np.zeros((4, (stop_row - first_row) * pitch + 1), dtype=x.dtype)
-    tiles = (stop_row - first_row) * pitch
-    # The columns of strip inside the input, w - PW in [0, W): the same for every row.
+    width = 2 * (TW + 1)  # the columns of one tile row, its spare tile included
+    tiles = (stop_row - first_row) * (TW + 1)
+    # B^T d, the 4 combinations of each tile row's 4 input rows, its tile rows end to end (and 2
+    # more columns for the last spare tile): tile q's 4x4 values are rows[:, 2*q:2*q + 4]
+    rows = np.zeros((4, (stop_row - first_row) * width + 2), dtype=x.dtype)
+    edge = np.empty((4, W), dtype=x.dtype)  # the input rows of a tile row at the top or bottom
+    # The columns inside the input, w - PW in [0, W); the others are padding, zero.
     w_lo = min(width, PW)
     w_hi = max(w_lo, min(width, W + PW))
     for c in range(C):
         for row in range(first_row, stop_row):
             n, th = row // TH, row % TH
-            for i in range(4):
-                h = 2 * th - PH + i
-                if h < 0 or h >= H:
-                    for w in range(width):
-                        strip[i, np.uint64(w)] = 0
-                    continue
-                # unsigned indices, as in cpu_columns: Numba then skips the negative-index check,
-                # which would keep the loop from vectorising
+            h0 = 2 * th - PH
+            if 0 <= h0 and h0 + 3 < H:  # d's rows are input rows top .. top + 3 of d
+                d, top = x[n, c], h0
+            else:  # some are padding: a copy with zero rows there
+                for i in range(4):
+                    h = h0 + i
+                    for w in range(W):
+                        edge[i, np.uint64(w)] = x[n, c, h, np.uint64(w)] if 0 <= h < H else 0
+                d, top = edge, 0
+            r0 = (row - first_row) * width
+            for xi in range(4):
                 for w in range(w_lo):
-                    strip[i, np.uint64(w)] = 0
-                for w in range(w_lo, w_hi):
-                    strip[i, np.uint64(w)] = x[n, c, h, np.uint64(w - PW)]
+                    rows[xi, np.uint64(r0 + w)] = 0
                 for w in range(w_hi, width):
-                    strip[i, np.uint64(w)] = 0
-            # B^T's rows: d0 - d2, d1 + d2, d2 - d1, d1 - d3 (d the strip's rows), for every column
-            for w in range(width):
-                rows[0, np.uint64(w)] = strip[0, np.uint64(w)] - strip[2, np.uint64(w)]
-            for w in range(width):
-                rows[1, np.uint64(w)] = strip[1, np.uint64(w)] + strip[2, np.uint64(w)]
-            for w in range(width):
-                rows[2, np.uint64(w)] = strip[2, np.uint64(w)] - strip[1, np.uint64(w)]
-            for w in range(width):
-                rows[3, np.uint64(w)] = strip[1, np.uint64(w)] - strip[3, np.uint64(w)]
-            q0 = (row - first_row) * pitch
-            for xi in range(4):  # even and odd columns apart (both in one loop: vector shuffles)
-                for k in range(pitch):
-                    even[xi, np.uint64(q0 + k)] = rows[xi, np.uint64(2 * k)]
-                    odd[xi, np.uint64(q0 + k)] = rows[xi, np.uint64(2 * k + 1)]
-        # then B's columns: the same combinations of each tile's columns d0..d3
+                    rows[xi, np.uint64(r0 + w)] = 0
+            # B^T's rows: d0 - d2, d1 + d2, d2 - d1, d1 - d3
+            for w in range(w_lo, w_hi):
+                rows[0, np.uint64(r0 + w)] = d[top, np.uint64(w - PW)] - d[top + 2, np.uint64(w - PW)]
+            for w in range(w_lo, w_hi):
+                rows[1, np.uint64(r0 + w)] = d[top + 1, np.uint64(w - PW)] + d[top + 2, np.uint64(w - PW)]
+            for w in range(w_lo, w_hi):
+                rows[2, np.uint64(r0 + w)] = d[top + 2, np.uint64(w - PW)] - d[top + 1, np.uint64(w - PW)]
+            for w in range(w_lo, w_hi):
+                rows[3, np.uint64(r0 + w)] = d[top + 1, np.uint64(w - PW)] - d[top + 3, np.uint64(w - PW)]
+        # then B's columns, the same combinations of each tile's 4 columns (even and odd columns
+        # read together: the compiler turns that into vector shuffles, not gathers)
         for xi in range(4):
             for q in range(tiles):
-                u = np.uint64(q)
-                V[4 * xi + 0, c, u] = even[xi, u] - even[xi, u + np.uint64(1)]
-            for q in range(tiles):
-                u = np.uint64(q)
-                V[4 * xi + 1, c, u] = odd[xi, u] + even[xi, u + np.uint64(1)]
-            for q in range(tiles):
-                u = np.uint64(q)
-                V[4 * xi + 2, c, u] = even[xi, u + np.uint64(1)] - odd[xi, u]
-            for q in range(tiles):
-                u = np.uint64(q)
-                V[4 * xi + 3, c, u] = odd[xi, u] - odd[xi, u + np.uint64(1)]
+                w = np.uint64(2 * q)
+                d0, d1 = rows[xi, w], rows[xi, w + np.uint64(1)]
+                d2, d3 = rows[xi, w + np.uint64(2)], rows[xi, w + np.uint64(3)]
+                V[4 * xi + 0, c, np.uint64(q)] = d0 - d2
+                V[4 * xi + 1, c, np.uint64(q)] = d1 + d2
+                V[4 * xi + 2, c, np.uint64(q)] = d2 - d1
+                V[4 * xi + 3, c, np.uint64(q)] = d1 - d3
 
 
 @njit(cache=True, nogil=True)
 def _output_transform(M, b, y, TH, TW, first_row, stop_row):
     # y[n, o, 2*th + a, 2*tw + e] = (A^T m A)[a, e] + b[o], m[xi, nu] = M[4*xi + nu, o, q], for
-    # the tiles q of _input_transform (spare tiles skipped); outputs past OH, OW (a last tile
-    # sticking out) dropped.
+    # the tiles q of _input_transform; spare tiles and outputs past OH, OW (a last tile sticking
+    # out) dropped. One long loop over the chunk's tiles writes each tile's 2x2 outputs into two
+    # rows laid end to end as _input_transform's, then the output rows are copied into y: 1.0
+    # instead of 0.7 ms for 3x3 64->64 at 56x56, batch 8, with loops over one tile row instead.
     OC, tiles = M.shape[1], M.shape[2]
     OH, OW = y.shape[2], y.shape[3]
-    pitch = TW + 1
-    full_columns = OW // 2  # tiles whose two columns are both inside the output
-    # A^T m, output row a's combination of m's rows, for every tile of the chunk: s[a, nu, q]
-    s = np.empty((2, 4, tiles), dtype=M.dtype)
+    width = 2 * (TW + 1)
+    out = np.empty((2, 2 * tiles), dtype=M.dtype)  # output rows 2*th and 2*th + 1 of each tile row
     for o in range(OC):
         shift = b[o] if b.shape[0] else 0
-        # A^T along xi: s0 = m0 + m1 + m2, s1 = m1 - m2 - m3 (rows of m)
-        for nu in range(4):
-            for q in range(tiles):
-                u = np.uint64(q)
-                s[0, nu, u] = M[nu, o, u] + M[4 + nu, o, u] + M[8 + nu, o, u]
-            for q in range(tiles):
-                u = np.uint64(q)
-                s[1, nu, u] = M[4 + nu, o, u] - M[8 + nu, o, u] - M[12 + nu, o, u]
-        # then A along nu: columns s0 + s1 + s2 and s1 - s2 - s3 of each row
+        for q in range(tiles):
+            u = np.uint64(q)
+            # A^T along xi: s0 = m0 + m1 + m2, s1 = m1 - m2 - m3 (rows of m)
+            s00 = M[0, o, u] + M[4, o, u] + M[8, o, u]
+            s01 = M[1, o, u] + M[5, o, u] + M[9, o, u]
+            s02 = M[2, o, u] + M[6, o, u] + M[10, o, u]
+            s03 = M[3, o, u] + M[7, o, u] + M[11, o, u]
+            s10 = M[4, o, u] - M[8, o, u] - M[12, o, u]
+            s11 = M[5, o, u] - M[9, o, u] - M[13, o, u]
+            s12 = M[6, o, u] - M[10, o, u] - M[14, o, u]
+            s13 = M[7, o, u] - M[11, o, u] - M[15, o, u]
+            # then A along nu: s0 + s1 + s2 and s1 - s2 - s3 of each row
+            w = np.uint64(2 * q)
+            out[0, w] = s00 + s01 + s02 + shift
+            out[0, w + np.uint64(1)] = s01 - s02 - s03 + shift
+            out[1, w] = s10 + s11 + s12 + shift
+            out[1, w + np.uint64(1)] = s11 - s12 - s13 + shift
         for row in range(first_row, stop_row):
             n, th = row // TH, row % TH
-            q0 = (row - first_row) * pitch
-            oh = 2 * th
-            for a in range(min(2, OH - oh)):
-                for tw in range(full_columns):
-                    u = np.uint64(q0 + tw)
-                    y[n, o, oh + a, np.uint64(2 * tw)] = s[a, 0, u] + s[a, 1, u] + s[a, 2, u] + shift
-                    y[n, o, oh + a, np.uint64(2 * tw + 1)] = s[a, 1, u] - s[a, 2, u] - s[a, 3, u] + shift
-                if full_columns < TW:  # OW odd: the last tile's first column only
-                    u = np.uint64(q0 + full_columns)
-                    y[n, o, oh + a, np.uint64(2 * full_columns)] = s[a, 0, u] + s[a, 1, u] + s[a, 2, u] + shift
+            r0 = (row - first_row) * width
+            for a in range(min(2, OH - 2 * th)):  # a last tile row sticking out: its first row only
+                for w in range(OW):  # OW odd: a last tile's second column is dropped here
+                    y[n, o, 2 * th + a, np.uint64(w)] = out[a, np.uint64(r0 + w)]
 
 
 def weight_transform(W):
@@ -227,12 +228,15 @@ def winograd_conv2d_forward(x, W, b, PH, PW):
     # first touch cost more than the transforms (3x3 64->64 at 56x56, batch 8, one thread: 28
     # instead of 15 ms).
     most_tiles = max((stop - start) * (TW + 1) for start, stop in chunks) if chunks else 0
-    free_workspaces = [(np.empty(16 * C * most_tiles, dtype=x.dtype), np.empty(16 * OC * most_tiles, dtype=x.dtype))
-                       for _ in range(min(get_num_threads(), len(chunks)))]
+
+    def new_workspace():
+        return np.empty(16 * C * most_tiles, dtype=x.dtype), np.empty(16 * OC * most_tiles, dtype=x.dtype)
+    free_workspaces = [new_workspace() for _ in range(min(get_num_threads(), len(chunks)))]
 
     def run(first_row, stop_row):
         tiles = (stop_row - first_row) * (TW + 1)  # a spare tile a row (see _input_transform)
-        V_memory, M_memory = free_workspaces.pop()  # list.pop and append are atomic under the GIL
+        # (list.pop and append are atomic under the GIL; every value a chunk reads, it wrote)
+        V_memory, M_memory = free_workspaces.pop() if free_workspaces else new_workspace()
         V = V_memory[:16 * C * tiles].reshape(16, C, tiles)
         M = M_memory[:16 * OC * tiles].reshape(16, OC, tiles)
         _input_transform(x, V, PH, PW, TH, TW, first_row, stop_row)

@@ -13,7 +13,7 @@ import torch.nn.functional as torch_F
 from hypothesis import example, given, strategies as st
 
 from tinycnn.kernels import cpu, cpu_conv, parallel
-from tinycnn.kernels.cpu_winograd import winograd_conv2d_forward
+from tinycnn.kernels.cpu_winograd import winograd_chunks, winograd_conv2d_forward
 
 
 def _torch_conv2d(x, W, b, padding):
@@ -60,10 +60,12 @@ def test_winograd_matches_torch(layer, dtype, bias, seed):
 
 
 def test_winograd_matches_torch_with_several_chunks():
-    # Big enough for several chunks of tile rows, some across two samples, and a 15x13 output
-    # (partial last tiles) in float32, as the network layers run.
+    # Two chunks of tile rows, the first ending in the middle of sample 2 (rows 0-19 of 5 x 8),
+    # and a 15x13 output (partial last tiles), in float32 as the network layers run.
     rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, (6, 24, 15, 13)).astype(np.float32)
+    x = rng.uniform(-1, 1, (5, 24, 15, 13)).astype(np.float32)
+    chunks = winograd_chunks(5, 24, 40, 15, 13)
+    assert len(chunks) > 1 and any(start % 8 for start, _ in chunks), chunks
     weight = rng.uniform(-1, 1, (40, 24, 3, 3)).astype(np.float32)
     b = rng.uniform(-1, 1, 40).astype(np.float32)
     _assert_matches_torch(winograd_conv2d_forward(x, weight, b, 1, 1), x, weight, b, (1, 1))
@@ -149,6 +151,7 @@ def test_winograd_gives_the_same_bits_on_any_thread_count():
     x = rng.uniform(-1, 1, (16, 32, 20, 20)).astype(np.float32)
     weight = rng.uniform(-1, 1, (32, 32, 3, 3)).astype(np.float32)
     b = rng.uniform(-1, 1, 32).astype(np.float32)
+    assert len(winograd_chunks(16, 32, 32, 20, 20)) > 3
     previous = parallel.get_num_threads()
     results = []
     try:
