@@ -30,6 +30,7 @@ PRIMITIVES = (
     "batch_norm_forward_training", "batch_norm_backward",
     "lrn_forward", "lrn_backward",
     "batch_norm_forward_inference", "batch_norm_backward_inference", "relu_forward", "relu_backward",
+    "add_in_place",
 )
 
 _numba_kernels = None  # tinycnn.kernels.cpu, once imported
@@ -222,6 +223,15 @@ def relu_forward(x, out=None):
     (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
     reference for NumPy arrays, tinycnn.kernels.reference.relu_forward, which has the maths."""
     return _backend("relu_forward", x).relu_forward(x, out)
+
+
+def add_in_place(y, x):
+    """y += x (x broadcast to y's shape), returning y: the residual add of inference.
+
+    Runs on y's backend: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.add_in_place, which has the maths."""
+    return _backend("add_in_place", y).add_in_place(y, x)
 
 
 def relu_backward(gy, y):

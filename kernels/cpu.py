@@ -1,6 +1,6 @@
 """The Numba CPU backend: the same functions, arguments and results as tinycnn.kernels.reference.
 
-This module is the backend's face: it holds the 17 primitives under the reference's names, each
+This module is the backend's face: it holds the 18 primitives under the reference's names, each
 written in the file of its concern, where a reader following one call stays:
 
     kernels/cpu_columns.py   im2col, col2im (channel-major columns) and conv2d's pixel-major columns
@@ -11,7 +11,7 @@ written in the file of its concern, where a reader following one call stays:
     kernels/cpu_pool.py      max_pool2d_forward/_backward, avg_pool2d_forward/_backward
     kernels/cpu_norm.py      batch_norm_forward_training, batch_norm_backward, lrn_forward, lrn_backward,
                              batch_norm_forward_inference, batch_norm_backward_inference
-    kernels/cpu_elementwise.py  relu_forward, relu_backward
+    kernels/cpu_elementwise.py  relu_forward, relu_backward, add_in_place
     kernels/parallel.py      the small pool of Python threads all of them run on
 
 Each public function is a thin wrapper that makes its inputs C-contiguous (so one compiled version
@@ -32,7 +32,7 @@ atomics or locks are needed:
     batch norm                     one channel c per item (its statistics need all of it)
     LRN                            one (n, c) row per item (it reads the neighbouring channels)
     batch norm inference           one (n, c) row per item (its statistics are given)
-    ReLU                           a chunk of consecutive elements per item
+    ReLU, add_in_place             a chunk of consecutive elements per item
     conv2d                         a chunk of samples per item (im2col, product and col2im of a
                                    few samples, while their columns are in the core's cache);
                                    Winograd's, a chunk of tile rows (2 output rows of a sample)
@@ -49,7 +49,7 @@ from tinycnn.kernels.cpu_conv import conv2d_backward, conv2d_forward
 from tinycnn.kernels.cpu_matmul import matmul
 from tinycnn.kernels.cpu_norm import batch_norm_backward, batch_norm_forward_training, lrn_backward, lrn_forward
 from tinycnn.kernels.cpu_norm import batch_norm_backward_inference, batch_norm_forward_inference
-from tinycnn.kernels.cpu_elementwise import relu_backward, relu_forward
+from tinycnn.kernels.cpu_elementwise import add_in_place, relu_backward, relu_forward
 from tinycnn.kernels.cpu_pool import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
 
 __all__ = [
@@ -57,4 +57,5 @@ __all__ = [
     "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
     "batch_norm_forward_training", "batch_norm_backward", "lrn_forward", "lrn_backward",
     "batch_norm_forward_inference", "batch_norm_backward_inference", "relu_forward", "relu_backward",
+    "add_in_place",
 ]

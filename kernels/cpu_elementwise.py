@@ -1,6 +1,7 @@
-"""ReLU's forward and backward for the Numba backend (see tinycnn.kernels.cpu for the whole picture).
+"""ReLU's forward and backward, and the in-place add, for the Numba backend (see tinycnn.kernels.cpu
+for the whole picture).
 
-Both are one pass over flat memory: a chunk of consecutive elements per parallel item, on the
+Each is one pass over flat memory: a chunk of consecutive elements per parallel item, on the
 kernel threads. The forward is bound by memory traffic, so it runs at about np.maximum's speed;
 the backward writes gx in one pass where NumPy's gy * (y > 0) first made a mask of the whole array.
 """
@@ -53,6 +54,31 @@ def relu_forward(x, out=None):
     if not direct:
         out[...] = y_flat.reshape(x.shape)
     return out
+
+
+@njit(cache=True, nogil=True)
+def _add_in_place(y, x, start, stop):
+    # y, x flat and of one shape; the elements in [start, stop), as slices from index 0 (see
+    # _relu_forward).
+    y_chunk, x_chunk = y[start:stop], x[start:stop]
+    for i in range(y_chunk.size):
+        y_chunk[i] += x_chunk[i]
+
+
+def add_in_place(y, x):
+    """y += x, with x broadcast to y's shape; returns y. On the kernel threads where x has y's
+    shape (a residual add: NumPy's add runs on one thread); NumPy's add for a broadcast x."""
+    if x.shape != y.shape:
+        np.add(y, x, out=y)
+        return y
+    if x is not y and np.may_share_memory(x, y):
+        x = x.copy()  # read every x before any y is written, as NumPy does
+    x_flat = np.ascontiguousarray(x).reshape(-1)
+    y_flat = y.reshape(-1) if y.flags.c_contiguous else np.ascontiguousarray(y).reshape(-1)
+    parallel_range(lambda start, stop: _add_in_place(y_flat, x_flat, start, stop), y_flat.size, 1)
+    if not y.flags.c_contiguous:
+        y[...] = y_flat.reshape(y.shape)
+    return y
 
 
 @njit(cache=True, nogil=True)

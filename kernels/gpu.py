@@ -487,6 +487,24 @@ def relu_forward(x, out=None):
     return _kernel(RELU_FORWARD)(x.reshape(-1)).reshape(x.shape)
 
 
+ADD_IN_PLACE = ElementwiseSource(
+    "T x", "T y",
+    "y = y + x",
+    "tinycnn_add_in_place")
+
+
+def add_in_place(y, x):
+    """y += x, with x broadcast to y's shape; returns y."""
+    if x is not y and cupy.may_share_memory(x, y):
+        x = x.copy()  # each thread reads x[i] and writes y[i]: another thread's y must not be an x
+    if y.ndim == 0:  # as an array of one element (see relu_forward)
+        x, y_written = x.reshape(1), y.reshape(1)
+    else:
+        y_written = y
+    _kernel(ADD_IN_PLACE)(x, y_written)
+    return y
+
+
 RELU_BACKWARD = ElementwiseSource(
     "T gy, T y", "T gx",
     "gx = y > (T)0 ? gy : (T)0",

@@ -333,6 +333,13 @@ def relu_forward(x, out=None):
     return xp.maximum(x, x.dtype.type(0), out=out)
 
 
+def add_in_place(y, x):
+    """y += x, with x broadcast to y's shape (torch's `out += identity`, a residual add in
+    inference); returns y. NumPy reads an x that overlaps y before writing y."""
+    xp = get_array_module(y)
+    return xp.add(y, x, out=y)
+
+
 def relu_backward(gy, y):
     """gx = gy where y > 0, else 0.
 

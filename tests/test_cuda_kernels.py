@@ -51,6 +51,7 @@ def test_every_kernel_is_reached_by_a_primitive():
         on_cpu.batch_norm_forward_inference(x, None, None, mean, inv_std)
         on_cpu.batch_norm_backward_inference(x, x, None, mean, inv_std)
         on_cpu.relu_backward(x, on_cpu.relu_forward(x))
+        on_cpu.add_in_place(x.copy(), x)
         built = set(on_cpu._compiled)
     assert built == set(SOURCES)
 

@@ -488,6 +488,40 @@ def test_relu_forward_into_out(backend, shape, dtype, x_layout, out_layout, seed
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@given(st.lists(st.integers(1, 5), min_size=0, max_size=4).map(tuple), st.data(), DTYPES, LAYOUTS, LAYOUTS,
+       st.integers(0, 2**16))
+@example((2, 3, 4), None, np.float32, "contiguous", "contiguous", 0)
+def test_add_in_place(backend, shape, data, dtype, y_layout, x_layout, seed):
+    # y += x: a residual add (x of y's shape) or an x broadcast to y's shape (fewer axes, or 1 in
+    # some), of any layout. One rounding of an exact sum: exactly the float64 reference's, rounded.
+    x_shape = shape
+    if data is not None:
+        dropped = data.draw(st.integers(0, len(shape)), label="leading axes x lacks")
+        x_shape = tuple(1 if data.draw(st.booleans(), label=f"axis {i} of x is 1") else side
+                        for i, side in enumerate(shape[dropped:]))
+    y, x = _array(seed, shape, dtype, y_layout), _array(seed + 1, x_shape, dtype, x_layout)
+    expected = reference.add_in_place(_f64(y), _f64(x)).astype(dtype)
+    x_before = x.copy()
+    what = f"add_in_place {shape} {y_layout} += {x_shape} {x_layout}"
+    result = run(backend, "add_in_place", y, x)
+    if backend != "cupy":  # run() hands a CuPy result back as a new NumPy array
+        assert result is y, f"{what}: returned a new array, not y"
+    _assert_same(result, expected, dtype, what)
+    np.testing.assert_array_equal(x, x_before, err_msg=f"{what}: x changed")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_add_in_place_with_overlapping_operands(backend):
+    # x is y (add(a, a)), and x a shifted view of y's memory: every x is read before y is written,
+    # as NumPy's `y += x` does (read after write would carry the sums along).
+    base = _array(0, (40,), np.float64)
+    y = base.copy()
+    np.testing.assert_array_equal(run(backend, "add_in_place", y, y), 2 * base)
+    memory = base.copy()
+    np.testing.assert_array_equal(run(backend, "add_in_place", memory[1:], memory[:-1]), base[1:] + base[:-1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_batch_norm_and_relu_split_over_parallel_chunks(backend):
     # Big enough that the Numba kernels split the work into several chunks (kernels/parallel.py):
     # batch norm's channels [start, stop) with start > 0, ReLU's elements likewise. The drawn cases
@@ -513,6 +547,8 @@ def test_batch_norm_and_relu_split_over_parallel_chunks(backend):
     in_place = gy.copy()
     np.testing.assert_array_equal(run_into(backend, "relu_forward", in_place, out=in_place), y,
                                   err_msg="relu_forward in place")
+    _assert_same(run(backend, "add_in_place", gy.copy(), x), reference.add_in_place(_f64(gy), _f64(x)), dtype,
+                 "add_in_place")
     _assert_same(run(backend, "relu_backward", x - 1, y), reference.relu_backward(_f64(x - 1), _f64(y)), dtype,
                  "relu_backward")
 

@@ -146,9 +146,8 @@ class AddN(Function):
         if self.inplace:
             y = xs[0]
             check_writeable("add", y)
-            xp = backend.get_array_module(*xs)
             for x in xs[1:]:
-                xp.add(y, x, out=y)  # x broadcast into y's shape (add() checked that it fits)
+                kernels.add_in_place(y, x)  # x broadcast to y's shape (add() checked that it fits)
             return y
         y = xs[0]
         for x in xs[1:]:
