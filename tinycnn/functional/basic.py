@@ -139,7 +139,7 @@ class AddN(Function):
     examples = {"add": Example(shape=(2, 3, 4), inputs=lambda shape, rng: [shape, shape[-1:]])}
 
     def __init__(self, inplace=False):
-        self.inplace = inplace  # accumulate into the first input's array; add() asks for it only when no graph is recorded
+        self.inplace = inplace  # sum into the first input's array; add() asks for it only when no graph is recorded
 
     def forward(self, *xs):
         self.shapes = [x.shape for x in xs]
@@ -164,12 +164,13 @@ class AddN(Function):
 def add(*tensors, inplace=False):
     """Sum several tensors with one op: add(a, b, c) or add([a, b, c]).
 
-    inplace=True is torch's `a += b + c` (a residual block's `out += identity`): the sum is written
-    into the first tensor's array and the Tensor returned shares it, when no graph is recorded
-    (under tinycnn.no_grad(), or when no input requires a gradient); while one is, the sum is a new
-    array and every input is left as it was (see functional/_inplace.py). Either way the result has
-    the first tensor's shape and dtype: the others must broadcast to that shape (as torch's +=
-    allows) and have that dtype, else ValueError or TypeError.
+    inplace=True is torch's `a += b` (a residual block's `out += identity`; with more tensors
+    `a += b; a += c`, in that order): the sum is written into the first tensor's array and the
+    Tensor returned shares it, when no graph is recorded (under tinycnn.no_grad(), or when no input
+    requires a gradient); while one is, the sum is a new array and every input is left as it was
+    (see functional/_inplace.py). Either way the result has the first tensor's shape and dtype: the
+    others must broadcast to that shape (as torch's += allows) and have that dtype, else ValueError
+    or TypeError.
     """
     if len(tensors) == 1 and isinstance(tensors[0], (list, tuple)):
         tensors = tuple(tensors[0])
