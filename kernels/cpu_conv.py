@@ -82,29 +82,26 @@ SMALL_PRODUCT = 4096
 # than im2col's product, and its transformed input (16 values per 2x2 outputs and channel) smaller
 # than the columns (36). Only with at least WINOGRAD_CHANNELS input channels and outputs of at
 # least WINOGRAD_SIZE rows and columns. Forward, 2 threads, min of 5-7 alternating rounds on a
-# shared machine (benchmarks/winograd.py), Winograd / im2col:
-#   VGG-16, batch 4: 64->64 at 224x224 0.52 (223 -> 117 ms), 64->128 and 128->128 at 112 0.64,
-#   128->256 at 56 0.76, 256->256 0.57, 256->512 at 28 0.75, 512->512 0.65, 512->512 at 14 0.77;
-#   ResNet-50, batch 8: 64->64 at 56 0.56, 128->128 at 28 0.82, 256->256 at 14 0.61;
-#   DenseNet-121, batch 8: 128->32 at 56 0.46, at 28 0.48, at 14 0.55.
+# machine shared with other jobs (benchmarks/winograd.py; absolute times moved 2-3x from run to
+# run, the ratios much less), Winograd / im2col:
+#   VGG-16, batch 4: 64->64 at 224x224 0.49-0.52, 64->128 at 112 0.63, 128->128 0.54-0.64,
+#   128->256 at 56 0.56-0.76, 256->256 0.51-0.57, 256->512 at 28 0.45-0.75, 512->512 0.60-0.65,
+#   512->512 at 14 0.72-0.77;
+#   ResNet-50, batch 8: 64->64 at 56 0.48, 128->128 at 28 0.62, 256->256 at 14 0.59;
+#   DenseNet-121, batch 8: 128->32 at 56 0.39, at 28 0.41, at 14 0.70.
 # Left to im2col: VGG-16's 3->64 (1.19; 8->64 at 112 0.96, 16->16 0.57) and 7x7 outputs, whose
 # 4x4 tiles compute 64 outputs for 49 and whose tile rows carry a spare tile (see
 # cpu_winograd._input_transform): ResNet-50's 512->512 1.08-1.11, DenseNet-121's 128->32 1.05
 # (8x8 512->512 ran 0.88, 10x10 0.81-0.84).
 # The backward's dx, where it is the convolution of gy above, takes Winograd through
 # conv2d_forward; and where Winograd suits that convolution, dx is computed so for layers with as
-# many output channels as input too (WINOGRAD_INPUT_GRADIENT), rather than by W^T gy and col2im:
-# whole backward (dx, dW, db) of ResNet-50's 64->64 at 56 0.86, 128->128 at 28 0.97, 256->256 at
-# 14 0.99 (dW keeps im2col, and costs as much as the forward). float32 error against the float64
-# reference, He-initialised weights and post-ReLU inputs (batch 2, ResNet-50's and DenseNet-121's
-# 3x3 layers): RMS 2.3-4.3e-7 of the output's RMS (im2col 2.2-2.5e-7, PyTorch 1.6-1.8e-7), largest
-# 3.5-5.6e-7 of the largest output (im2col 2.1-5.1e-7).
-# The weight gradient by Winograd (tinycnn.kernels.cpu_winograd_backward) for the layers that suit
-# the forward and have outputs of at least WINOGRAD_WEIGHT_GRADIENT_SIZE rows and columns. One
-# thread, CPU time, Winograd / im2col (shared machine): ResNet-50, batch 8, 64->64 at 56 0.77,
-# 128->128 at 28 0.70, 256->256 at 14 0.62; DenseNet-121's 128->32 at 56 0.84, at 14 0.97; VGG-16,
-# batch 4, 64->64 at 224 0.82, 256->256 at 56 0.66, 512->512 at 28 0.68; ResNet-18 on 32x32,
-# batch 32, 16->16 at 32 0.67; but 64->64 at 8x8 1.14 and 512->512 at 7x7 1.42.
+# many output channels as input too (WINOGRAD_INPUT_GRADIENT), rather than by W^T gy and col2im.
+# Whole backward (dx, dW, db; dW keeps im2col), before / after: ResNet-50's 64->64 at 56 0.72
+# (dx by col2im with Winograd on: 0.90), 128->128 at 28 0.72 (0.87), 256->256 at 14 0.79 (0.89);
+# DenseNet-121's 128->32 at 56, 28, 14 0.76, 0.78, 0.87.
+# float32 error against the float64 reference, He-initialised weights and post-ReLU inputs (batch
+# 2, ResNet-50's and DenseNet-121's 3x3 layers): RMS 2.3-4.3e-7 of the output's RMS (im2col
+# 2.2-2.5e-7, PyTorch 1.6-1.8e-7), largest 3.5-5.6e-7 of the largest output (im2col 2.1-5.1e-7).
 WINOGRAD_CHANNELS = 16
 WINOGRAD_SIZE = 8
 WINOGRAD_WEIGHT_GRADIENT_SIZE = 14

@@ -122,7 +122,7 @@ def _input_transform(x, V, PH, PW, TH, TW, first_row, stop_row):
     # more columns for the last spare tile): tile q's 4x4 values are rows[:, 2*q:2*q + 4]
     rows = np.zeros((4, (stop_row - first_row) * width + 2), dtype=x.dtype)
     edge = np.empty((4, W), dtype=x.dtype)  # the input rows of a tile row at the top or bottom
-    # The columns inside the input, w - PW in [0, W); the others are padding, zero.
+    # The columns inside the input, w - PW in [0, W); the others are padding, left zero in rows.
     w_lo = min(width, PW)
     w_hi = max(w_lo, min(width, W + PW))
     for c in range(C):
@@ -137,12 +137,7 @@ def _input_transform(x, V, PH, PW, TH, TW, first_row, stop_row):
                     for w in range(W):
                         edge[i, np.uint64(w)] = x[n, c, h, np.uint64(w)] if 0 <= h < H else 0
                 d, top = edge, 0
-            r0 = (row - first_row) * width
-            for xi in range(4):
-                for w in range(w_lo):
-                    rows[xi, np.uint64(r0 + w)] = 0
-                for w in range(w_hi, width):
-                    rows[xi, np.uint64(r0 + w)] = 0
+            r0 = (row - first_row) * width  # (columns outside [w_lo, w_hi) stay zero)
             # B^T's rows: d0 - d2, d1 + d2, d2 - d1, d1 - d3
             for w in range(w_lo, w_hi):
                 rows[0, np.uint64(r0 + w)] = d[top, np.uint64(w - PW)] - d[top + 2, np.uint64(w - PW)]
@@ -218,6 +213,9 @@ def winograd_conv2d_forward(x, W, b, PH, PW):
     N, C, H, Wd = x.shape
     OC = W.shape[0]
     OH, OW = H + 2 * PH - 2, Wd + 2 * PW - 2
+    if W.shape[1:] != (C, 3, 3) or OH < 1 or OW < 1:
+        raise ValueError(f"winograd_conv2d_forward: expected a (OC, {C}, 3, 3) weight and an input of at least 3x3 "
+                         f"once padded, got weight {W.shape}, input {x.shape}, padding ({PH}, {PW})")
     TH, TW = tile_counts(OH, OW)
     b = np.zeros(0, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
     y = np.empty((N, OC, OH, OW), dtype=x.dtype)

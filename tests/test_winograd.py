@@ -162,3 +162,13 @@ def test_winograd_gives_the_same_bits_on_any_thread_count():
         parallel.set_num_threads(previous)
     for other in results[1:]:
         np.testing.assert_array_equal(other, results[0])
+
+
+@pytest.mark.parametrize("x_shape, w_shape, padding", [
+    ((1, 2, 5, 5), (3, 2, 5, 5), 1),  # not a 3x3 kernel
+    ((1, 2, 5, 5), (3, 4, 3, 3), 1),  # weight channels != input channels
+    ((1, 2, 1, 5), (3, 2, 3, 3), 0),  # one row, no padding: no output row
+])
+def test_winograd_rejects_what_it_cannot_compute(x_shape, w_shape, padding):
+    with pytest.raises(ValueError, match="winograd_conv2d_forward: expected"):
+        winograd_conv2d_forward(np.zeros(x_shape), np.zeros(w_shape), None, padding, padding)
