@@ -234,7 +234,10 @@ def winograd_conv2d_forward(x, W, b, PH, PW):
     def run(first_row, stop_row):
         tiles = (stop_row - first_row) * (TW + 1)  # a spare tile a row (see _input_transform)
         # (list.pop and append are atomic under the GIL; every value a chunk reads, it wrote)
-        V_memory, M_memory = free_workspaces.pop() if free_workspaces else new_workspace()
+        try:
+            V_memory, M_memory = free_workspaces.pop()
+        except IndexError:  # more threads than workspaces: set_num_threads during this call
+            V_memory, M_memory = new_workspace()
         V = V_memory[:16 * C * tiles].reshape(16, C, tiles)
         M = M_memory[:16 * OC * tiles].reshape(16, OC, tiles)
         _input_transform(x, V, PH, PW, TH, TW, first_row, stop_row)
