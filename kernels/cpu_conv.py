@@ -89,10 +89,11 @@ SMALL_PRODUCT = 4096
 #   512->512 at 14 0.72-0.77;
 #   ResNet-50, batch 8: 64->64 at 56 0.48, 128->128 at 28 0.62, 256->256 at 14 0.59;
 #   DenseNet-121, batch 8: 128->32 at 56 0.39, at 28 0.41, at 14 0.70.
-# Left to im2col: VGG-16's 3->64 (1.19; 8->64 at 112 0.96, 16->16 0.57) and 7x7 outputs, whose
-# 4x4 tiles compute 64 outputs for 49 and whose tile rows carry a spare tile (see
-# cpu_winograd._input_transform): ResNet-50's 512->512 1.08-1.11, DenseNet-121's 128->32 1.05
-# (8x8 512->512 ran 0.88, 10x10 0.81-0.84).
+# Left to im2col: VGG-16's 3->64 (1.19-1.34; 8->64 at 112 0.96-0.97, 16->16 0.57) and 7x7
+# outputs, whose 4x4 tiles compute 64 outputs for 49 and whose tile rows carry a spare tile (see
+# cpu_winograd._input_transform): ResNet-50's 512->512 1.08-1.12, DenseNet-121's 128->32 1.05-1.08
+# (at 8x8, batch 8: 64->64 0.97, 128->32 0.85, 128->128 0.81, 256->256 0.86, 512->512 0.87; at
+# 10x10 256->256 0.75, 512->512 0.78).
 # The backward's dx, where it is the convolution of gy above, takes Winograd through
 # conv2d_forward; and where Winograd suits that convolution, dx is computed so for layers with as
 # many output channels as input too (WINOGRAD_INPUT_GRADIENT), rather than by W^T gy and col2im.
