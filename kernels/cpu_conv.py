@@ -97,7 +97,8 @@ SMALL_PRODUCT = 4096
 # The backward's dx, where it is the convolution of gy above, takes Winograd through
 # conv2d_forward; and where Winograd suits that convolution, dx is computed so for layers with as
 # many output channels as input too (WINOGRAD_INPUT_GRADIENT), rather than by W^T gy and col2im.
-# Whole backward (dx, dW, db; dW keeps im2col), before / after: ResNet-50's 64->64 at 56 0.72,
+# Whole backward (dx, dW, db; measured while dW was still im2col's, before the Winograd weight
+# gradient below), before / after: ResNet-50's 64->64 at 56 0.72,
 # 128->128 at 28 0.72, 256->256 at 14 0.79 (dx by Winograd against col2im, in the same rounds:
 # 0.80, 0.83, 0.89); DenseNet-121's 128->32 at 56, 28, 14 0.76, 0.78, 0.87.
 # float32 error against the float64 reference, He-initialised weights and post-ReLU inputs (batch
