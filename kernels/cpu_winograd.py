@@ -64,10 +64,17 @@ def winograd_chunks(N, C, OC, OH, OW):
         return []
     tiles = max(MIN_CHUNK_TILES, TILE_CHUNK // (16 * (C + OC)), 4 * OC * C // (C + OC))
     count = -(-rows // max(1, -(-tiles // TW)))  # chunks of about `tiles` tiles, whole tile rows
-    if 16 * OC * C * rows * TW >= PRODUCT_SERIAL:
+    return split_tile_rows(rows, count, 16 * OC * C * rows * TW)
+
+
+def split_tile_rows(rows, count, multiply_adds):
+    """`rows` tile rows as about `count` equal chunks: at least two where the products are big
+    (multiply_adds), one per core, as conv2d's other paths, and an even number where split at all,
+    so that two threads finish together."""
+    if multiply_adds >= PRODUCT_SERIAL:
         count = max(count, 2)
     if count > 1:
-        count += count % 2  # an even number of equal chunks: two threads finish together
+        count += count % 2
     return split(rows, -(-rows // min(count, rows)))
 
 

@@ -20,8 +20,8 @@ tinycnn.kernels.cpu_conv), which goes through Winograd's forward.
 import numpy as np
 from numba import njit
 
-from tinycnn.kernels.cpu_winograd import _input_transform, tile_counts
-from tinycnn.kernels.parallel import get_num_threads, run_chunks, split
+from tinycnn.kernels.cpu_winograd import _input_transform, split_tile_rows, tile_counts
+from tinycnn.kernels.parallel import get_num_threads, run_chunks
 
 # Each chunk of tile rows adds its own share of dL/dU, (16, OC, C), and the shares are summed in
 # chunk order, so the result does not depend on the threads. Chunks of about GRADIENT_CHUNK_TILES
@@ -29,8 +29,6 @@ from tinycnn.kernels.parallel import get_num_threads, run_chunks, split
 # every chunk costs a share of 16*OC*C values, at most SHARE_VALUES over all chunks together.
 GRADIENT_CHUNK_TILES = 512
 SHARE_VALUES = 1 << 23  # 32 MiB of float32 shares
-# A layer whose products are big gets at least two chunks, one per core, as conv2d's other paths.
-PRODUCT_SERIAL = 1 << 21
 
 
 def weight_gradient_chunks(N, C, OC, OH, OW):
@@ -42,11 +40,7 @@ def weight_gradient_chunks(N, C, OC, OH, OW):
         return []
     count = -(-rows // max(1, GRADIENT_CHUNK_TILES // (TW + 1)))
     count = min(count, max(1, SHARE_VALUES // (16 * OC * C)))
-    if 16 * OC * C * rows * TW >= PRODUCT_SERIAL:
-        count = max(count, 2)
-    if count > 1:
-        count += count % 2  # an even number of equal chunks: two threads finish together
-    return split(rows, -(-rows // min(count, rows)))
+    return split_tile_rows(rows, count, 16 * OC * C * rows * TW)
 
 
 @njit(cache=True, nogil=True)
