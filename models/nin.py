@@ -24,9 +24,9 @@ BLOCKS = ((96, 11, 4, 0), (256, 5, 1, 2), (384, 3, 1, 1), (None, 3, 1, 1))
 def mlpconv(in_channels, out_channels, kernel_size, stride, padding):
     """conv -> ReLU -> 1x1 conv -> ReLU -> 1x1 conv -> ReLU."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding), nn.ReLU(),
-        nn.Conv2d(out_channels, out_channels, 1), nn.ReLU(),
-        nn.Conv2d(out_channels, out_channels, 1), nn.ReLU(),
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding), nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 1), nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 1), nn.ReLU(inplace=True),
     )
 
 

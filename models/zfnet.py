@@ -39,7 +39,7 @@ class ZFNet(nn.Module):
         for name, filters, kernel, stride, padding, has_lrn, has_pool in CONVS:
             index = name[-1]
             layers[name] = nn.Conv2d(channels, filters, kernel, stride=stride, padding=padding)
-            layers[f"relu{index}"] = nn.ReLU()
+            layers[f"relu{index}"] = nn.ReLU(inplace=True)
             if has_lrn and lrn:
                 layers[f"norm{index}"] = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0,
                                                               alpha_divided_by_size=False)
@@ -49,8 +49,8 @@ class ZFNet(nn.Module):
         self.features = nn.Sequential(layers)
         hidden6, hidden7 = FC
         self.classifier = nn.Sequential(OrderedDict([
-            ("fc6", nn.Linear(channels * 6 * 6, hidden6)), ("relu6", nn.ReLU()), ("drop6", nn.Dropout(dropout)),
-            ("fc7", nn.Linear(hidden6, hidden7)), ("relu7", nn.ReLU()), ("drop7", nn.Dropout(dropout)),
+            ("fc6", nn.Linear(channels * 6 * 6, hidden6)), ("relu6", nn.ReLU(inplace=True)), ("drop6", nn.Dropout(dropout)),
+            ("fc7", nn.Linear(hidden6, hidden7)), ("relu7", nn.ReLU(inplace=True)), ("drop7", nn.Dropout(dropout)),
             ("fc8", nn.Linear(hidden7, num_classes)),
         ]))
 
