@@ -351,12 +351,16 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
     chunks = layer.chunks
     gW_by_winograd = (needs_grad[1] and _winograd_suits(x.shape, W.shape, SH, SW, PH, PW, DH, DW, groups)
                       and min(layer.OH, layer.OW) >= WINOGRAD_WEIGHT_GRADIENT_SIZE)
+    gW = None
     if gW_by_winograd:
         gW = winograd_conv2d_weight_gradient(gy, x, PH, PW)
         needs_grad = (needs_grad[0], False, needs_grad[2])
-        if not needs_grad[0] or layer.input_gradient_by_convolution:  # the chunks have nothing left to do
-            gx = _input_gradient_by_convolution(gy, W, PH, PW, DH, DW) if needs_grad[0] else None
-            return gx, gW, (gy.sum(axis=(0, 2, 3)) if needs_grad[2] else None)
+    if not needs_grad[1] and (not needs_grad[0] or layer.input_gradient_by_convolution):
+        # The chunks would only copy gy to sum it for gb: skip them (a layer whose dx is a
+        # convolution, in a network's first layer, or whose gW came from Winograd). 256->256 3x3 at
+        # 14x14, batch 8: dx 6.5 -> 4.6 ms.
+        gx = _input_gradient_by_convolution(gy, W, PH, PW, DH, DW) if needs_grad[0] else None
+        return gx, gW, (gy.sum(axis=(0, 2, 3)) if needs_grad[2] else None)
     # gx from the chunks' columns (col2im), or afterwards as a convolution of gy (see COLUMN_CHUNK)
     gx_from_columns = needs_grad[0] and not layer.input_gradient_by_convolution
     gx = np.empty_like(x) if gx_from_columns else None
@@ -416,8 +420,6 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
     if needs_grad[0] and layer.input_gradient_by_convolution:
         gx = _input_gradient_by_convolution(gy, W, PH, PW, DH, DW)
     gb = None
-    if not gW_by_winograd:
-        gW = None
     if needs_grad[1]:
         gW = gW_shares.sum(axis=0)  # (G, OC/G, K)
         if layer.transposed_weight_gradient:  # the sum was (G, K, OC/G)
