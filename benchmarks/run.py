@@ -43,10 +43,12 @@ Data: one random batch per case (float32 N(0, 1), uniform labels), or for LeNet 
 the real MNIST training set when $TINYCNN_DATA is set; the timings do not depend on the values.
 tinycnn's settings (tinycnn/_threading.py) are made at run time: OpenBLAS at one thread from the
 first kernel call on (PyTorch's own BLAS is not touched), and glibc's malloc thresholds raised by
-tinycnn.config.tune_allocator(), called here as `tinycnn train` calls it. OMP_WAIT_POLICY=PASSIVE
-is set before torch loads, unless already set, so that torch's OpenMP threads sleep instead of
-spinning between its steps and tinycnn's; torch keeps its default thread count (printed in the
-header).
+tinycnn.config.tune_allocator(), called here as `tinycnn train` calls it. torch runs as its users
+run it: its default thread count (printed in the header) and its OpenMP threads' default wait
+policy. (Until 2026-12-01 this harness set OMP_WAIT_POLICY=PASSIVE before torch loaded, so that
+torch's threads would sleep rather than spin between its steps and tinycnn's; it made every torch op
+wait for its threads to wake, ResNet-18's training step 62 -> 96 ms, while tinycnn's was the same
+either way, 97-100 ms: the ratios of RESULTS.md's run 5 are too kind to tinycnn.)
 """
 import argparse
 import json
@@ -58,14 +60,10 @@ import sys
 import tempfile
 import time
 
-# Read by torch's GNU OpenMP when it loads: its threads then sleep after each parallel region
-# rather than spin on the cores tinycnn's kernels are about to use.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import tinycnn  # noqa: E402
+import tinycnn
 
 import tinycnn.functional as F
 import tinycnn.models

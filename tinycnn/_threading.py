@@ -39,9 +39,9 @@ As that changes the whole process, a library import must not do it: the CLI's `t
 calls it, and so do the benchmarks; a script of yours may. Skipped off glibc, where the user has set
 MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_, and with TINYCNN_NO_THREAD_SETTINGS=1.
 
-PyTorch in the same process (the tests and benchmarks): its GNU OpenMP threads spin after each
-parallel region unless OMP_WAIT_POLICY=PASSIVE is in the environment before torch loads; that is
-the benchmark's business (benchmarks/run.py sets it), not tinycnn's.
+PyTorch in the same process (the tests and benchmarks): its GNU OpenMP threads spin for a while
+after each parallel region (unless OMP_WAIT_POLICY=PASSIVE is in the environment before torch
+loads). tinycnn leaves that alone, and so do the benchmarks: torch is measured as its users run it.
 
 `report()` says what is in force and who set it.
 """
