@@ -94,6 +94,7 @@ IM2COL_LAYERS = [
     ((8, 64, 56, 56), (64, 32, 3, 3), 1, (1, 1, 2)),  # two groups
     ((8, 64, 56, 56), (64, 64, 5, 5), 2, (1, 1, 1)),  # 5x5
     ((8, 64, 1, 56), (64, 64, 3, 3), 1, (1, 1, 1)),  # one input row: the outer taps see only padding
+    ((4, 448, 8, 8), (384, 448, 3, 3), 1, (1, 1, 1)),  # Inception v3 at 8x8, batch 4: 80 tiles, too few
 ]
 
 
