@@ -49,6 +49,27 @@ def test_residual_and_dense_style_reuse():
     np.testing.assert_allclose(x.grad, 12 * np.arange(4.0))
 
 
+def test_gradients_summed_from_many_uses_equal_torchs_even_where_a_sum_is_passed_on():
+    # `out`'s gradient is a sum, which the add passes on as the same array to both of its inputs;
+    # `x` then receives two more gradients, and `h` four: summing any of them in place into an array
+    # another tensor holds would corrupt that tensor's gradient.
+    rng = np.random.default_rng(0)
+    a0, b0 = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+
+    def loss(a, b, add):
+        x, y = a * 1.5, b * 0.5
+        out = add(x, y)
+        h = a * 2.0
+        return (out * 2.0 + out * 3.0 + x * 7.0 + x * 11.0 + h * h * h + h * h * 5.0).sum()
+
+    a, b = leaf(a0), leaf(b0)
+    loss(a, b, lambda x, y: tinycnn.functional.add(x, y)).backward()
+    ta, tb = torch.tensor(a0, requires_grad=True), torch.tensor(b0, requires_grad=True)
+    loss(ta, tb, lambda x, y: x + y).backward()
+    np.testing.assert_allclose(a.grad, ta.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(b.grad, tb.grad.numpy(), rtol=1e-12)
+
+
 def test_leaf_gradients_accumulate_across_backward_calls_as_torch():
     x = leaf([1.0, 2.0])
     (x * 3.0).sum().backward()
