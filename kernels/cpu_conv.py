@@ -13,7 +13,7 @@ from tinycnn.kernels.cpu_columns import _col2im, _from_padded_nhwc, _im2col, _im
 from tinycnn.kernels.cpu_matmul import PRODUCT_CHUNKS, PRODUCT_SERIAL, _small_product
 from tinycnn.kernels.cpu_winograd import winograd_conv2d_forward
 from tinycnn.kernels.cpu_winograd_backward import winograd_conv2d_weight_gradient
-from tinycnn.kernels.parallel import run_chunks, split
+from tinycnn.kernels.parallel import parallel_range, run_chunks, split
 from tinycnn.kernels.reference import conv_output_size
 
 # conv2d: chunks of samples, each carried through im2col, the matrix products and col2im on one
@@ -169,6 +169,25 @@ def _samples_to_rows(gy, start, rows, bias_sums):
                 rows[o, n, l] = value
                 total += value
             bias_sums[o] += total
+
+
+@njit(cache=True, nogil=True)
+def _add_shares(shares, total, start, stop):
+    # total[i] = shares[0, i] + shares[1, i] + ..., in that order, for i in [start, stop).
+    for i in range(start, stop):
+        total[i] = shares[0, i]
+    for k in range(1, shares.shape[0]):
+        for i in range(start, stop):
+            total[i] += shares[k, i]
+
+
+def _sum_of_shares(shares):
+    """shares.sum(axis=0), the chunks' weight-gradient shares added in chunk order, on every thread:
+    NumPy's sum runs on one, and took 33 ms of a ResNet-50 backward at batch 8 (42 layers)."""
+    flat = shares.reshape(shares.shape[0], -1)
+    total = np.empty(flat.shape[1], dtype=shares.dtype)
+    parallel_range(lambda start, stop: _add_shares(flat, total, start, stop), total.size, shares.shape[0])
+    return total.reshape(shares.shape[1:])
 
 
 def _pixels_as_rows(pixels, count):
@@ -392,7 +411,8 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
             # y = W col per group: dW = gy col^T, dcol = W^T gy (gy as (G, OC/G, count*L)).
             if count == 1:  # one sample's gy is already in this layout
                 rows_g = gy_rows[start].reshape(G, OC // G, L)
-                gb_shares[k] = gy_rows[start].sum(axis=1)
+                if needs_grad[2]:  # (the sum is its own pass over gy here: only when asked for)
+                    gb_shares[k] = gy_rows[start].sum(axis=1)
             else:
                 rows = np.empty((OC, count, L), dtype=x.dtype)
                 _samples_to_rows(gy_rows, start, rows, gb_shares[k])
@@ -427,7 +447,7 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
         gx = _input_gradient_by_convolution(gy, W, PH, PW, DH, DW)
     gb = None
     if needs_grad[1]:
-        gW = gW_shares.sum(axis=0)  # (G, OC/G, K)
+        gW = _sum_of_shares(gW_shares)  # (G, OC/G, K)
         if layer.transposed_weight_gradient:  # the sum was (G, K, OC/G)
             gW = gW.swapaxes(1, 2)
         if layer.pixel_major:  # (OC, KH*KW*C) -> (OC, C, KH, KW)
