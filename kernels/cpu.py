@@ -8,6 +8,7 @@ written in the file of its concern, where a reader following one call stays:
                              the small-result product Numba loop
     kernels/cpu_conv.py      conv2d_forward, conv2d_backward: chunks of samples, columns, products
     kernels/cpu_winograd.py  conv2d_forward's Winograd F(2x2, 3x3) for 3x3 stride-1 layers
+    kernels/cpu_winograd_backward.py  conv2d_backward's weight gradient by the same transforms
     kernels/cpu_pool.py      max_pool2d_forward/_backward, avg_pool2d_forward/_backward
     kernels/cpu_norm.py      batch_norm_forward_training, batch_norm_backward, lrn_forward, lrn_backward,
                              batch_norm_forward_inference, batch_norm_backward_inference
