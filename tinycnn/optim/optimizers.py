@@ -15,7 +15,6 @@ import math
 import numpy
 
 from tinycnn import backend, config
-from tinycnn.kernels import parallel
 from tinycnn.autograd import Tensor
 
 __all__ = ["Adam", "AdamW", "Optimizer", "RMSprop", "SGD"]
@@ -196,6 +195,9 @@ class SGD(Optimizer):
                 self._update_block(param, grad_block, buf, group, first_step)
 
         if len(blocks) >= 2 * BLOCKS_PER_CHUNK:
+            # imported here: importing the kernel threads sets OpenBLAS's thread count, which
+            # `import tinycnn` must not do (tinycnn/_threading.py)
+            from tinycnn.kernels import parallel
             parallel.run_chunks(update, parallel.split(len(blocks), BLOCKS_PER_CHUNK))
         else:
             update(0, len(blocks))
