@@ -29,9 +29,15 @@ class Linear(Function):
     def forward(self, x, W, b):
         self._check(x, W, b)
         self.save_for_backward(x, W)
-        # As one (batch, in) @ (in, out) product, whatever the leading axes of x.
-        y = kernels.matmul(x.reshape(-1, W.shape[1]), W.T).reshape(x.shape[:-1] + W.shape[:1])
-        return y if b is None else y + b
+        # As one product whatever the leading axes of x, computed as y^T = W x^T (out, batch) and
+        # turned back: OpenBLAS ran that orientation 1.3-1.9x faster than x W^T for small batches
+        # (LeNet's fc1, 800 -> 500, one thread: batch 4 95 against 180 us, 16 142 against 245, 64
+        # 354 against 445).
+        xp = backend.get_array_module(x)
+        y = xp.ascontiguousarray(kernels.matmul(W, x.reshape(-1, W.shape[1]).T).T)
+        if b is not None:
+            y += b  # y is this op's own new array
+        return y.reshape(x.shape[:-1] + W.shape[:1])
 
     def forward_shape_only(self, x, W, b):
         self._check(x, W, b)
