@@ -117,8 +117,6 @@ class Function:
             self.generation = max(x.generation for x in inputs if x is not None and x.requires_grad)
             values = []
             for index, y in enumerate(outputs):
-                y.creator = self
-                y.generation = self.generation + 1
                 y.requires_grad = True
                 y._value = GraphValue(self, index, y)
                 values.append(y._value)
@@ -184,8 +182,6 @@ class Tensor:
         self.data = data
         self.grad = None
         self.requires_grad = requires_grad
-        self.creator = None
-        self.generation = 0
         self.name = name
         self.retains_grad = False
 
@@ -194,7 +190,11 @@ class Tensor:
     ndim = property(lambda self: self.data.ndim)
     size = property(lambda self: int(self.data.size))
     device = property(lambda self: backend.device_of(self.data))
-    is_leaf = property(lambda self: self.creator is None)
+    # The Function that made this tensor and its generation (one more than that Function's), read
+    # from the GraphValue the graph holds for it; a leaf has no creator and generation 0.
+    creator = property(lambda self: None if self._value is None else self._value.creator)
+    generation = property(lambda self: 0 if self._value is None else self._value.generation)
+    is_leaf = property(lambda self: self._value is None)
 
     def __len__(self):
         return len(self.data)
