@@ -385,7 +385,7 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
     if not needs_grad[1] and (not needs_grad[0] or layer.input_gradient_by_convolution):
         # The chunks would only copy gy to sum it for gb: skip them (a layer whose dx is a
         # convolution, in a network's first layer, or whose gW came from Winograd). 256->256 3x3 at
-        # 14x14, batch 8: dx 6.5 -> 4.6 ms.
+        # 14x14, batch 8: dx 6.5 -> 5.4 ms.
         gx = _input_gradient_by_convolution(gy, W, PH, PW, DH, DW) if needs_grad[0] else None
         return gx, gW, (gy.sum(axis=(0, 2, 3)) if needs_grad[2] else None)
     # gx from the chunks' columns (col2im), or afterwards as a convolution of gy (see COLUMN_CHUNK)
