@@ -30,7 +30,7 @@ PRIMITIVES = (
     "batch_norm_forward_training", "batch_norm_backward",
     "lrn_forward", "lrn_backward",
     "batch_norm_forward_inference", "batch_norm_backward_inference", "relu_forward", "relu_backward",
-    "add_in_place",
+    "add_in_place", "conv2d_batch_norm_relu_inference",
 )
 
 _numba_kernels = None  # tinycnn.kernels.cpu, once imported
@@ -232,6 +232,18 @@ def add_in_place(y, x):
     (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
     reference for NumPy arrays, tinycnn.kernels.reference.add_in_place, which has the maths."""
     return _backend("add_in_place", y).add_in_place(y, x)
+
+
+def conv2d_batch_norm_relu_inference(x, W, b, SH, SW, PH, PW, DH, DW, groups, gamma, beta, mean, inv_std, residual, relu):
+    """relu(batch_norm_forward_inference(conv2d_forward(x, W, b, ...), gamma, beta, mean, inv_std)
+    + residual) in one call (the residual only when not None, the ReLU only when relu is True):
+    inference's conv -> BatchNorm -> ReLU, or a ResNet block's last conv -> BatchNorm -> add -> ReLU.
+
+    Runs on x's backend: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.conv2d_batch_norm_relu_inference, which has the maths."""
+    return _backend("conv2d_batch_norm_relu_inference", x).conv2d_batch_norm_relu_inference(
+        x, W, b, SH, SW, PH, PW, DH, DW, groups, gamma, beta, mean, inv_std, residual, relu)
 
 
 def relu_backward(gy, y):

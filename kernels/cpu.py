@@ -1,12 +1,13 @@
 """The Numba CPU backend: the same functions, arguments and results as tinycnn.kernels.reference.
 
-This module is the backend's face: it holds the 18 primitives under the reference's names, each
+This module is the backend's face: it holds the 19 primitives under the reference's names, each
 written in the file of its concern, where a reader following one call stays:
 
     kernels/cpu_columns.py   im2col, col2im (channel-major columns) and conv2d's pixel-major columns
     kernels/cpu_matmul.py    matmul (a big product split into one OpenBLAS product per thread) and
                              the small-result product Numba loop
-    kernels/cpu_conv.py      conv2d_forward, conv2d_backward: chunks of samples, columns, products
+    kernels/cpu_conv.py      conv2d_forward, conv2d_backward: chunks of samples, columns, products;
+                             conv2d_batch_norm_relu_inference, inference's conv-BN-ReLU in one pass
     kernels/cpu_winograd.py  conv2d_forward's Winograd F(2x2, 3x3) for 3x3 stride-1 layers
     kernels/cpu_winograd_backward.py  conv2d_backward's weight gradient by the same transforms
     kernels/cpu_pool.py      max_pool2d_forward/_backward, avg_pool2d_forward/_backward
@@ -46,7 +47,7 @@ Index maths as in the reference: tap (i, j) of the window at output (oh, ow) rea
 h = oh*SH - PH + i*DH, w = ow*SW - PW + j*DW.
 """
 from tinycnn.kernels.cpu_columns import col2im, im2col
-from tinycnn.kernels.cpu_conv import conv2d_backward, conv2d_forward
+from tinycnn.kernels.cpu_conv import conv2d_backward, conv2d_batch_norm_relu_inference, conv2d_forward
 from tinycnn.kernels.cpu_matmul import matmul
 from tinycnn.kernels.cpu_norm import batch_norm_backward, batch_norm_forward_training, lrn_backward, lrn_forward
 from tinycnn.kernels.cpu_norm import batch_norm_backward_inference, batch_norm_forward_inference
@@ -58,5 +59,5 @@ __all__ = [
     "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
     "batch_norm_forward_training", "batch_norm_backward", "lrn_forward", "lrn_backward",
     "batch_norm_forward_inference", "batch_norm_backward_inference", "relu_forward", "relu_backward",
-    "add_in_place",
+    "add_in_place", "conv2d_batch_norm_relu_inference",
 ]

@@ -11,6 +11,7 @@ from numba import njit
 
 from tinycnn.kernels.cpu_columns import _col2im, _from_padded_nhwc, _im2col, _im2row, _row2im, _to_padded_nhwc
 from tinycnn.kernels.cpu_matmul import PRODUCT_CHUNKS, PRODUCT_SERIAL, _small_product
+from tinycnn.kernels.cpu_norm import _batch_norm_relu_rows, inference_normalisation
 from tinycnn.kernels.cpu_winograd import winograd_conv2d_forward
 from tinycnn.kernels.cpu_winograd_backward import winograd_conv2d_weight_gradient
 from tinycnn.kernels.parallel import parallel_range, run_chunks, split
@@ -318,8 +319,27 @@ class _ConvGeometry:
 def conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups):
     """As the reference: y (N, OC, OH, OW) = W * x + b, im2col and one product per group, done a
     chunk of samples at a time on every thread; or Winograd's F(2x2, 3x3) where it is faster."""
+    return _conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups, None)
+
+
+def conv2d_batch_norm_relu_inference(x, W, b, SH, SW, PH, PW, DH, DW, groups, gamma, beta, mean, inv_std, residual, relu):
+    """As the reference: conv2d_forward, then batch_norm_forward_inference, add_in_place(y,
+    residual) (when given) and relu_forward (when relu), but each chunk of the output is normalised (and rectified) by the thread that computed
+    it, right after its product: the chunk is still in that core's cache, where two more passes
+    over the whole output would read it from memory twice (ResNet-50's inference at batch 8 spent
+    44 ms in its BatchNorms and 15 in its ReLUs that way). The same arithmetic in the same order as
+    those kernels (cpu_norm._batch_norm_relu_rows), so the same bits."""
+    shape = (x.shape[0], W.shape[0], conv_output_size(x.shape[2], W.shape[2], SH, PH, DH),
+             conv_output_size(x.shape[3], W.shape[3], SW, PW, DW))
+    normalisation = inference_normalisation(shape, x.dtype, gamma, beta, mean, inv_std, residual, relu)
+    return _conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups, normalisation)
+
+
+def _conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups, normalisation):
+    """conv2d_forward; then, unless normalisation is None, _batch_norm_relu_rows(..., *normalisation)
+    on each chunk of the output as soon as it is written."""
     if _winograd_suits(x.shape, W.shape, SH, SW, PH, PW, DH, DW, groups):
-        return winograd_conv2d_forward(x, W, b, PH, PW)
+        return winograd_conv2d_forward(x, W, b, PH, PW, normalisation)
     x, W = np.ascontiguousarray(x), np.ascontiguousarray(W)
     layer = _ConvGeometry(x, W, SH, SW, PH, PW, DH, DW, groups)
     N, OC, OH, OW, L, G, K = layer.N, layer.OC, layer.OH, layer.OW, layer.L, layer.G, layer.K
@@ -327,28 +347,36 @@ def conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups):
     y = np.empty((N, OC, OH, OW), dtype=x.dtype)
     y_rows = y.reshape(N, OC, L)
 
+    def normalise(start, stop, first_row=0, stop_row=OH):
+        if normalisation is not None:
+            _batch_norm_relu_rows(y, start, stop, first_row, stop_row, *normalisation)
+
     def run(start, stop):
         count = stop - start
         if layer.per_sample:
             x_rows = x.reshape(N, layer.C, L)
             for n in range(start, stop):
                 np.matmul(layer.weight, x_rows[n].reshape(G, K, L), out=y_rows[n].reshape(G, OC // G, L))
-            if b.shape[0]:
-                y_rows[start:stop] += b[:, None]
+                if b.shape[0]:
+                    y_rows[n] += b[:, None]
+                normalise(n, n + 1)
         elif layer.pixel_major:
             col = layer.columns(x, start, stop)
             _rows_to_samples(_pixels_as_rows(col @ layer.weight.T, count), b, y_rows, start)  # (count*L, OC)
+            normalise(start, stop)
         elif count == 1:  # the product of one sample is already its NCHW output: write it in place
             y_sample = y_rows[start].reshape(G, OC // G, L)
             for first, last in layer.row_blocks:
                 col = layer.columns(x, start, stop, (first, last))
                 np.matmul(layer.weight, col.reshape(G, K, -1), out=y_sample[:, :, first * OW:last * OW])
-            if b.shape[0]:
-                y_rows[start] += b[:, None]
+                if b.shape[0]:
+                    y_sample[:, :, first * OW:last * OW] += b.reshape(G, OC // G, 1)
+                normalise(start, stop, first, last)
         else:
             col = layer.columns(x, start, stop)
             product = np.matmul(layer.weight, col.reshape(G, K, count * L))  # (G, OC/G, count*L)
             _rows_to_samples(product.reshape(OC, count, L), b, y_rows, start)
+            normalise(start, stop)
 
     run_chunks(run, layer.chunks)
     return y

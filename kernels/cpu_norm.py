@@ -182,6 +182,49 @@ def _batch_norm_forward_inference(x, gamma, beta, mean, inv_std, y, start, stop)
             y[n, c, l] = (x[n, c, l] - mean[c]) * inv_std[c] * gamma[c] + beta[c]
 
 
+@njit(cache=True, nogil=True)
+def _batch_norm_relu_rows(y, first_sample, stop_sample, first_row, stop_row, gamma, beta, mean, inv_std,
+                          residual, relu):
+    # y (N, C, H, W) normalised in place, plus residual (y's shape; an empty array for none), then
+    # max(y, 0) when relu, for rows [first_row, stop_row) of samples [first_sample, stop_sample): a
+    # convolution's output just written (see cpu_conv.conv2d_batch_norm_relu_inference). The
+    # arithmetic and its order are those of _batch_norm_forward_inference, _add_in_place and
+    # _relu_forward, so the bits are theirs too.
+    zero = y.dtype.type(0)
+    for n in range(first_sample, stop_sample):
+        for c in range(y.shape[1]):
+            m, s, g, b = mean[c], inv_std[c], gamma[c], beta[c]
+            for i in range(first_row, stop_row):
+                row = y[n, c, i]
+                if residual.size:
+                    added = residual[n, c, i]
+                    for j in range(row.size):
+                        v = (row[j] - m) * s * g + b + added[j]
+                        row[j] = zero if relu and v < zero else v
+                elif relu:
+                    for j in range(row.size):
+                        v = (row[j] - m) * s * g + b
+                        row[j] = zero if v < zero else v
+                else:
+                    for j in range(row.size):
+                        row[j] = (row[j] - m) * s * g + b
+
+
+def inference_normalisation(shape, dtype, gamma, beta, mean, inv_std, residual, relu):
+    """The (gamma, beta, mean, inv_std, residual, relu) that _batch_norm_relu_rows takes for an
+    output of `shape` (N, C, H, W): contiguous (C,) arrays of its dtype, gamma None as ones, beta
+    None as zeros, and the residual broadcast to the output's shape (an empty array for None)."""
+    C = shape[1]
+    gamma = np.ones(C, dtype) if gamma is None else np.ascontiguousarray(gamma, dtype=dtype)
+    beta = np.zeros(C, dtype) if beta is None else np.ascontiguousarray(beta, dtype=dtype)
+    if residual is None:
+        residual = np.empty((0, 0, 0, 0), dtype)
+    else:  # a view where it has the output's shape already, as a ResNet's shortcut has
+        residual = np.ascontiguousarray(np.broadcast_to(residual, shape), dtype=dtype)
+    return (gamma, beta, np.ascontiguousarray(mean, dtype=dtype), np.ascontiguousarray(inv_std, dtype=dtype),
+            residual, bool(relu))
+
+
 def batch_norm_forward_inference(x, gamma, beta, mean, inv_std):
     """Normalise x (N, C, ...) per channel with given statistics (evaluation mode's running ones),
     then scale and shift: y = (x - mean) * inv_std * gamma + beta. gamma or beta may be None."""

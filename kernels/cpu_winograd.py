@@ -34,6 +34,7 @@ transforms them back into y on one thread while its tiles are still in that core
 import numpy as np
 from numba import njit
 
+from tinycnn.kernels.cpu_norm import _batch_norm_relu_rows
 from tinycnn.kernels.parallel import get_num_threads, parallel_range, run_chunks, split
 
 # A chunk's transformed input and products, 16 * (C + OC) values per tile, are about TILE_CHUNK
@@ -205,6 +206,17 @@ def _output_transform(M, b, y, TH, TW, first_row, stop_row):
                     y[n, o, 2 * th + a, np.uint64(w)] = out[a, np.uint64(r0 + w)]
 
 
+def _normalise_tile_rows(y, TH, first_row, stop_row, normalisation):
+    """_batch_norm_relu_rows on the output rows of tile rows [first_row, stop_row): one call per
+    sample they touch, whose tile rows are consecutive output rows."""
+    OH = y.shape[2]
+    n = first_row // TH
+    while n * TH < stop_row:
+        first, stop = max(first_row, n * TH) - n * TH, min(stop_row, (n + 1) * TH) - n * TH
+        _batch_norm_relu_rows(y, n, n + 1, 2 * first, min(2 * stop, OH), *normalisation)
+        n += 1
+
+
 def weight_transform(W):
     """U (16, OC, C) = G g G^T of every 3x3 kernel g of W (OC, C, 3, 3), position 4*xi + nu first."""
     OC, C = W.shape[:2]
@@ -213,9 +225,11 @@ def weight_transform(W):
     return U
 
 
-def winograd_conv2d_forward(x, W, b, PH, PW):
+def winograd_conv2d_forward(x, W, b, PH, PW, normalisation=None):
     """y = conv2d(x, W, b) at stride 1, dilation 1, one group, for a 3x3 W (OC, C, 3, 3), by
-    F(2x2, 3x3): as tinycnn.kernels.reference.conv2d_forward up to round-off."""
+    F(2x2, 3x3): as tinycnn.kernels.reference.conv2d_forward up to round-off. With normalisation,
+    each chunk's output rows are then normalised in place by _batch_norm_relu_rows(...,
+    *normalisation), inference's BatchNorm and ReLU (see cpu_conv.conv2d_batch_norm_relu_inference)."""
     x, W = np.ascontiguousarray(x), np.ascontiguousarray(W, dtype=x.dtype)
     N, C, H, Wd = x.shape
     OC = W.shape[0]
@@ -250,6 +264,8 @@ def winograd_conv2d_forward(x, W, b, PH, PW):
         _input_transform(x, V, PH, PW, TH, TW, first_row, stop_row)
         np.matmul(U, V, out=M)  # one OpenBLAS product (OC, C) x (C, tiles) per position of the domain
         _output_transform(M, b, y, TH, TW, first_row, stop_row)
+        if normalisation is not None:
+            _normalise_tile_rows(y, TH, first_row, stop_row, normalisation)
         free_workspaces.append((V_memory, M_memory))
 
     run_chunks(run, chunks)

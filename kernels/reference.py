@@ -308,6 +308,24 @@ def batch_norm_forward_inference(x, gamma, beta, mean, inv_std):
     return y.astype(x.dtype)
 
 
+def conv2d_batch_norm_relu_inference(x, W, b, SH, SW, PH, PW, DH, DW, groups, gamma, beta, mean, inv_std, residual, relu):
+    """Inference's conv -> BatchNorm with given statistics -> (+ residual) -> ReLU as one call:
+    relu(batch_norm_forward_inference(conv2d_forward(x, W, b, ...), gamma, beta, mean, inv_std)
+    + residual), the residual (y's shape; a ResNet block's shortcut) added only when it is not None
+    and the ReLU applied only when relu is True.
+
+    Here the three steps run one after the other. The Numba backend normalises each chunk of the
+    convolution's output right after its product wrote it, while it is still in the core's cache,
+    with the same arithmetic in the same order, so its result is that of its own three kernels run
+    in turn, bit for bit.
+    """
+    y = conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups)
+    y = batch_norm_forward_inference(y, gamma, beta, mean, inv_std)
+    if residual is not None:
+        y = add_in_place(y, residual)
+    return relu_forward(y, out=y) if relu else y
+
+
 def batch_norm_backward_inference(gy, x, gamma, mean, inv_std):
     """Gradients of batch_norm_forward_inference: (gx, ggamma, gbeta), the last two (C,).
 

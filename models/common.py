@@ -35,7 +35,8 @@ ModelOutputs = namedtuple("ModelOutputs", ["logits", "aux_logits"])
 
 class ConvBNReLU(nn.Module):
     """conv (no bias) -> BatchNorm -> ReLU, named conv/bn as torchvision's and timm's BasicConv2d,
-    so state_dict keys read `...conv.weight`, `...bn.running_mean`."""
+    so state_dict keys read `...conv.weight`, `...bn.running_mean`. In inference the three run as
+    one kernel call (nn.conv_bn_relu)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1, eps=1e-5):
         super().__init__()
@@ -45,7 +46,7 @@ class ConvBNReLU(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x):
-        return self.relu(self.bn(self.conv(x)))
+        return nn.conv_bn_relu(self.conv, self.bn, self.relu, x)
 
 
 def imagenet_to_tf_input(x):

@@ -55,6 +55,18 @@ def conv1x1(in_channels, out_channels, stride=1):
     return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
 
 
+class Downsample(nn.Sequential):
+    """The shortcut of a block that changes the shape: 1x1 conv (strided) -> BatchNorm2d, as
+    torchvision's `downsample` (keys downsample.0, downsample.1); the two are one kernel call in
+    inference (nn.conv_bn_relu)."""
+
+    def __init__(self, in_channels, out_channels, stride):
+        super().__init__(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
+
+    def forward(self, x):
+        return nn.conv_bn_relu(self[0], self[1], None, x)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions; out = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)).
 
@@ -78,9 +90,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(F.add(out, identity, inplace=True))
+        out = nn.conv_bn_relu(self.conv1, self.bn1, self.relu, x)  # relu(bn1(conv1(x))), one call in inference
+        return nn.conv_bn_relu(self.conv2, self.bn2, self.relu, out, residual=identity)  # relu(bn2(conv2(out)) + identity)
 
 
 class Bottleneck(nn.Module):
@@ -107,10 +118,9 @@ class Bottleneck(nn.Module):
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(F.add(out, identity, inplace=True))
+        out = nn.conv_bn_relu(self.conv1, self.bn1, self.relu, x)  # relu(bn1(conv1(x))), one call in inference
+        out = nn.conv_bn_relu(self.conv2, self.bn2, self.relu, out)
+        return nn.conv_bn_relu(self.conv3, self.bn3, self.relu, out, residual=identity)  # relu(bn3(conv3(out)) + identity)
 
 
 class ResNet(nn.Module):
@@ -145,8 +155,7 @@ class ResNet(nn.Module):
     def _make_layer(self, block, planes, blocks, stride):
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
-                                       nn.BatchNorm2d(planes * block.expansion))
+            downsample = Downsample(self.inplanes, planes * block.expansion, stride)
         options = dict(groups=self.groups, base_width=self.base_width, stride_in_1x1=self.stride_in_1x1)
         layers = [block(self.inplanes, planes, stride, downsample, **options)]
         self.inplanes = planes * block.expansion
@@ -155,7 +164,7 @@ class ResNet(nn.Module):
 
     def forward(self, x):
         # N x 3 x 224 x 224
-        x = self.relu(self.bn1(self.conv1(x)))
+        x = nn.conv_bn_relu(self.conv1, self.bn1, self.relu, x)  # relu(bn1(conv1(x))), one call in inference
         # N x 64 x 112 x 112
         x = self.maxpool(x)
         # N x 64 x 56 x 56

@@ -114,9 +114,9 @@ def winograd_calls(monkeypatch):
     """The (x shape, W shape) of every call conv2d makes to Winograd, while the test runs."""
     calls = []
 
-    def counting(x, W, b, PH, PW):
+    def counting(x, W, b, PH, PW, normalisation=None):
         calls.append((x.shape, W.shape))
-        return winograd_conv2d_forward(x, W, b, PH, PW)
+        return winograd_conv2d_forward(x, W, b, PH, PW, normalisation)
     monkeypatch.setattr(cpu_conv, "winograd_conv2d_forward", counting)
     return calls
 

@@ -27,6 +27,13 @@ def update_running_statistics(running_mean, running_var, mean, var, n, momentum)
         running_var += momentum * var * (n / (n - 1))  # the unbiased variance, as PyTorch stores it
 
 
+def inference_statistics(running_mean, running_var, eps, dtype):
+    """(mean, inv_std) of evaluation mode, in the input's dtype: the running mean, and
+    1 / sqrt(running_var + eps)."""
+    xp = backend.get_array_module(running_mean)
+    return running_mean.astype(dtype), (1 / xp.sqrt(running_var + eps)).astype(dtype)
+
+
 class BatchNorm(Function):
     """y = gamma * (x - mean) / sqrt(var + eps) + beta per channel (axis 1) of x (N, C, ...).
 
@@ -74,9 +81,7 @@ Sums run over the n values of one channel.
                 update_running_statistics(self.running_mean, self.running_var, mean, var, x.size // x.shape[1],
                                           self.momentum)
         else:
-            xp = backend.get_array_module(x)
-            mean = self.running_mean.astype(x.dtype)
-            inv_std = (1 / xp.sqrt(self.running_var + self.eps)).astype(x.dtype)
+            mean, inv_std = inference_statistics(self.running_mean, self.running_var, self.eps, x.dtype)
             y = kernels.batch_norm_forward_inference(x, gamma, beta, mean, inv_std)
         self.save_for_backward(x, gamma, mean, inv_std)
         return y

@@ -1,0 +1,283 @@
+"""Inference's conv -> BatchNorm -> (+ residual) -> ReLU as one kernel call (tinycnn/nn/fused.py and
+kernels.conv2d_batch_norm_relu_inference):
+
+- every backend against PyTorch's conv2d, batch_norm (eval) and relu on drawn cases;
+- the Numba kernel, at real layer sizes that reach each of its conv paths, equal to the bit to its
+  own conv, BatchNorm, add and ReLU kernels run one after the other (the promise of the docstrings);
+- nn.conv_bn_relu takes the fused path exactly when nothing can tell the difference, and gives the
+  layers' result either way; whole networks under no_grad fuse every conv-BatchNorm pair and give
+  the same logits to the bit. (Their logits against torchvision's, fused, are in
+  tests/test_models_torchvision.py, which runs the eval forward under no_grad.)
+"""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as torch_F
+from hypothesis import given, strategies as st
+
+import tinycnn
+import tinycnn.kernels.cpu
+import tinycnn.models
+from tinycnn import kernels, nn
+from tinycnn.nn import fused
+
+from support import assert_close
+from test_kernel_backends import BACKENDS, DTYPES, _array, convolutions, run
+
+
+def _statistics(seed, C, dtype, affine):
+    gamma = _array(seed, (C,), dtype) + 1.5 if affine else None
+    beta = _array(seed + 1, (C,), dtype) if affine else None
+    mean = _array(seed + 2, (C,), dtype)
+    running_var = _array(seed + 3, (C,), dtype) + 1.5
+    inv_std = (1 / np.sqrt(running_var + 1e-5)).astype(dtype)
+    return gamma, beta, mean, running_var, inv_std
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(convolutions(), DTYPES, st.booleans(), st.booleans(), st.booleans(), st.booleans(), st.integers(0, 2**16))
+def test_kernel_equals_torch(backend, convolution, dtype, bias, affine, residual, relu, seed):
+    x_shape, w_shape, window, groups = convolution
+    SH, SW, PH, PW, DH, DW = window
+    x, W = _array(seed, x_shape, dtype), _array(seed + 1, w_shape, dtype)
+    b = _array(seed + 2, w_shape[:1], dtype) if bias else None
+    gamma, beta, mean, running_var, inv_std = _statistics(seed + 3, w_shape[0], dtype, affine)
+    t = lambda a: None if a is None else torch.from_numpy(np.asarray(a, dtype=np.float64))  # noqa: E731
+    expected = torch_F.batch_norm(
+        torch_F.conv2d(t(x), t(W), t(b), stride=(SH, SW), padding=(PH, PW), dilation=(DH, DW), groups=groups),
+        t(mean), t(running_var), t(gamma), t(beta), training=False, eps=1e-5)
+    r = _array(seed + 8, tuple(expected.shape), dtype) if residual else None
+    if residual:
+        expected = expected + t(r)
+    if relu:
+        expected = torch_F.relu(expected)
+    y = run(backend, "conv2d_batch_norm_relu_inference", x, W, b, *window, groups, gamma, beta, mean, inv_std, r,
+            relu)
+    assert y.dtype == dtype and y.shape == tuple(expected.shape)
+    assert_close(y, expected, dtype, f"{x_shape} {w_shape} {window} groups={groups}")
+
+
+# (x shape, weight shape, stride, padding, groups): each reaches another of the Numba conv's paths.
+LAYERS = {
+    "winograd 3x3 64->64 at 28x28": ((4, 64, 28, 28), (64, 64, 3, 3), 1, 1, 1),
+    "winograd, odd size: a last tile sticking out": ((3, 16, 15, 15), (24, 16, 3, 3), 1, 1, 1),
+    "1x1: a product per sample": ((4, 256, 14, 14), (64, 256, 1, 1), 1, 0, 1),
+    "1x1 strided (a ResNet's downsample)": ((2, 64, 28, 28), (128, 64, 1, 1), 2, 0, 1),
+    "7x7/2 stem: one sample's columns in blocks of rows": ((2, 3, 112, 112), (64, 3, 7, 7), 2, 3, 1),
+    "pixel-major: narrow rows": ((8, 32, 7, 7), (48, 32, 3, 3), 1, 1, 1),
+    "channel-major, several samples a chunk": ((16, 8, 9, 20), (12, 8, 3, 3), 1, 1, 1),
+    "grouped (ResNeXt)": ((2, 128, 14, 14), (128, 4, 3, 3), 1, 1, 32),
+    "3x3/2": ((2, 32, 17, 17), (32, 32, 3, 3), 2, 0, 1),
+}
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+@pytest.mark.parametrize("bias, residual, relu", [(False, False, True), (True, False, False), (False, True, True)])
+def test_numba_kernel_gives_the_bits_of_its_layers_in_turn(layer, bias, residual, relu):
+    x_shape, w_shape, stride, padding, groups = LAYERS[layer]
+    cpu = tinycnn.kernels.cpu
+    x, W = _array(0, x_shape, np.float32), _array(1, w_shape, np.float32) / 4
+    b = _array(2, w_shape[:1], np.float32) if bias else None
+    gamma, beta, mean, _, inv_std = _statistics(3, w_shape[0], np.float32, True)
+    window = (stride, stride, padding, padding, 1, 1)
+    y = cpu.batch_norm_forward_inference(cpu.conv2d_forward(x, W, b, *window, groups), gamma, beta, mean, inv_std)
+    r = _array(9, y.shape, np.float32) if residual else None
+    if residual:
+        y = cpu.add_in_place(y, r)
+    if relu:
+        y = cpu.relu_forward(y)
+    fused_y = cpu.conv2d_batch_norm_relu_inference(x, W, b, *window, groups, gamma, beta, mean, inv_std, r, relu)
+    np.testing.assert_array_equal(fused_y, y, err_msg=layer)
+    if relu:
+        assert (y == 0).any() and (y > 0).any(), "the case must exercise the ReLU"
+
+
+def _layers(seed=0, channels=6, out_channels=8, bias=False):
+    conv = nn.Conv2d(channels, out_channels, 3, padding=1, bias=bias)
+    bn = nn.BatchNorm2d(out_channels)
+    rng = np.random.default_rng(seed)
+    bn.running_mean[...] = rng.standard_normal(out_channels)
+    bn.running_var[...] = rng.random(out_channels) + 0.5
+    bn.weight.data[...] = rng.random(out_channels) + 0.5
+    bn.bias.data[...] = rng.standard_normal(out_channels)
+    bn.eval()
+    return conv, bn, nn.ReLU(inplace=True)
+
+
+def _input(shape=(2, 6, 9, 9), seed=1):
+    return tinycnn.tensor(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
+
+
+def _unfused(conv, bn, relu, x, residual=None):
+    with tinycnn.no_grad():
+        y = bn(conv(x))
+        if residual is not None:
+            y = tinycnn.functional.add(y, residual)
+        return (y if relu is None else relu(y)).numpy()
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """The list of calls nn.conv_bn_relu made to the fused kernel."""
+    calls = []
+    original = kernels.conv2d_batch_norm_relu_inference
+
+    def spy(*args):
+        calls.append(args)
+        return original(*args)
+    monkeypatch.setattr(kernels, "conv2d_batch_norm_relu_inference", spy)
+    return calls
+
+
+@pytest.mark.parametrize("relu, residual", [(True, False), (False, False), (True, True)])
+def test_conv_bn_relu_fuses_under_no_grad_in_eval(fused_calls, relu, residual):
+    conv, bn, relu_module = _layers(bias=True)
+    relu_module = relu_module if relu else None
+    x = _input()
+    r = _input((2, 8, 9, 9), seed=5) if residual else None
+    expected = _unfused(conv, bn, relu_module, x, r)
+    with tinycnn.no_grad():
+        y = nn.conv_bn_relu(conv, bn, relu_module, x, residual=r)
+    assert len(fused_calls) == 1
+    np.testing.assert_array_equal(y.numpy(), expected)
+    assert not y.requires_grad
+
+
+def test_conv_bn_relu_fuses_a_frozen_model_without_no_grad(fused_calls):
+    conv, bn, relu = _layers()
+    for p in list(conv.parameters()) + list(bn.parameters()):
+        p.requires_grad = False
+    x = _input()
+    np.testing.assert_array_equal(nn.conv_bn_relu(conv, bn, relu, x).numpy(), _unfused(conv, bn, relu, x))
+    assert len(fused_calls) == 1
+
+
+def _hook(module, name):
+    seen = []
+    if name == "forward_pre":
+        module.register_forward_pre_hook(lambda m, args: seen.append(m))
+    elif name == "forward":
+        module.register_forward_hook(lambda m, args, out: seen.append(out))
+    else:
+        module.register_full_backward_hook(lambda m, gin, gout: None)
+        seen.append("backward hook registered")
+    return seen
+
+
+# Each: how to set the stage so that the fused path must not be taken, run inside no_grad unless
+# the case says otherwise. They return a context manager to run the call in.
+def _recording(conv, bn, relu, x):
+    return tinycnn.enable_grad()
+
+
+def _training(conv, bn, relu, x):
+    bn.train()
+    return tinycnn.no_grad()
+
+
+def _no_running_statistics(conv, bn, relu, x):
+    bn.running_mean, bn.running_var = None, None
+    bn._buffers["running_mean"] = bn._buffers["running_var"] = None
+    return tinycnn.no_grad()
+
+
+def _traced(conv, bn, relu, x):
+    import contextlib
+    stack = contextlib.ExitStack()
+    stack.enter_context(tinycnn.no_grad())
+    stack.enter_context(tinycnn.trace())
+    return stack
+
+
+def _checking_nan(conv, bn, relu, x):
+    import contextlib
+    stack = contextlib.ExitStack()
+    stack.enter_context(tinycnn.no_grad())
+    stack.enter_context(tinycnn.config.using(check_nan=True))
+    return stack
+
+
+@pytest.mark.parametrize("stage", [_recording, _training, _no_running_statistics, _traced, _checking_nan])
+def test_conv_bn_relu_runs_the_layers_where_a_difference_could_show(fused_calls, stage):
+    conv, bn, relu = _layers()
+    x = _input()
+    expected = _unfused(conv, bn, relu, x) if stage not in (_training, _no_running_statistics) else None
+    with stage(conv, bn, relu, x):
+        y = nn.conv_bn_relu(conv, bn, relu, x)
+    assert fused_calls == []
+    if expected is not None:
+        np.testing.assert_array_equal(y.numpy(), expected)
+    if stage is _recording:
+        assert y.requires_grad and y.creator is not None  # a graph, for backward
+
+
+@pytest.mark.parametrize("which", ["conv", "bn", "relu"])
+@pytest.mark.parametrize("kind", ["forward_pre", "forward", "backward"])
+def test_a_hook_on_any_of_the_three_modules_sees_its_layer_run(fused_calls, which, kind):
+    conv, bn, relu = _layers()
+    seen = _hook({"conv": conv, "bn": bn, "relu": relu}[which], kind)
+    x = _input()
+    expected = _unfused(conv, bn, relu, x)
+    seen.clear() if kind != "backward" else None
+    with tinycnn.no_grad():
+        y = nn.conv_bn_relu(conv, bn, relu, x)
+    assert fused_calls == []
+    np.testing.assert_array_equal(y.numpy(), expected)
+    if kind == "forward":
+        assert len(seen) == 1 and seen[0].shape == (2, 8, 9, 9)
+
+
+def test_subclasses_run_their_own_forward(fused_calls):
+    class Doubled(nn.ReLU):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    conv, bn, _ = _layers()
+    x = _input()
+    with tinycnn.no_grad():
+        y = nn.conv_bn_relu(conv, bn, Doubled(), x)
+    assert fused_calls == []
+    np.testing.assert_array_equal(y.numpy(), 2 * _unfused(conv, bn, nn.ReLU(), x))
+
+
+def test_a_residual_of_another_shape_is_broadcast_by_the_layers(fused_calls):
+    conv, bn, relu = _layers()
+    x, r = _input(), _input((1, 8, 1, 9), seed=3)
+    with tinycnn.no_grad():
+        y = nn.conv_bn_relu(conv, bn, relu, x, residual=r)
+    assert fused_calls == []  # the fused kernel takes a residual of the output's shape only
+    np.testing.assert_array_equal(y.numpy(), _unfused(conv, bn, relu, x, r))
+
+
+def test_bad_input_gets_the_conv_layers_message():
+    conv, bn, relu = _layers()
+    with tinycnn.no_grad(), pytest.raises(ValueError, match=r"conv2d: input of shape \(2, 5, 9, 9\) has 5 channels"):
+        nn.conv_bn_relu(conv, bn, relu, _input((2, 5, 9, 9)))
+
+
+def _randomise_batchnorm(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean[...] = rng.standard_normal(m.num_features) * 0.1
+            m.running_var[...] = rng.random(m.num_features) + 0.5
+            m.weight.data[...] = rng.random(m.num_features) + 0.5
+            m.bias.data[...] = rng.standard_normal(m.num_features) * 0.1
+    return model.eval()
+
+
+@pytest.mark.parametrize("name, side, batchnorms", [("resnet50", 64, 53), ("resnet18", 64, 20),
+                                                    ("resnext50_32x4d", 64, 53), ("inception_v3", 75, 94)])
+def test_whole_networks_fuse_every_batchnorm_and_give_the_same_logits(fused_calls, monkeypatch, name, side,
+                                                                     batchnorms):
+    model = _randomise_batchnorm(tinycnn.models.create(name, **({"aux_logits": False} if name == "inception_v3"
+                                                                 else {})))
+    x = _input((2, 3, side, side))
+    with tinycnn.no_grad():
+        y = model(x).numpy()
+    assert len(fused_calls) == batchnorms
+    monkeypatch.setattr(fused, "fusable", lambda *args: False)
+    with tinycnn.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_array_equal(y, expected)
+    assert len(fused_calls) == batchnorms
