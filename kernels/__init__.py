@@ -30,7 +30,7 @@ PRIMITIVES = (
     "batch_norm_forward_training", "batch_norm_backward",
     "lrn_forward", "lrn_backward",
     "batch_norm_forward_inference", "batch_norm_backward_inference", "relu_forward", "relu_backward",
-    "add_in_place", "conv2d_batch_norm_relu_inference",
+    "add_in_place", "conv2d_batch_norm_relu_inference", "concat_batch_norm_relu_inference",
 )
 
 _numba_kernels = None  # tinycnn.kernels.cpu, once imported
@@ -244,6 +244,18 @@ def conv2d_batch_norm_relu_inference(x, W, b, SH, SW, PH, PW, DH, DW, groups, ga
     reference for NumPy arrays, tinycnn.kernels.reference.conv2d_batch_norm_relu_inference, which has the maths."""
     return _backend("conv2d_batch_norm_relu_inference", x).conv2d_batch_norm_relu_inference(
         x, W, b, SH, SW, PH, PW, DH, DW, groups, gamma, beta, mean, inv_std, residual, relu)
+
+
+def concat_batch_norm_relu_inference(xs, gamma, beta, mean, inv_std, relu):
+    """relu(batch_norm_forward_inference(concat(xs, axis=1), gamma, beta, mean, inv_std)) in one
+    call (the ReLU only when relu is True), xs a sequence of (N, C_k, ...) arrays: inference's
+    concat -> BatchNorm -> ReLU, a DenseNet layer's first steps.
+
+    Runs on the backend of xs[0]: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.concat_batch_norm_relu_inference, which has the maths."""
+    return _backend("concat_batch_norm_relu_inference", xs[0]).concat_batch_norm_relu_inference(
+        xs, gamma, beta, mean, inv_std, relu)
 
 
 def relu_backward(gy, y):

@@ -210,6 +210,55 @@ def _batch_norm_relu_rows(y, first_sample, stop_sample, first_row, stop_row, gam
                         row[j] = (row[j] - m) * s * g + b
 
 
+@njit(cache=True, nogil=True)
+def _concat_batch_norm_relu_rows(x, y, offset, gamma, beta, mean, inv_std, relu, start, stop):
+    # The rows nc = n * C + c in [start, stop) of one input x (N, C, L), normalised (as channel
+    # offset + c of the concatenation) into y[n, offset + c], then max(y, 0) when relu: the
+    # arithmetic of _batch_norm_forward_inference and _relu_forward, in their order.
+    C = x.shape[1]
+    zero = y.dtype.type(0)
+    for nc in range(start, stop):
+        n, c = nc // C, nc % C
+        k = offset + c
+        m, s, g, b = mean[k], inv_std[k], gamma[k], beta[k]
+        source, target = x[n, c], y[n, k]
+        if relu:
+            for l in range(source.size):
+                v = (source[l] - m) * s * g + b
+                target[l] = zero if v < zero else v
+        else:
+            for l in range(source.size):
+                target[l] = (source[l] - m) * s * g + b
+
+
+def concat_batch_norm_relu_inference(xs, gamma, beta, mean, inv_std, relu):
+    """As the reference: the inputs xs (N, C_k, ...) joined along the channels, normalised with
+    given statistics and rectified (when relu), in one pass that reads each input once and writes
+    the result once: where concat, BatchNorm and ReLU one after the other read and wrote the whole
+    concatenation three times (a DenseNet layer's BN-ReLU on all the maps before it). The items
+    are the inputs' rows, input after input, so that a thread's range touches few inputs."""
+    trailing = tuple(xs[0].shape[2:])
+    xs = [_as_ncl(x) for x in xs]
+    N, L = xs[0].shape[0], xs[0].shape[2]
+    C = sum(x.shape[1] for x in xs)
+    dtype = xs[0].dtype
+    gamma, beta, mean, inv_std, _, relu = inference_normalisation((N, C), dtype, gamma, beta, mean, inv_std, None,
+                                                                  relu)
+    y = np.empty((N, C, L), dtype=dtype)
+    offsets = np.cumsum([0] + [x.shape[1] for x in xs])  # each input's first channel in y
+    firsts = np.cumsum([0] + [x.shape[0] * x.shape[1] for x in xs])  # each input's first item
+
+    def run(start, stop):
+        for k, x in enumerate(xs):
+            first, last = max(start, firsts[k]), min(stop, firsts[k + 1])
+            if first < last:
+                _concat_batch_norm_relu_rows(x, y, offsets[k], gamma, beta, mean, inv_std, relu,
+                                             first - firsts[k], last - firsts[k])
+
+    parallel_range(run, int(firsts[-1]), 2 * L)
+    return y.reshape((N, C) + trailing)
+
+
 def inference_normalisation(shape, dtype, gamma, beta, mean, inv_std, residual, relu):
     """The (gamma, beta, mean, inv_std, residual, relu) that _batch_norm_relu_rows takes for an
     output of `shape` (N, C, H, W): contiguous (C,) arrays of its dtype, gamma None as ones, beta

@@ -458,6 +458,12 @@ def conv2d_batch_norm_relu_inference(x, W, b, SH, SW, PH, PW, DH, DW, groups, ga
     return relu_forward(y, out=y) if relu else y
 
 
+def concat_batch_norm_relu_inference(xs, gamma, beta, mean, inv_std, relu):
+    """The reference's steps in turn, each with this backend's kernel (no fused kernel here)."""
+    y = batch_norm_forward_inference(cupy.concatenate(xs, axis=1), gamma, beta, mean, inv_std)
+    return relu_forward(y, out=y) if relu else y
+
+
 # Evaluation mode's backward: the statistics are constants, so gx = gain * gy, one thread per element.
 BATCH_NORM_GX_INFERENCE = ElementwiseSource(
     "T gy, T gain", "T gx",

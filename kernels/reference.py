@@ -326,6 +326,16 @@ def conv2d_batch_norm_relu_inference(x, W, b, SH, SW, PH, PW, DH, DW, groups, ga
     return relu_forward(y, out=y) if relu else y
 
 
+def concat_batch_norm_relu_inference(xs, gamma, beta, mean, inv_std, relu):
+    """Inference's concat -> BatchNorm with given statistics -> ReLU (when relu) as one call:
+    relu(batch_norm_forward_inference(concatenate(xs, axis=1), gamma, beta, mean, inv_std)), xs a
+    sequence of (N, C_k, ...) arrays (a DenseNet layer's input maps). Here the steps in turn; the
+    Numba backend writes each normalised value straight from its input, the same arithmetic."""
+    xp = get_array_module(*xs)
+    y = batch_norm_forward_inference(xp.concatenate(xs, axis=1), gamma, beta, mean, inv_std)
+    return relu_forward(y, out=y) if relu else y
+
+
 def batch_norm_backward_inference(gy, x, gamma, mean, inv_std):
     """Gradients of batch_norm_forward_inference: (gx, ggamma, gbeta), the last two (C,).
 

@@ -74,16 +74,21 @@ class DenseLayer(nn.Module):
         self.memory_efficient = memory_efficient
 
     def bottleneck(self, features):
-        x = F.concat(features, axis=1)  # N x (k0 + (l-1) k) x H x W
-        return self.conv1(self.relu1(self.norm1(x)))  # N x 4k x H x W
+        """conv1(relu1(norm1(concat(features)))), the memory-efficient layer's recomputed part."""
+        x = nn.concat_bn_relu(self.norm1, self.relu1, features)  # N x (k0 + (l-1) k) x H x W
+        return self.conv1(x)  # N x 4k x H x W
 
     def forward(self, features):
+        # In inference the concat, norm1 and relu1 are one kernel call, and so are conv1, norm2
+        # and relu2 (nn.concat_bn_relu, nn.conv_bn_relu); otherwise the modules run in turn.
         if self.memory_efficient and config.enable_backprop:
             x = RecomputedBottleneck(self)(*features, self.norm1.weight, self.norm1.bias, self.conv1.weight)
+            x = self.relu2(self.norm2(x))
         else:
-            x = self.bottleneck(features)
+            x = nn.concat_bn_relu(self.norm1, self.relu1, features)  # N x (k0 + (l-1) k) x H x W
+            x = nn.conv_bn_relu(self.conv1, self.norm2, self.relu2, x)  # relu2(norm2(conv1(x)))
         # N x 4k x H x W
-        x = self.conv2(self.relu2(self.norm2(x)))
+        x = self.conv2(x)
         # N x k x H x W
         return self.dropout(x)
 
@@ -168,6 +173,10 @@ class Transition(nn.Sequential):
             ("conv", nn.Conv2d(in_channels, out_channels, 1, bias=False)),
             ("pool", nn.AvgPool2d(2, stride=2)),
         ]))
+
+    def forward(self, x):
+        x = nn.concat_bn_relu(self.norm, self.relu, [x])  # relu(norm(x)), one pass in inference
+        return self.pool(self.conv(x))
 
 
 class DenseNet(nn.Module):

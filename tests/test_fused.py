@@ -1,5 +1,6 @@
-"""Inference's conv -> BatchNorm -> (+ residual) -> ReLU as one kernel call (tinycnn/nn/fused.py and
-kernels.conv2d_batch_norm_relu_inference):
+"""Inference's conv -> BatchNorm -> (+ residual) -> ReLU and concat -> BatchNorm -> ReLU as one kernel
+call each (tinycnn/nn/fused.py, kernels.conv2d_batch_norm_relu_inference and
+concat_batch_norm_relu_inference):
 
 - every backend against PyTorch's conv2d, batch_norm (eval) and relu on drawn cases;
 - the Numba kernel, at real layer sizes that reach each of its conv paths, equal to the bit to its
@@ -55,6 +56,33 @@ def test_kernel_equals_torch(backend, convolution, dtype, bias, affine, residual
             relu)
     assert y.dtype == dtype and y.shape == tuple(expected.shape)
     assert_close(y, expected, dtype, f"{x_shape} {w_shape} {window} groups={groups}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=4), st.integers(1, 3), st.integers(1, 5), DTYPES,
+       st.booleans(), st.booleans(), st.integers(0, 2**16))
+def test_concat_kernel_equals_torch(backend, channels, N, side, dtype, affine, relu, seed):
+    xs = [_array(seed + k, (N, C, side, side + 1), dtype) * 2 for k, C in enumerate(channels)]
+    gamma, beta, mean, running_var, inv_std = _statistics(seed + 10, sum(channels), dtype, affine)
+    t = lambda a: None if a is None else torch.from_numpy(np.asarray(a, dtype=np.float64))  # noqa: E731
+    expected = torch_F.batch_norm(torch.cat([t(x) for x in xs], dim=1), t(mean), t(running_var), t(gamma), t(beta),
+                                  training=False, eps=1e-5)
+    if relu:
+        expected = torch_F.relu(expected)
+    y = run(backend, "concat_batch_norm_relu_inference", xs, gamma, beta, mean, inv_std, relu)
+    assert y.dtype == dtype and y.shape == tuple(expected.shape)
+    assert_close(y, expected, dtype, f"{channels} N={N} side={side}")
+
+
+@pytest.mark.parametrize("channels, side", [([64] + [32] * 23, 14), ([256], 56), ([3, 1, 2], 5), ([128] * 3, 28)])
+def test_numba_concat_kernel_gives_the_bits_of_its_layers_in_turn(channels, side):
+    cpu = tinycnn.kernels.cpu
+    xs = [_array(k, (4, C, side, side), np.float32) * 2 for k, C in enumerate(channels)]
+    gamma, beta, mean, _, inv_std = _statistics(100, sum(channels), np.float32, True)
+    for relu in (False, True):
+        y = cpu.batch_norm_forward_inference(np.concatenate(xs, axis=1), gamma, beta, mean, inv_std)
+        y = cpu.relu_forward(y) if relu else y
+        np.testing.assert_array_equal(cpu.concat_batch_norm_relu_inference(xs, gamma, beta, mean, inv_std, relu), y)
 
 
 # (x shape, weight shape, stride, padding, groups): each reaches another of the Numba conv's paths.
@@ -118,14 +146,18 @@ def _unfused(conv, bn, relu, x, residual=None):
 
 @pytest.fixture
 def fused_calls(monkeypatch):
-    """The list of calls nn.conv_bn_relu made to the fused kernel."""
+    """The list of calls made to the two fused kernels, as (kernel name, arguments)."""
     calls = []
-    original = kernels.conv2d_batch_norm_relu_inference
 
-    def spy(*args):
-        calls.append(args)
-        return original(*args)
-    monkeypatch.setattr(kernels, "conv2d_batch_norm_relu_inference", spy)
+    def spying_on(name):
+        original = getattr(kernels, name)
+
+        def spy(*args):
+            calls.append((name, args))
+            return original(*args)
+        monkeypatch.setattr(kernels, name, spy)
+    spying_on("conv2d_batch_norm_relu_inference")
+    spying_on("concat_batch_norm_relu_inference")
     return calls
 
 
@@ -255,6 +287,41 @@ def test_bad_input_gets_the_conv_layers_message():
         nn.conv_bn_relu(conv, bn, relu, _input((2, 5, 9, 9)))
 
 
+@pytest.mark.parametrize("relu", [True, False])
+def test_concat_bn_relu_fuses_under_no_grad_in_eval(fused_calls, relu):
+    _, bn, relu_module = _layers()
+    relu_module = relu_module if relu else None
+    features = [_input((2, 3, 5, 5), seed=1), _input((2, 4, 5, 5), seed=2), _input((2, 1, 5, 5), seed=3)]
+    with tinycnn.no_grad():
+        y = nn.concat_bn_relu(bn, relu_module, features)
+        expected = bn(tinycnn.functional.concat(features, axis=1))
+        expected = (expected if relu_module is None else relu_module(expected)).numpy()
+    assert [name for name, _ in fused_calls] == ["concat_batch_norm_relu_inference"]
+    np.testing.assert_array_equal(y.numpy(), expected)
+
+
+@pytest.mark.parametrize("stage", [_recording, _training, _traced, _checking_nan])
+def test_concat_bn_relu_runs_the_layers_where_a_difference_could_show(fused_calls, stage):
+    _, bn, relu = _layers()
+    features = [_input((2, 5, 5, 5), seed=1), _input((2, 3, 5, 5), seed=2)]
+    seen = _hook(relu, "forward")
+    with stage(None, bn, relu, features):
+        y = nn.concat_bn_relu(bn, relu, features)
+    assert fused_calls == [] and len(seen) == 1 and y.shape == (2, 8, 5, 5)
+
+
+def test_concat_bn_relu_with_a_hook_or_channels_that_do_not_add_up_runs_the_layers(fused_calls):
+    _, bn, relu = _layers()
+    features = [_input((2, 5, 5, 5), seed=1), _input((2, 3, 5, 5), seed=2)]
+    seen = _hook(bn, "forward")
+    with tinycnn.no_grad():
+        nn.concat_bn_relu(bn, relu, features)
+    assert fused_calls == [] and len(seen) == 1
+    _, bn, relu = _layers()
+    with tinycnn.no_grad(), pytest.raises(ValueError, match=r"BatchNorm2d: expected 8 channels"):
+        nn.concat_bn_relu(bn, relu, features[:1])
+
+
 def _randomise_batchnorm(model, seed=0):
     rng = np.random.default_rng(seed)
     for m in model.modules():
@@ -267,11 +334,12 @@ def _randomise_batchnorm(model, seed=0):
 
 
 @pytest.mark.parametrize("name, side, batchnorms", [("resnet50", 64, 53), ("resnet18", 64, 20),
-                                                    ("resnext50_32x4d", 64, 53), ("inception_v3", 75, 94)])
+                                                    ("resnext50_32x4d", 64, 53), ("inception_v3", 75, 94),
+                                                    ("googlenet", 64, 57), ("densenet121", 64, 58 + 58 + 3)])
 def test_whole_networks_fuse_every_batchnorm_and_give_the_same_logits(fused_calls, monkeypatch, name, side,
                                                                      batchnorms):
-    model = _randomise_batchnorm(tinycnn.models.create(name, **({"aux_logits": False} if name == "inception_v3"
-                                                                 else {})))
+    options = {"aux_logits": False} if name in ("inception_v3", "googlenet") else {}
+    model = _randomise_batchnorm(tinycnn.models.create(name, **options))
     x = _input((2, 3, side, side))
     with tinycnn.no_grad():
         y = model(x).numpy()

@@ -163,3 +163,20 @@ def test_lrn(kernels, dtype, size):
     _assert_like(scale, torch_y, "lrn scale")  # the same shape as y
     gx = kernels.lrn_backward(x, y, scale, np.zeros(y.shape, dtype), size, alpha / size, beta)
     _assert_like(gx, _grads(torch_y, [torch_x])[0], "lrn gx")
+
+
+@pytest.mark.parametrize("window, groups", [((1, 1, 1, 1, 1, 1), 1), ((2, 2, 0, 0, 1, 1), 2)])
+def test_fused_inference_kernels(kernels, dtype, window, groups):
+    # conv -> BatchNorm -> (+ residual) -> ReLU, and concat -> BatchNorm -> ReLU, of inference
+    x, torch_x = _empty((4, 6, 6), dtype)
+    W = np.ones((6, 4 // groups, 3, 3), dtype)
+    statistics = [np.full(6, v, dtype) for v in (2, 1, 0.5, 3)]  # gamma, beta, mean, inv_std
+    SH, SW, PH, PW, DH, DW = window
+    torch_y = torch_F.conv2d(torch_x, torch.from_numpy(W), stride=(SH, SW), padding=(PH, PW), groups=groups)
+    residual = np.zeros((0,) + tuple(torch_y.shape[1:]), dtype)
+    for r in (None, residual):
+        y = kernels.conv2d_batch_norm_relu_inference(x, W, None, *window, groups, *statistics, r, True)
+        _assert_like(y, torch_y, "conv2d_batch_norm_relu_inference y")
+    xs = [np.zeros((0, 2, 3, 3), dtype), np.zeros((0, 4, 3, 3), dtype)]
+    _assert_like(kernels.concat_batch_norm_relu_inference(xs, *statistics, True),
+                 torch.zeros((0, 6, 3, 3), dtype=DTYPES[dtype]), "concat_batch_norm_relu_inference y")
