@@ -1,12 +1,13 @@
 """inplace=True (F.relu, F.leaky_relu, F.add, nn.ReLU, nn.LeakyReLU) against torch's in-place ops.
 
-With no graph recorded (no_grad, or no input requiring a gradient) the result is written into the
-first input's array, as torch's relu_ and +=; while a graph is recorded the op runs out of place
+The result is written into the first input's array, as torch's relu_ and +=, unless a recorded
+backward keeps that memory or the input is a leaf requiring a gradient while a graph is recorded
+(leaky_relu: only with no graph recorded); then the op runs out of place
 (tinycnn/functional/_inplace.py): the inputs keep their values and the gradients are torch's. The
 zoo networks use inplace where torchvision does: test_models_torchvision checks their eval logits
 against torchvision, with the input the user passed left as it was (compare_eval_logits), and
-their training step; here a ResNet and a DenseNet are checked to really write in place in eval
-under no_grad, and not while training.
+their training step; here a ResNet and a DenseNet are checked to really write in place, in eval
+under no_grad and while training.
 """
 import numpy as np
 import pytest
@@ -199,11 +200,11 @@ def _shared_outputs(model, x):
 
 
 @pytest.mark.parametrize("name", ["resnet18", "densenet121"])
-def test_zoo_networks_write_in_place_in_eval_under_no_grad_only(name):
-    # Whether in place happens at all (the logits are checked against torchvision in
-    # test_models_torchvision): in eval under no_grad every ReLU and residual add writes into its
-    # input, the image the user passed included in none; recording a graph, none does, and the
-    # logits are the same numbers.
+def test_zoo_networks_write_in_place_in_eval_and_in_training(name):
+    # Whether in place happens at all (the logits and the training step are checked against
+    # torchvision in test_models_torchvision): every ReLU and residual add writes into its input,
+    # an output of BatchNorm (which no backward keeps) or of an add, under no_grad and while a graph
+    # is recorded; the image the user passed is in none, and the logits are the same numbers.
     tinycnn.manual_seed(0)
     model = models.create(name).eval()
     image = np.random.default_rng(5).standard_normal((1, 3, 32, 32)).astype(np.float32)
@@ -213,5 +214,78 @@ def test_zoo_networks_write_in_place_in_eval_under_no_grad_only(name):
     assert shared and all(shared)
     np.testing.assert_array_equal(x.data, image)
     recorded, shared = _shared_outputs(model, x)  # the parameters require gradients: a graph is recorded
-    assert shared and not any(shared)
+    assert shared and all(shared)
+    np.testing.assert_array_equal(x.data, image)
     np.testing.assert_array_equal(recorded.data, logits.data)
+
+
+def test_in_place_on_batchnorms_output_while_training_equals_torch():
+    # The end of a ResNet block in training: BatchNorm keeps its input, not its output, so the
+    # shortcut is added into BatchNorm's output and the ReLU writes into the sum, as torch's
+    # += and relu_ do; the gradients are torch's.
+    rng = np.random.default_rng(6)
+    x, xt = _leaf(rng.standard_normal((4, 3, 5, 5)))
+    gamma, gamma_t = _leaf(rng.random(3) + 0.5)
+    shortcut, shortcut_t = _leaf(rng.standard_normal((4, 3, 5, 5)))
+    g = rng.standard_normal((4, 3, 5, 5))
+    z = F.batch_norm(x, None, None, gamma, None, training=True)
+    out = F.add(z, shortcut, inplace=True)
+    y = F.relu(out, inplace=True)
+    assert y.data is out.data is z.data
+    (y * g).sum().backward()
+    out_t = torch_F.batch_norm(xt, None, None, gamma_t, None, training=True)
+    out_t += shortcut_t
+    (torch_F.relu(out_t, inplace=True) * torch.from_numpy(g)).sum().backward()
+    for ours, theirs in ((x, xt), (gamma, gamma_t), (shortcut, shortcut_t)):
+        np.testing.assert_allclose(ours.grad, theirs.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_an_add_into_relus_kept_output_runs_out_of_place():
+    # ReLU keeps its output, whose sign is its backward's mask: the add after it cannot write there
+    # (torch's += would make its backward fail on the version counter) and computes a new array.
+    rng = np.random.default_rng(9)
+    x, xt = _leaf(rng.standard_normal((2, 3, 4, 4)))
+    c, ct = _leaf(rng.standard_normal((2, 3, 4, 4)))
+    g = rng.standard_normal((2, 3, 4, 4))
+    y = F.relu(x * 1.0, inplace=True)
+    assert y.creator.name == "ReLU"
+    y_before = y.data.copy()
+    out = F.add(y, c, inplace=True)
+    assert out.data is not y.data
+    np.testing.assert_array_equal(y.data, y_before)
+    (out * g).sum().backward()
+    ((torch_F.relu(xt * 1.0) + ct) * torch.from_numpy(g)).sum().backward()
+    np.testing.assert_allclose(x.grad, xt.grad.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(c.grad, ct.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_memory_a_recorded_backward_keeps_is_not_overwritten_even_under_no_grad():
+    # The image a trainable conv keeps for its weight's gradient requires no gradient itself; an
+    # in-place ReLU on it (or on a view of it) under no_grad computes out of place, and the weight's
+    # gradient is the one of the image as it was. Once backward has released the graph, the
+    # memory is free to be written again.
+    rng = np.random.default_rng(7)
+    image = rng.standard_normal((2, 1, 6, 6))
+    x = tinycnn.Tensor(image.copy())
+    W, Wt = _leaf(rng.standard_normal((2, 1, 3, 3)))
+    y = F.conv2d(x, W)
+    with tinycnn.no_grad():
+        assert F.relu(x, inplace=True).data is not x.data
+        assert F.relu(x.reshape(2, 36), inplace=True).data is not x.data.reshape(2, 36).base
+        assert F.add(x, x, inplace=True).data is not x.data
+    np.testing.assert_array_equal(x.data, image)
+    y.sum().backward()
+    torch_F.conv2d(torch.from_numpy(image), Wt).sum().backward()
+    np.testing.assert_allclose(W.grad, Wt.grad.numpy(), rtol=1e-12, atol=1e-12)
+    with tinycnn.no_grad():
+        assert F.relu(x, inplace=True).data is x.data  # released: nothing keeps it any more
+
+
+def test_memory_is_free_again_once_the_graph_is_dropped():
+    rng = np.random.default_rng(8)
+    W = tinycnn.Tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    h = tinycnn.Tensor(rng.standard_normal((2, 4)))
+    loss = F.linear(h, W).sum()  # linear keeps h for W's gradient
+    assert F.relu(h, inplace=True).data is not h.data
+    del loss
+    assert F.relu(h, inplace=True).data is h.data

@@ -31,6 +31,40 @@ active_trace = None
 # the walk of the graph that tells when each leaf's gradient is complete (run_backward).
 leaf_hooks_registered = False
 
+# The memory that recorded graphs keep for their backward: for every array a linked Function saved
+# (save_for_backward), the id of the array that owns its memory (a view's base), counted once per
+# saving Function while that Function lives and has not been released. An op asked to write in
+# place looks here first (tinycnn/functional/_inplace.py): overwriting memory that a backward
+# still needs would corrupt its gradient silently. PyTorch catches the same mistake later, at
+# backward, with a version counter on every tensor; tinycnn avoids it instead, by writing out of
+# place. An owner counted here cannot be freed and its id reused: the saving Function holds it.
+_kept_for_backward = {}
+
+
+def memory_owner(array):
+    """The array that owns `array`'s memory: array itself, or the base its view looks into."""
+    while getattr(array, "base", None) is not None and hasattr(array.base, "shape"):
+        array = array.base
+    return array
+
+
+def kept_for_backward(array):
+    """Whether a Function of a recorded graph saved for its backward any array in `array`'s memory
+    (the same owner: a view of it, or the array a view of it looks into)."""
+    return bool(_kept_for_backward) and id(memory_owner(array)) in _kept_for_backward
+
+
+def _keep(owner_ids):
+    for key in owner_ids:
+        _kept_for_backward[key] = _kept_for_backward.get(key, 0) + 1
+
+
+def _forget(owner_ids):
+    for key in owner_ids:
+        count = _kept_for_backward.pop(key) - 1
+        if count:
+            _kept_for_backward[key] = count
+
 
 class GraphValue:
     """A non-leaf tensor as the graph remembers it: the Function that made it (`creator`), which
@@ -128,7 +162,16 @@ class Function:
             # for the zero gradient of an output nobody used.
             self.outputs = tuple(weakref.ref(value) for value in values)
             self.output_shapes = tuple((value.shape, value.dtype) for value in values)
+            self._note_saved_memory()
         return outputs[0] if len(outputs) == 1 else outputs
+
+    def _note_saved_memory(self):
+        """Count the memory of saved_arrays in _kept_for_backward until this Function is released or
+        freed (only for a linked Function: an unlinked one is dropped with its arrays at once)."""
+        owners = tuple(id(memory_owner(a)) for a in getattr(self, "saved_arrays", ()) if hasattr(a, "shape"))
+        if owners:
+            _keep(owners)
+            self._forget_saved_memory = weakref.finalize(self, _forget, owners)
 
     @property
     def name(self):
@@ -145,6 +188,8 @@ class Function:
 
     def release(self):
         """Drop the inputs and everything kept for backward (after a backward without retain_graph)."""
+        if "_forget_saved_memory" in self.__dict__:
+            self._forget_saved_memory()  # a finalize runs once: not again when this object is freed
         self.__dict__.clear()
         self.released = True
 

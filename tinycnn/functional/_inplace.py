@@ -1,30 +1,44 @@
 """When an op called with `inplace=True` really writes into its input's array.
 
 torch always writes in place, and gives every tensor a version counter so that a backward that
-needs a value overwritten since (ReLU's saved output, a conv's saved input) fails loudly. tinycnn
-has no version counters, so it writes in place only when no graph is recorded for the call: under
-`tinycnn.no_grad()`, or when no input requires a gradient (inference with frozen parameters). The
-result is then a Tensor sharing the input's array, as torch's. While a graph is recorded (training),
-the op computes out of place as if inplace were False: same values, a new array, the input left as
-it was, and the graph exactly the out-of-place one.
+needs a value overwritten since (ReLU's saved output, a conv's saved input) fails loudly at backward.
+tinycnn instead checks before writing: relu and add write in place unless
 
-What this rule cannot see, as torch's version counter would: an input that requires no gradient
-but that a recorded op keeps for its backward (the image a trainable first conv keeps to compute
-its weight's gradient). Overwriting such a tensor in place corrupts that gradient silently, where
-torch raises at backward; so do not write in place into a tensor you passed to a recorded op.
+- a Function of a recorded graph saved, for its backward, an array in the same memory (the input
+  itself, a view of it, or the array it is a view of: autograd.kept_for_backward). Then they
+  compute out of place, as if inplace were False: same values, a new array, the input left as it
+  was. ReLU's output saved by ReLU, or the image a trainable first conv keeps for its weight's
+  gradient, are never overwritten, with or without no_grad;
+- the input is a leaf that requires a gradient (a parameter, or data with requires_grad=True),
+  while a graph is recorded: its gradient belongs to that very array (torch raises there).
+
+So in training a ResNet block's `relu(bn(conv(x)))` and `out += identity` write into BatchNorm's
+output, which no backward keeps (BatchNorm's keeps its input), and allocate nothing, as in torch;
+and the graph is the out-of-place one, each op with its own GraphValue. The result is a Tensor
+sharing the input's array, so the input Tensor shows the new values, as torch's does.
+
+leaky_relu writes in place only when no graph is recorded at all (no_grad, or no input requires a
+gradient): its in-place forward keeps nothing for a backward.
 """
 from tinycnn import backend, config
-from tinycnn.autograd import Tensor
+from tinycnn.autograd import Tensor, kept_for_backward
 
 __all__ = ["check_writeable", "writes_in_place"]
 
 
-def writes_in_place(inplace, *inputs):
-    """True when an op asked for `inplace` may overwrite its first input: no graph is recorded,
-    because backprop is off (no_grad) or no input is a Tensor that requires a gradient."""
+def writes_in_place(inplace, *inputs, while_recording=True):
+    """True when an op asked for `inplace` may overwrite its first input (see the module
+    docstring); while_recording=False allows it only when no graph is recorded for the call."""
     if not inplace:
         return False
-    return not config.enable_backprop or not any(isinstance(x, Tensor) and x.requires_grad for x in inputs)
+    recording = config.enable_backprop and any(isinstance(x, Tensor) and x.requires_grad for x in inputs)
+    if recording and not while_recording:
+        return False
+    target = inputs[0]
+    array = target.data if isinstance(target, Tensor) else target
+    if kept_for_backward(array):
+        return False
+    return not (recording and isinstance(target, Tensor) and target.requires_grad and target.is_leaf)
 
 
 def check_writeable(op, array):

@@ -1,8 +1,8 @@
 """Element-wise activations and the (log-)softmax over one axis.
 
-relu and leaky_relu take torch's `inplace`: the result overwrites the input's array when no graph
-is recorded (no_grad, or nothing requires a gradient), and is a new array while one is, because
-tinycnn cannot tell whether a recorded backward still needs the input (see _inplace.py).
+relu and leaky_relu take torch's `inplace`: relu's result overwrites the input's array unless a
+recorded backward still needs that memory (then it is a new array); leaky_relu's only when no graph
+is recorded (see _inplace.py).
 """
 from tinycnn import backend, kernels
 from tinycnn.autograd import Function
@@ -26,7 +26,7 @@ class ReLU(Function):
     examples = {"relu": Example(shape=(2, 3, 4, 4))}
 
     def __init__(self, inplace=False):
-        self.inplace = inplace  # write y into x's array; relu() asks for it only when no graph is recorded
+        self.inplace = inplace  # write y into x's array; relu() asks for it only where no backward needs x
 
     def forward(self, x):
         check_floating("relu", input=x)
@@ -46,9 +46,11 @@ class ReLU(Function):
 def relu(input, inplace=False):
     """max(x, 0), as torch.nn.functional.relu.
 
-    inplace=True: when no graph is recorded (under tinycnn.no_grad(), or input does not require a
-    gradient) the result is written into input's array and the Tensor returned shares it; while a
-    graph is recorded it is a new array and input is left as it was (see functional/_inplace.py).
+    inplace=True: the result is written into input's array and the Tensor returned shares it, in
+    training too, unless a recorded backward keeps that memory (BatchNorm's output, which no
+    backward keeps, is overwritten; a conv's saved input is not) or input is a leaf that requires a
+    gradient while a graph is recorded: then it is a new array and input is left as it was (see
+    functional/_inplace.py).
     """
     return ReLU(writes_in_place(inplace, input))(input)
 
@@ -89,8 +91,8 @@ class LeakyReLU(Function):
 
 def leaky_relu(input, negative_slope=0.01, inplace=False):
     """x where x > 0, negative_slope * x elsewhere, as torch.nn.functional.leaky_relu; `inplace`
-    as in relu: honoured only when no graph is recorded."""
-    return LeakyReLU(negative_slope, writes_in_place(inplace, input))(input)
+    honoured only when no graph is recorded and no recorded backward keeps the input's memory."""
+    return LeakyReLU(negative_slope, writes_in_place(inplace, input, while_recording=False))(input)
 
 
 class Sigmoid(Function):

@@ -145,7 +145,7 @@ class AddN(Function):
     examples = {"add": Example(shape=(2, 3, 4), inputs=lambda shape, rng: [shape, shape[-1:]])}
 
     def __init__(self, inplace=False):
-        self.inplace = inplace  # sum into the first input's array; add() asks for it only when no graph is recorded
+        self.inplace = inplace  # sum into the first input's array; add() asks for it only where no backward needs it
 
     def forward(self, *xs):
         self.shapes = [x.shape for x in xs]
@@ -172,9 +172,9 @@ def add(*tensors, inplace=False):
 
     inplace=True is torch's `a += b` (a residual block's `out += identity`; with more tensors
     `a += b; a += c`, in that order): the sum is written into the first tensor's array and the
-    Tensor returned shares it, when no graph is recorded (under tinycnn.no_grad(), or when no input
-    requires a gradient); while one is, the sum is a new array and every input is left as it was
-    (see functional/_inplace.py). Either way the result has the first tensor's shape and dtype: the
+    Tensor returned shares it, in training too, unless a recorded backward keeps that memory or the
+    first tensor is a leaf that requires a gradient while a graph is recorded: then the sum is a new
+    array and every input is left as it was (see functional/_inplace.py). Either way the result has the first tensor's shape and dtype: the
     others must broadcast to that shape (as torch's += allows) and have that dtype, else ValueError
     or TypeError.
     """

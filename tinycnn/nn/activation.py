@@ -10,10 +10,9 @@ __all__ = ["LeakyReLU", "LogSoftmax", "ReLU", "Sigmoid", "Softmax", "Tanh"]
 class ReLU(Module):
     """max(x, 0).
 
-    inplace=True, as in torch, writes the result into the input's array, but only when no graph is
-    recorded (under tinycnn.no_grad(), or when the input needs no gradient): inference then
-    allocates nothing. While a graph is recorded (training) the result is a new array, because
-    tinycnn has no version counters to tell whether a backward still needs the input (see
+    inplace=True, as in torch, writes the result into the input's array, in inference and in
+    training, unless a recorded backward keeps that memory or the input is a leaf that requires a
+    gradient: then the result is a new array with the same values (see
     tinycnn/functional/_inplace.py).
     """
 
@@ -29,8 +28,9 @@ class ReLU(Module):
 
 
 class LeakyReLU(Module):
-    """x for x > 0, negative_slope * x otherwise; `inplace` as for ReLU (honoured only when no
-    graph is recorded)."""
+    """x for x > 0, negative_slope * x otherwise; `inplace` honoured only when no graph is recorded
+    and no recorded backward keeps the input's memory (its in-place forward keeps nothing for a
+    backward)."""
 
     def __init__(self, negative_slope=0.01, inplace=False):
         super().__init__()
