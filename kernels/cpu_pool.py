@@ -36,13 +36,15 @@ def _max_pool_planes(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW, start, stop):
                     # The first maximum wins; a NaN, once met, wins for good (np.argmax's rules):
                     # `not value <= best` is value > best or value NaN, and `best == best` fails
                     # once best is a NaN. No early exit, so the loops unroll.
-                    best = x[nc, h0, w0]
+                    # (unsigned indices: no wrap-around for negative ones, as in _avg_pool_inside_row)
+                    best = x[nc, h0, np.uint64(w0)]
                     best_index = h0 * W + w0
                     for i in range(KH):
                         h = h0 + i * DH
+                        row = x[nc, h]
                         for j in range(KW):
                             w = w0 + j * DW
-                            value = x[nc, h, w]
+                            value = row[np.uint64(w)]
                             if not value <= best and best == best:
                                 best = value
                                 best_index = h * W + w
@@ -147,10 +149,21 @@ def _avg_pool_planes(x, y, divisor, KH, KW, SH, SW, PH, PW, start, stop):
     # the common window sizes as constants so that the window loops unroll (as for max pooling).
     N, C, H, W = x.shape
     OH, OW = y.shape[2:]
+    # The windows wholly inside the plane (rows [oh_lo, oh_hi), columns [ow_lo, ow_hi)) are summed
+    # without bounds checks, so that the loop over ow vectorises (Inception's 3x3 stride-1 pools:
+    # 2.6 -> 1.5 ms for 4 x 192 x 35 x 35, one call, 2 threads); the others skip the taps outside the plane. Both add the
+    # taps in the same order, row by row.
+    oh_lo, oh_hi = _inside_range(H, OH, KH, SH, PH, 1)
+    ow_lo, ow_hi = _inside_range(W, OW, KW, SW, PW, 1)
     for nc in range(start, stop):
         n, c = nc // C, nc % C
         for oh in range(OH):
+            inside_row = oh_lo <= oh < oh_hi
             for ow in range(OW):
+                if inside_row and ow == ow_lo:
+                    _avg_pool_inside_row(x, y, divisor, n, c, oh, ow_lo, ow_hi, KH, KW, SH, SW, PH, PW)
+                if inside_row and ow_lo <= ow < ow_hi:
+                    continue
                 total = x.dtype.type(0)
                 for i in range(KH):
                     h = oh * SH - PH + i
@@ -161,6 +174,24 @@ def _avg_pool_planes(x, y, divisor, KH, KW, SH, SW, PH, PW, start, stop):
                                 total += x[n, c, h, w]
                 # The division is done in float64 and rounded once, as in the reference.
                 y[n, c, oh, ow] = np.float64(total) / divisor[oh, ow]
+
+
+@njit(inline="always")
+def _avg_pool_inside_row(x, y, divisor, n, c, oh, ow_lo, ow_hi, KH, KW, SH, SW, PH, PW):
+    # The outputs [ow_lo, ow_hi) of row oh, whose windows lie inside the plane: the same sums in
+    # the same order as the checked loop, without its checks.
+    # Unsigned indices: Numba then adds no wrap-around for negative ones, which kept LLVM from
+    # vectorising the loop.
+    plane, out, shares = x[n, c], y[n, c, oh], divisor[oh]
+    h0 = oh * SH - PH
+    for ow in range(ow_lo, ow_hi):
+        w0 = ow * SW - PW
+        total = x.dtype.type(0)
+        for i in range(KH):
+            row = plane[h0 + i]
+            for j in range(KW):
+                total += row[np.uint64(w0 + j)]
+        out[np.uint64(ow)] = np.float64(total) / shares[np.uint64(ow)]
 
 
 @njit(cache=True, nogil=True)
