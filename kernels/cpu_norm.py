@@ -201,13 +201,8 @@ def _batch_norm_relu_rows(y, first_sample, stop_sample, first_row, stop_row, gam
                     for j in range(row.size):
                         v = (row[j] - m) * s * g + b + added[j]
                         row[j] = zero if relu and v < zero else v
-                elif relu:
-                    for j in range(row.size):
-                        v = (row[j] - m) * s * g + b
-                        row[j] = zero if v < zero else v
                 else:
-                    for j in range(row.size):
-                        row[j] = (row[j] - m) * s * g + b
+                    _normalise_row(row, row, m, s, g, b, relu)
 
 
 @njit(cache=True, nogil=True)
@@ -216,19 +211,23 @@ def _concat_batch_norm_relu_rows(x, y, offset, gamma, beta, mean, inv_std, relu,
     # offset + c of the concatenation) into y[n, offset + c], then max(y, 0) when relu: the
     # arithmetic of _batch_norm_forward_inference and _relu_forward, in their order.
     C = x.shape[1]
-    zero = y.dtype.type(0)
     for nc in range(start, stop):
         n, c = nc // C, nc % C
         k = offset + c
-        m, s, g, b = mean[k], inv_std[k], gamma[k], beta[k]
-        source, target = x[n, c], y[n, k]
-        if relu:
-            for l in range(source.size):
-                v = (source[l] - m) * s * g + b
-                target[l] = zero if v < zero else v
-        else:
-            for l in range(source.size):
-                target[l] = (source[l] - m) * s * g + b
+        _normalise_row(x[n, c], y[n, k], mean[k], inv_std[k], gamma[k], beta[k], relu)
+
+
+@njit(inline="always")
+def _normalise_row(source, target, m, s, g, b, relu):
+    # target = (source - m) * s * g + b, then max(target, 0) when relu (source may be target).
+    zero = target.dtype.type(0)
+    if relu:
+        for l in range(source.size):
+            v = (source[l] - m) * s * g + b
+            target[l] = zero if v < zero else v
+    else:
+        for l in range(source.size):
+            target[l] = (source[l] - m) * s * g + b
 
 
 def concat_batch_norm_relu_inference(xs, gamma, beta, mean, inv_std, relu):
