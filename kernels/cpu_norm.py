@@ -139,16 +139,23 @@ def _batch_norm_backward(gy, x, gain, mean, inv_std, gx, ggamma, gbeta, start, s
     for k in range(stop - start):
         gbeta[start + k] = sum_gy[k]
         ggamma[start + k] = sum_gy_x_hat[k]
-    # gx = gain * (gy - sum(gy)/n - x_hat * sum(gy x_hat)/n)
-    mean_gy, mean_gy_x_hat = sum_gy / count, sum_gy_x_hat / count
+    # gx = gain * (gy - sum(gy)/n - x_hat * sum(gy x_hat)/n), with the two means rounded to x's
+    # dtype once per channel: the loop then runs in x's dtype (float64 means made every element
+    # go through float64, at half the vector width: 3.4 -> 2.9 ms for 8 x 256 x 56 x 56, 0.76 -> 0.55
+    # for 8 x 1024 x 14 x 14, one call, 2 threads).
+    mean_gy = np.empty(stop - start, dtype=x.dtype)
+    mean_gy_x_hat = np.empty(stop - start, dtype=x.dtype)
+    for k in range(stop - start):
+        mean_gy[k] = sum_gy[k] / count
+        mean_gy_x_hat[k] = sum_gy_x_hat[k] / count
     for n in range(N):
         for k in range(stop - start):
             c = start + k
             gy_row, x_row, gx_row = gy[n, c], x[n, c], gx[n, c]  # (L,) each, contiguous
-            m, s, g = mean[c], inv_std[c], gain[c]
+            m, s, g, a, b = mean[c], inv_std[c], gain[c], mean_gy[k], mean_gy_x_hat[k]
             for l in range(L):
                 x_hat = (x_row[l] - m) * s
-                gx_row[l] = g * (gy_row[l] - mean_gy[k] - x_hat * mean_gy_x_hat[k])
+                gx_row[l] = g * (gy_row[l] - a - x_hat * b)
 
 
 def batch_norm_backward(gy, x, gamma, mean, inv_std):
