@@ -68,7 +68,7 @@ def _batch_norm_forward_training(x, gamma, beta, eps, y, mean, var, inv_std, sta
     _channel_sums(x, start, stop, total)
     m = total / count  # (stop - start,) float64
     _channel_centred_squares(x, start, stop, m, squares)
-    gain = np.empty(stop - start)
+    gain = np.empty(stop - start, dtype=x.dtype)
     for k in range(stop - start):
         c = start + k
         mean[c] = m[k]
@@ -77,11 +77,13 @@ def _batch_norm_forward_training(x, gamma, beta, eps, y, mean, var, inv_std, sta
         gain[k] = gamma[c] * inv_std[c]
     # y = gamma * (x - mean) * inv_std + beta, centred first: folding the mean into one
     # multiply-add (x * gain + shift) cancelled two large float32 terms where the mean is large
-    # beside the spread, off by 2e-5 for values 1.6928 and 1.6935.
+    # beside the spread, off by 2e-5 for values 1.6928 and 1.6935. The mean and gain in x's dtype,
+    # so that the loop runs in it (in float64 it ran at half the vector width, 3-13% slower:
+    # 0.54 -> 0.47 ms for 8 x 1024 x 14 x 14; one call, 2 threads).
     for n in range(N):
         for k in range(stop - start):
             x_row, y_row = x[n, start + k], y[n, start + k]  # (L,) each, contiguous: the loop vectorises
-            mk, gk, shift = m[k], gain[k], beta[start + k]
+            mk, gk, shift = mean[start + k], gain[k], beta[start + k]
             for l in range(L):
                 y_row[l] = (x_row[l] - mk) * gk + shift
 
