@@ -31,6 +31,7 @@ PRIMITIVES = (
     "lrn_forward", "lrn_backward",
     "batch_norm_forward_inference", "batch_norm_backward_inference", "relu_forward", "relu_backward",
     "add_in_place", "conv2d_batch_norm_relu_inference", "concat_batch_norm_relu_inference",
+    "batch_norm_relu_forward_training", "batch_norm_relu_backward",
 )
 
 _numba_kernels = None  # tinycnn.kernels.cpu, once imported
@@ -256,6 +257,28 @@ def concat_batch_norm_relu_inference(xs, gamma, beta, mean, inv_std, relu):
     reference for NumPy arrays, tinycnn.kernels.reference.concat_batch_norm_relu_inference, which has the maths."""
     return _backend("concat_batch_norm_relu_inference", xs[0]).concat_batch_norm_relu_inference(
         xs, gamma, beta, mean, inv_std, relu)
+
+
+def batch_norm_relu_forward_training(x, gamma, beta, eps, residual, relu):
+    """(y, mean, var, inv_std) of batch_norm_forward_training, with y = relu(normalised x +
+    residual) (the residual only when not None, the ReLU only when relu is True): training's
+    BatchNorm -> add -> ReLU in one call.
+
+    Runs on x's backend: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.batch_norm_relu_forward_training, which has the maths."""
+    return _backend("batch_norm_relu_forward_training", x).batch_norm_relu_forward_training(
+        x, gamma, beta, eps, residual, relu)
+
+
+def batch_norm_relu_backward(gy, y, x, gamma, mean, inv_std, relu, needs_residual_grad):
+    """(gx, ggamma, gbeta, gresidual) of batch_norm_relu_forward_training, from its output y.
+
+    Runs on gy's backend: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.batch_norm_relu_backward, which has the maths."""
+    return _backend("batch_norm_relu_backward", gy).batch_norm_relu_backward(
+        gy, y, x, gamma, mean, inv_std, relu, needs_residual_grad)
 
 
 def relu_backward(gy, y):

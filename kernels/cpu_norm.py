@@ -60,8 +60,10 @@ def _channel_centred_squares(x, start, stop, m, squares):
 
 
 @njit(cache=True, nogil=True)
-def _batch_norm_forward_training(x, gamma, beta, eps, y, mean, var, inv_std, start, stop):
-    # x, y (N, C, L); gamma, beta, mean, var, inv_std (C,); the channels c in [start, stop).
+def _batch_norm_forward_training(x, gamma, beta, eps, y, mean, var, inv_std, residual, relu, start, stop):
+    # x, y (N, C, L); gamma, beta, mean, var, inv_std (C,); the channels c in [start, stop). Then
+    # y += residual (x's shape; an empty array for none) and y = max(y, 0) when relu, in the same
+    # pass: batch_norm_relu_forward_training.
     N, C, L = x.shape
     count = N * L
     total, squares = np.zeros(stop - start), np.zeros(stop - start)  # float64
@@ -80,12 +82,23 @@ def _batch_norm_forward_training(x, gamma, beta, eps, y, mean, var, inv_std, sta
     # beside the spread, off by 2e-5 for values 1.6928 and 1.6935. The mean and gain in x's dtype,
     # so that the loop runs in it (in float64 it ran at half the vector width, 3-13% slower:
     # 0.54 -> 0.47 ms for 8 x 1024 x 14 x 14; one call, 2 threads).
+    zero = y.dtype.type(0)
     for n in range(N):
         for k in range(stop - start):
             x_row, y_row = x[n, start + k], y[n, start + k]  # (L,) each, contiguous: the loop vectorises
             mk, gk, shift = mean[start + k], gain[k], beta[start + k]
-            for l in range(L):
-                y_row[l] = (x_row[l] - mk) * gk + shift
+            if residual.size:  # add_in_place's and relu_forward's arithmetic after BatchNorm's
+                added = residual[n, start + k]
+                for l in range(L):
+                    v = (x_row[l] - mk) * gk + shift + added[l]
+                    y_row[l] = zero if relu and v < zero else v
+            elif relu:
+                for l in range(L):
+                    v = (x_row[l] - mk) * gk + shift
+                    y_row[l] = zero if v < zero else v
+            else:
+                for l in range(L):
+                    y_row[l] = (x_row[l] - mk) * gk + shift
 
 
 def batch_norm_forward_training(x, gamma, beta, eps):
@@ -94,6 +107,14 @@ def batch_norm_forward_training(x, gamma, beta, eps):
     Returns (y, mean, var, inv_std), the last three (C,); var is the biased variance.
     gamma or beta may be None (no scale, no shift).
     """
+    return batch_norm_relu_forward_training(x, gamma, beta, eps, None, False)
+
+
+def batch_norm_relu_forward_training(x, gamma, beta, eps, residual, relu):
+    """As the reference: batch_norm_forward_training, then y += residual (when not None) and y =
+    max(y, 0) (when relu), in the pass that writes y: where the three ran one after the other, the
+    add and the ReLU each read and wrote y again (a ResNet block's bn -> add -> relu, a DenseNet
+    layer's norm -> relu)."""
     x3 = _as_ncl(x)  # (N, C, L)
     C = x3.shape[1]
     gamma = np.ones(C, x.dtype) if gamma is None else np.ascontiguousarray(gamma, dtype=x.dtype)
@@ -106,38 +127,53 @@ def batch_norm_forward_training(x, gamma, beta, eps):
         mean[:], var[:], inv_std[:] = np.nan, np.nan, np.nan
         return y.reshape(x.shape), mean, var, inv_std
     eps = float(eps)
+    residual = (np.empty((0, 0, 0), x.dtype) if residual is None
+                else _as_ncl(np.broadcast_to(residual, x.shape)).astype(x.dtype, copy=False))
+    relu = bool(relu)
     parallel_range(lambda start, stop: _batch_norm_forward_training(x3, gamma, beta, eps, y, mean, var, inv_std,
-                                                                    start, stop),
+                                                                    residual, relu, start, stop),
                    C, 3 * x3.shape[0] * x3.shape[2])
     return y.reshape(x.shape), mean, var, inv_std
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _channel_gradient_sums(gy, x, mean, inv_std, start, stop, sum_gy, sum_gy_x_hat):
-    # gy, x (N, C, L); mean, inv_std (C,); sum_gy, sum_gy_x_hat (stop - start,) float64: += sum(gy)
-    # and sum(gy * x_hat) over channel c = start + k, x_hat = (x - mean[c]) * inv_std[c]
-    # (fastmath and the loop order: see _channel_sums).
+def _channel_gradient_sums(gy, y, x, mean, inv_std, start, stop, sum_gy, sum_gy_x_hat):
+    # gy, x (N, C, L); mean, inv_std (C,); sum_gy, sum_gy_x_hat (stop - start,) float64: += sum(g)
+    # and sum(g * x_hat) over channel c = start + k, x_hat = (x - mean[c]) * inv_std[c], where g is
+    # gy, or, with y (the ReLU's output, x's shape; an empty array for no ReLU), gy where y > 0 and
+    # 0 elsewhere (fastmath and the loop order: see _channel_sums).
+    zero = gy.dtype.type(0)
     for n in range(x.shape[0]):
         for k in range(stop - start):
             c = start + k
             gy_row, x_row = gy[n, c], x[n, c]
             m, s = mean[c], inv_std[c]
             partial_gy, partial_gy_x_hat = 0.0, 0.0
-            for l in range(x_row.size):
-                partial_gy += gy_row[l]
-                partial_gy_x_hat += gy_row[l] * ((x_row[l] - m) * s)
+            if y.size:
+                y_row = y[n, c]
+                for l in range(x_row.size):
+                    g = gy_row[l] if y_row[l] > zero else zero
+                    partial_gy += g
+                    partial_gy_x_hat += g * ((x_row[l] - m) * s)
+            else:
+                for l in range(x_row.size):
+                    partial_gy += gy_row[l]
+                    partial_gy_x_hat += gy_row[l] * ((x_row[l] - m) * s)
             sum_gy[k] += partial_gy
             sum_gy_x_hat[k] += partial_gy_x_hat
 
 
 @njit(cache=True, nogil=True)
-def _batch_norm_backward(gy, x, gain, mean, inv_std, gx, ggamma, gbeta, start, stop):
+def _batch_norm_backward(gy, y, x, gain, mean, inv_std, gx, ggamma, gbeta, g_out, start, stop):
     # gy, x, gx (N, C, L); gain = gamma * inv_std, mean, inv_std, ggamma, gbeta (C,); the channels
-    # c in [start, stop).
+    # c in [start, stop). With y (a ReLU's output; an empty array for none) the gradient g that
+    # BatchNorm receives is gy masked by y > 0, and with g_out (x's shape; an empty array for none)
+    # it is written there too: batch_norm_relu_backward.
     N, C, L = x.shape
     count = N * L
+    zero = gy.dtype.type(0)
     sum_gy, sum_gy_x_hat = np.zeros(stop - start), np.zeros(stop - start)  # float64
-    _channel_gradient_sums(gy, x, mean, inv_std, start, stop, sum_gy, sum_gy_x_hat)
+    _channel_gradient_sums(gy, y, x, mean, inv_std, start, stop, sum_gy, sum_gy_x_hat)
     for k in range(stop - start):
         gbeta[start + k] = sum_gy[k]
         ggamma[start + k] = sum_gy_x_hat[k]
@@ -155,28 +191,52 @@ def _batch_norm_backward(gy, x, gain, mean, inv_std, gx, ggamma, gbeta, start, s
             c = start + k
             gy_row, x_row, gx_row = gy[n, c], x[n, c], gx[n, c]  # (L,) each, contiguous
             m, s, g, a, b = mean[c], inv_std[c], gain[c], mean_gy[k], mean_gy_x_hat[k]
-            for l in range(L):
-                x_hat = (x_row[l] - m) * s
-                gx_row[l] = g * (gy_row[l] - a - x_hat * b)
+            if y.size:  # relu_backward's mask, then BatchNorm's formula
+                y_row = y[n, c]
+                for l in range(L):
+                    masked = gy_row[l] if y_row[l] > zero else zero
+                    x_hat = (x_row[l] - m) * s
+                    gx_row[l] = g * (masked - a - x_hat * b)
+                if g_out.size:
+                    out_row = g_out[n, c]
+                    for l in range(L):
+                        out_row[l] = gy_row[l] if y_row[l] > zero else zero
+            else:
+                for l in range(L):
+                    x_hat = (x_row[l] - m) * s
+                    gx_row[l] = g * (gy_row[l] - a - x_hat * b)
+                if g_out.size:
+                    g_out[n, c, :] = gy_row
 
 
 def batch_norm_backward(gy, x, gamma, mean, inv_std):
     """Gradients of batch_norm_forward_training: (gx, ggamma, gbeta), the last two (C,).
     gamma None counts as 1."""
+    return batch_norm_relu_backward(gy, None, x, gamma, mean, inv_std, False, False)[:3]
+
+
+def batch_norm_relu_backward(gy, y, x, gamma, mean, inv_std, relu, needs_residual_grad):
+    """As the reference: (gx, ggamma, gbeta, gresidual) of batch_norm_relu_forward_training, the
+    ReLU's mask (y > 0) applied as gy is read, where relu_backward wrote the masked gradient out
+    and BatchNorm's backward read it twice; gresidual (that masked gradient) is written only when
+    needs_residual_grad, else None."""
     x3, gy3 = _as_ncl(x), _as_ncl(gy).astype(x.dtype, copy=False)  # (N, C, L)
     C = x3.shape[1]
     inv_std = np.ascontiguousarray(inv_std, dtype=x.dtype)
     gain = inv_std if gamma is None else np.ascontiguousarray(gamma * inv_std, dtype=x.dtype)
     gx = np.empty_like(x3)
     ggamma, gbeta = np.empty(C, dtype=x.dtype), np.empty(C, dtype=x.dtype)
+    g_out = np.empty_like(x3) if needs_residual_grad else np.empty((0, 0, 0), x.dtype)
+    gresidual = g_out.reshape(x.shape) if needs_residual_grad else None
     if x3.shape[0] * x3.shape[2] == 0:  # an empty batch: sums over no values are 0, gx is empty
         ggamma[:], gbeta[:] = 0, 0
-        return gx.reshape(x.shape), ggamma, gbeta
+        return gx.reshape(x.shape), ggamma, gbeta, gresidual
+    mask = _as_ncl(y) if relu else np.empty((0, 0, 0), x.dtype)
     mean = np.ascontiguousarray(mean, dtype=x.dtype)
-    parallel_range(lambda start, stop: _batch_norm_backward(gy3, x3, gain, mean, inv_std, gx, ggamma, gbeta,
-                                                            start, stop),
+    parallel_range(lambda start, stop: _batch_norm_backward(gy3, mask, x3, gain, mean, inv_std, gx, ggamma, gbeta,
+                                                            g_out, start, stop),
                    C, 2 * x3.shape[0] * x3.shape[2])
-    return gx.reshape(x.shape), ggamma, gbeta
+    return gx.reshape(x.shape), ggamma, gbeta, gresidual
 
 
 
@@ -302,7 +362,8 @@ def _batch_norm_backward_inference(gy, x, gain, mean, inv_std, gx, ggamma, gbeta
     # c in [start, stop). Constant statistics: gx = gain * gy, no term through the mean or var.
     N, C, L = x.shape
     sum_gy, sum_gy_x_hat = np.zeros(stop - start), np.zeros(stop - start)  # float64
-    _channel_gradient_sums(gy, x, mean, inv_std, start, stop, sum_gy, sum_gy_x_hat)
+    no_mask = np.empty((0, 0, 0), gy.dtype)  # no ReLU after it
+    _channel_gradient_sums(gy, no_mask, x, mean, inv_std, start, stop, sum_gy, sum_gy_x_hat)
     for k in range(stop - start):
         gbeta[start + k] = sum_gy[k]
         ggamma[start + k] = sum_gy_x_hat[k]

@@ -464,6 +464,23 @@ def concat_batch_norm_relu_inference(xs, gamma, beta, mean, inv_std, relu):
     return relu_forward(y, out=y) if relu else y
 
 
+def batch_norm_relu_forward_training(x, gamma, beta, eps, residual, relu):
+    """The reference's steps in turn, each with this backend's kernel (no fused kernel here)."""
+    y, mean, var, inv_std = batch_norm_forward_training(x, gamma, beta, eps)
+    if residual is not None:
+        y = add_in_place(y, residual)
+    if relu:
+        y = relu_forward(y, out=y)
+    return y, mean, var, inv_std
+
+
+def batch_norm_relu_backward(gy, y, x, gamma, mean, inv_std, relu, needs_residual_grad):
+    """The reference's steps in turn, each with this backend's kernel (no fused kernel here)."""
+    g = relu_backward(gy, y) if relu else gy
+    gx, ggamma, gbeta = batch_norm_backward(g, x, gamma, mean, inv_std)
+    return gx, ggamma, gbeta, (g if needs_residual_grad else None)
+
+
 # Evaluation mode's backward: the statistics are constants, so gx = gain * gy, one thread per element.
 BATCH_NORM_GX_INFERENCE = ElementwiseSource(
     "T gy, T gain", "T gx",

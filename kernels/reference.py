@@ -254,6 +254,30 @@ def batch_norm_backward(gy, x, gamma, mean, inv_std):
     return gx.astype(x.dtype), ggamma.astype(x.dtype), gbeta.astype(x.dtype)
 
 
+def batch_norm_relu_forward_training(x, gamma, beta, eps, residual, relu):
+    """Training's BatchNorm -> (+ residual) -> ReLU as one call: (y, mean, var, inv_std) of
+    batch_norm_forward_training, with y = relu(normalised x + residual), the residual (x's shape:
+    a ResNet block's shortcut) added only when not None and the ReLU applied only when relu.
+    Here the steps in turn; the Numba backend writes y in one pass."""
+    y, mean, var, inv_std = batch_norm_forward_training(x, gamma, beta, eps)
+    if residual is not None:
+        y = add_in_place(y, residual)
+    if relu:
+        y = relu_forward(y, out=y)
+    return y, mean, var, inv_std
+
+
+def batch_norm_relu_backward(gy, y, x, gamma, mean, inv_std, relu, needs_residual_grad):
+    """Gradients of batch_norm_relu_forward_training: (gx, ggamma, gbeta, gresidual).
+
+    Back through the ReLU first: g = gy where y > 0, else 0 (relu_backward; g = gy without the
+    ReLU). The residual was added as it is, so its gradient is g itself (None unless
+    needs_residual_grad), and batch_norm_backward of g gives the rest."""
+    g = relu_backward(gy, y) if relu else gy
+    gx, ggamma, gbeta = batch_norm_backward(g, x, gamma, mean, inv_std)
+    return gx, ggamma, gbeta, (g if needs_residual_grad else None)
+
+
 def _channel_window_sum(a, before, after):
     """s[:, c] = a[:, c - before] + ... + a[:, c + after], with zeros beyond the channel range."""
     xp = get_array_module(a)

@@ -14,16 +14,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as torch_F
-from hypothesis import given, strategies as st
+from hypothesis import assume, given, strategies as st
 
 import tinycnn
 import tinycnn.kernels.cpu
 import tinycnn.models
 from tinycnn import kernels, nn
 from tinycnn.nn import fused
+from tinycnn.nn import fused as fused_module
 
 from support import assert_close
-from test_kernel_backends import BACKENDS, DTYPES, _array, convolutions, run
+from test_kernel_backends import BACKENDS, DTYPES, _array, convolutions, reference, run
 
 
 def _statistics(seed, C, dtype, affine):
@@ -349,3 +350,165 @@ def test_whole_networks_fuse_every_batchnorm_and_give_the_same_logits(fused_call
         expected = model(x).numpy()
     np.testing.assert_array_equal(y, expected)
     assert len(fused_calls) == batchnorms
+
+
+# Training: F.batch_norm_relu (BatchNormReLU), and nn.conv_bn_relu / concat_bn_relu using it.
+
+@st.composite
+def batch_norm_relu_cases(draw):
+    """x (N, C, H, W) with at least two values per channel, gamma or None, beta or None, a residual
+    or None, relu; the values before the ReLU kept away from 0, where it has a kink."""
+    N, C = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    H, W = draw(st.sampled_from([(1, 2), (2, 2), (3, 1), (2, 3)]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    x = rng.uniform(-2.0, 2.0, size=(N, C, H, W))
+    gamma = rng.uniform(0.5, 1.5, size=C) if draw(st.booleans()) else None
+    beta = rng.uniform(-1.0, 1.0, size=C) if draw(st.booleans()) else None
+    residual = rng.uniform(-1.0, 1.0, size=x.shape) if draw(st.booleans()) else None
+    relu = draw(st.booleans())
+    mean = x.mean(axis=(0, 2, 3), keepdims=True)
+    z = (x - mean) / np.sqrt(x.var(axis=(0, 2, 3), keepdims=True) + 1e-5)
+    z = z * (1 if gamma is None else gamma.reshape(1, C, 1, 1)) + (0 if beta is None else beta.reshape(1, C, 1, 1))
+    assume(not relu or np.abs(z + (0 if residual is None else residual)).min() > 1e-3)
+    return x, gamma, beta, residual, relu
+
+
+def _call_batch_norm_relu(case, module_arrays=None):
+    """(F.batch_norm_relu as a function of the present arrays, those arrays)."""
+    x, gamma, beta, residual, relu = case
+    present = [a for a in (x, gamma, beta, residual) if a is not None]
+
+    def call(*tensors):
+        tensors = iter(tensors)
+        args = [None if a is None else next(tensors) for a in (x, gamma, beta, residual)]
+        return tinycnn.functional.batch_norm_relu(args[0], None, None, args[1], args[2], args[3], relu=relu)
+    return call, present
+
+
+@given(batch_norm_relu_cases(), st.sampled_from(["auto", "numpy"]))
+def test_batch_norm_relu_gradcheck(case, kernel_choice):
+    call, present = _call_batch_norm_relu(case)
+    with tinycnn.config.using(kernels=kernel_choice):
+        assert tinycnn.gradcheck(call, [tinycnn.Tensor(a, requires_grad=True) for a in present])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(batch_norm_relu_cases(), st.floats(0.0, 1.0), st.integers(0, 2**16))
+def test_batch_norm_relu_equals_torch(dtype, case, momentum, seed):
+    x, gamma, beta, residual, relu = case
+    C = x.shape[1]
+    running = [np.zeros(C, dtype), np.ones(C, dtype)]
+    running_t = [torch.zeros(C, dtype=torch.float64), torch.ones(C, dtype=torch.float64)]
+    ours = {k: None if a is None else tinycnn.Tensor(a.astype(dtype), requires_grad=True)
+            for k, a in zip(("x", "gamma", "beta", "residual"), (x, gamma, beta, residual))}
+    theirs = {k: None if a is None else torch.tensor(a, requires_grad=True)
+              for k, a in zip(("x", "gamma", "beta", "residual"), (x, gamma, beta, residual))}
+    y = tinycnn.functional.batch_norm_relu(ours["x"], *running, ours["gamma"], ours["beta"], ours["residual"],
+                                           momentum, 1e-5, relu)
+    yt = torch_F.batch_norm(theirs["x"], *running_t, theirs["gamma"], theirs["beta"], True, momentum, 1e-5)
+    if residual is not None:
+        yt = yt + theirs["residual"]
+    if relu:
+        yt = torch_F.relu(yt)
+    assert y.dtype == dtype
+    assert_close(y.numpy(), yt, dtype, "batch_norm_relu y")
+    w = np.random.default_rng(seed).standard_normal(x.shape)
+    (y * tinycnn.Tensor(w.astype(dtype))).sum().backward()
+    (yt * torch.from_numpy(w)).sum().backward()
+    for name, tensor in ours.items():
+        if tensor is not None:
+            assert_close(tensor.grad, theirs[name].grad, dtype, f"batch_norm_relu g{name}")
+    for statistic, expected in zip(running, running_t):
+        assert_close(statistic, expected, dtype, "running statistic")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(batch_norm_relu_cases(), DTYPES, st.booleans(), st.integers(0, 2**16))
+def test_batch_norm_relu_kernels_equal_the_reference(backend, case, dtype, needs_residual_grad, seed):
+    x, gamma, beta, residual, relu = case
+    cast = lambda a: None if a is None else a.astype(dtype)  # noqa: E731
+    y, mean, var, inv_std = run(backend, "batch_norm_relu_forward_training", cast(x), cast(gamma), cast(beta), 1e-5,
+                                cast(residual), relu)
+    expected = reference.batch_norm_relu_forward_training(x, gamma, beta, 1e-5, residual, relu)
+    for name, actual, wanted in zip(("y", "mean", "var", "inv_std"), (y, mean, var, inv_std), expected):
+        assert_close(actual, wanted, dtype, name)
+    gy = _array(seed, x.shape, np.float64)
+    grads = run(backend, "batch_norm_relu_backward", gy.astype(dtype), y, cast(x), cast(gamma), mean, inv_std, relu,
+                needs_residual_grad)
+    wanted = reference.batch_norm_relu_backward(gy, expected[0], x, gamma, expected[1], expected[3], relu,
+                                                needs_residual_grad)
+    for name, actual, oracle in zip(("gx", "ggamma", "gbeta"), grads[:3], wanted[:3]):
+        assert_close(actual, oracle, dtype, name)
+    if needs_residual_grad:
+        assert_close(grads[3], wanted[3], dtype, "gresidual")
+    else:
+        assert grads[3] is None
+
+
+def test_batch_norm_relu_rejects_a_residual_of_another_shape():
+    x = tinycnn.Tensor(np.ones((2, 3, 2, 2)), requires_grad=True)
+    with pytest.raises(ValueError, match=r"batch_norm_relu: expected a residual of the input's shape \(2, 3, 2, 2\), "
+                                         r"got \(2, 3, 1, 2\)"):
+        tinycnn.functional.batch_norm_relu(x, None, None, residual=tinycnn.Tensor(np.ones((2, 3, 1, 2))))
+
+
+def _training_layers(seed=0):
+    tinycnn.manual_seed(seed)  # the same conv weights on every call
+    conv, bn, relu = _layers(seed)
+    bn.train()
+    return conv, bn, relu
+
+
+def _step(conv, bn, relu, x, residual, fused):
+    """One forward and backward through conv_bn_relu, fused or not (fusable_in_training forced off);
+    returns the output, the gradients of x, the residual and every parameter, and the running
+    statistics with the batch count."""
+    original = fused_module.fusable_in_training
+    if not fused:
+        fused_module.fusable_in_training = lambda *args: False
+    try:
+        y = nn.conv_bn_relu(conv, bn, relu, x, residual=residual)
+    finally:
+        fused_module.fusable_in_training = original
+    w = np.random.default_rng(3).standard_normal(y.shape).astype(np.float32)
+    (y * tinycnn.Tensor(w)).sum().backward()
+    grads = [x.grad] + ([] if residual is None else [residual.grad]) + [p.grad for p in conv.parameters()] \
+        + [p.grad for p in bn.parameters()]
+    return y, grads, [bn.running_mean.copy(), bn.running_var.copy(), bn.num_batches_tracked.copy()]
+
+
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_conv_bn_relu_in_training_is_one_op_with_the_layers_gradients(with_residual):
+    results = []
+    for fuse in (True, False):
+        conv, bn, relu = _training_layers()
+        x = tinycnn.Tensor(_input().data, requires_grad=True)
+        r = tinycnn.Tensor(_input((2, 8, 9, 9), seed=5).data, requires_grad=True) if with_residual else None
+        y, grads, statistics = _step(conv, bn, relu, x, r, fuse)
+        assert (y.creator.name == "BatchNormReLU") == fuse
+        results.append((y.numpy(), grads, statistics))
+    (y, grads, statistics), (y_layers, grads_layers, statistics_layers) = results
+    np.testing.assert_array_equal(y, y_layers)  # the forward's arithmetic is the layers', in their order
+    for ours, theirs in zip(grads + statistics, grads_layers + statistics_layers):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_conv_bn_relu_in_training_runs_the_layers_with_a_hook_or_a_trace():
+    conv, bn, relu = _training_layers()
+    seen = _hook(relu, "forward")
+    y = nn.conv_bn_relu(conv, bn, relu, _input())
+    assert y.creator.name == "ReLU" and len(seen) == 1
+    conv, bn, relu = _training_layers()
+    with tinycnn.trace():
+        y = nn.conv_bn_relu(conv, bn, relu, _input())
+    assert y.creator.name == "ReLU"
+
+
+def test_concat_bn_relu_in_training_is_one_op():
+    _, bn, relu = _training_layers()
+    features = [tinycnn.Tensor(_input((2, 5, 5, 5), seed=1).data, requires_grad=True),
+                tinycnn.Tensor(_input((2, 3, 5, 5), seed=2).data, requires_grad=True)]
+    y = nn.concat_bn_relu(bn, relu, features)
+    assert y.creator.name == "BatchNormReLU"
+    y.sum().backward()
+    assert all(f.grad is not None for f in features)

@@ -180,3 +180,22 @@ def test_fused_inference_kernels(kernels, dtype, window, groups):
     xs = [np.zeros((0, 2, 3, 3), dtype), np.zeros((0, 4, 3, 3), dtype)]
     _assert_like(kernels.concat_batch_norm_relu_inference(xs, *statistics, True),
                  torch.zeros((0, 6, 3, 3), dtype=DTYPES[dtype]), "concat_batch_norm_relu_inference y")
+
+
+@pytest.mark.parametrize("relu, residual", [(True, False), (True, True), (False, True)])
+def test_batch_norm_relu_training(kernels, dtype, relu, residual):
+    # training's BatchNorm -> add -> ReLU: an empty output, NaN statistics (as batch_norm's), zero
+    # parameter gradients and an empty residual gradient
+    x, torch_x = _empty((4, 5, 5), dtype)
+    gamma, beta = np.full(4, 2, dtype), np.ones(4, dtype)
+    r = np.zeros(x.shape, dtype) if residual else None
+    with _no_empty_mean_warnings():
+        y, mean, var, inv_std = kernels.batch_norm_relu_forward_training(x, gamma, beta, 1e-5, r, relu)
+        gx, ggamma, gbeta, gr = kernels.batch_norm_relu_backward(np.zeros(y.shape, dtype), y, x, gamma, mean,
+                                                                 inv_std, relu, residual)
+    _assert_like(y, torch_x, "batch_norm_relu y")
+    assert np.isnan(mean).all() and mean.shape == (4,)
+    _assert_like(gx, torch_x, "batch_norm_relu gx")
+    _assert_like(ggamma, torch.zeros(4, dtype=DTYPES[dtype]), "batch_norm_relu ggamma")
+    _assert_like(gbeta, torch.zeros(4, dtype=DTYPES[dtype]), "batch_norm_relu gbeta")
+    assert (gr is None) != residual and (gr is None or gr.shape == x.shape)

@@ -9,7 +9,7 @@ from tinycnn.autograd import Function, Tensor
 from tinycnn.explain import Example, Explanation
 from tinycnn.functional._checks import check_floating
 
-__all__ = ["batch_norm", "local_response_norm"]
+__all__ = ["batch_norm", "batch_norm_relu", "local_response_norm"]
 
 
 def _array(value):
@@ -128,6 +128,85 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     """
     running_mean, running_var = _array(running_mean), _array(running_var)
     return BatchNorm(running_mean, running_var, training, momentum, eps)(input, weight, bias)
+
+
+class BatchNormReLU(Function):
+    """y = relu(batch_norm(x) + residual) in training mode, as one op: the run of layers that ends
+    most blocks of a ResNet (bn -> add shortcut -> relu, or bn -> relu) and begins a DenseNet layer
+    (norm -> relu). BatchNorm's statistics are the batch's, and the running ones, when given, are
+    updated as BatchNorm updates them. residual may be None; relu=False leaves out the ReLU.
+
+    One op instead of two or three saves passes over memory: the forward writes y once (BatchNorm,
+    the add and the ReLU each read and wrote the whole array), and the backward applies the ReLU's
+    mask as it reads gy (relu_backward wrote the masked gradient out for BatchNorm's backward to
+    read twice). It keeps what the separate ops kept: x for BatchNorm, y for the ReLU's mask.
+    """
+
+    explanation = Explanation(
+        forward="""
+per channel c, over its n = N*H*W values: mean, var (biased), inv_std = 1 / sqrt(var + eps),
+x_hat = (x - mean) * inv_std, z = gamma x_hat + beta  (batch_norm, training mode)
+y = max(z + residual, 0)  (the residual, a ResNet block's shortcut, when given; the max when relu)""",
+        backward="""
+1. y = max(s, 0) with s = z + residual: dy/ds = 1 where y > 0, else 0 (relu's rule, also at 0),
+   so dL/ds = g = gy where y > 0, else 0. Without the ReLU, g = gy.
+2. s = z + residual: each is added as it is, so the residual's gradient is g, and so is z's.
+3. z is batch_norm's output: its backward of g gives gbeta = sum g, ggamma = sum g x_hat and
+   gx = gamma inv_std (g - sum(g) / n - x_hat sum(g x_hat) / n) (see batch_norm's derivation).
+4. The kernel applies step 1's mask as it reads gy in both of step 3's passes; the masked g is
+   written out only for a residual that needs its gradient.""",
+        saved="x and gamma (the inputs, no copy), y (the output: its sign is the ReLU's mask), and the\n"
+              "batch's mean and inv_std, (C,) each: what batch_norm and relu keep, and no more.",
+        # (the reference composes the separate kernels, which the Numba one fuses)
+        kernels=("batch_norm_relu_forward_training", "batch_norm_relu_backward", "batch_norm_forward_training",
+                 "batch_norm_backward", "add_in_place", "relu_forward", "relu_backward"))
+    examples = {"batch_norm_relu": Example(shape=(4, 3, 2, 2),
+                                           inputs=lambda shape, rng: [None, None, (shape[1],), (shape[1],), shape])}
+
+    def __init__(self, running_mean, running_var, momentum, eps, relu):
+        # The running statistics are state updated in place, not inputs: no gradient reaches them.
+        self.running_mean, self.running_var = running_mean, running_var
+        self.momentum, self.eps, self.relu = momentum, eps, relu
+
+    def forward(self, x, gamma, beta, residual):
+        BatchNorm(self.running_mean, self.running_var, True, self.momentum, self.eps)._check(x, gamma, beta)
+        if residual is not None and tuple(residual.shape) != tuple(x.shape):
+            raise ValueError(f"batch_norm_relu: expected a residual of the input's shape {tuple(x.shape)}, got "
+                             f"{tuple(residual.shape)}")
+        if residual is not None and residual.dtype != x.dtype:
+            raise TypeError(f"batch_norm_relu: expected a residual of the input's dtype {x.dtype}, got {residual.dtype}")
+        y, mean, var, inv_std = kernels.batch_norm_relu_forward_training(x, gamma, beta, self.eps, residual,
+                                                                         self.relu)
+        if x.size:  # an empty batch has no statistics: the running ones stay as they are (as PyTorch)
+            update_running_statistics(self.running_mean, self.running_var, mean, var, x.size // x.shape[1],
+                                      self.momentum)
+        self.save_for_backward(x, gamma, y, mean, inv_std)
+        return y
+
+    def forward_shape_only(self, x, gamma, beta, residual):
+        # A summary in shape-only mode sees zeros, not data: it must not touch the running statistics.
+        BatchNorm(None, None, True, self.momentum, self.eps)._check(x, gamma, beta)
+        return backend.get_array_module(x).zeros_like(x)
+
+    def backward(self, gy):
+        # Steps 1-3 of the explanation: the ReLU's mask, the residual's share, BatchNorm's backward.
+        x, gamma, y, mean, inv_std = self.saved_arrays
+        gx, ggamma, gbeta, gresidual = kernels.batch_norm_relu_backward(
+            gy, y, x, gamma, mean, inv_std, self.relu, self.needs_input_grad[3])
+        return (gx if self.needs_input_grad[0] else None,
+                ggamma if self.needs_input_grad[1] else None,
+                gbeta if self.needs_input_grad[2] else None,
+                gresidual)
+
+
+def batch_norm_relu(input, running_mean, running_var, weight=None, bias=None, residual=None, momentum=0.1,
+                    eps=1e-5, relu=True):
+    """relu(batch_norm(input, running_mean, running_var, weight, bias, training=True, momentum, eps)
+    + residual) as one op (BatchNormReLU): training mode, the batch's statistics. residual (the
+    input's shape and dtype) may be None; relu=False leaves the ReLU out. The running statistics
+    (arrays or Tensors, or None) are updated in place as batch_norm updates them."""
+    running_mean, running_var = _array(running_mean), _array(running_var)
+    return BatchNormReLU(running_mean, running_var, momentum, eps, relu)(input, weight, bias, residual)
 
 
 class LocalResponseNorm(Function):

@@ -1,5 +1,5 @@
-"""Runs of layers that inference computes as one kernel call: conv -> BatchNorm -> ReLU, the
-commonest run in the model zoo, and concat -> BatchNorm -> ReLU, a DenseNet layer's first steps.
+"""Runs of layers computed as one kernel call: conv -> BatchNorm -> ReLU, the commonest run in the
+model zoo, and concat -> BatchNorm -> ReLU, a DenseNet layer's first steps.
 
     out = conv_bn_relu(self.conv1, self.bn1, self.relu, x)    # relu(bn1(conv1(x)))
     out = conv_bn_relu(self.conv2, self.bn2, None, out)       # bn2(conv2(out))
@@ -30,6 +30,15 @@ after the other, as a reader of the model expects:
   (a summary's shape-only run, which the layers answer without computing);
 - the inputs are Tensors whose shapes and dtypes agree (any error then comes from the layers
   themselves, with their messages).
+
+In training (BatchNorm in training mode) the convolution or the concatenation runs as its module
+or op, and BatchNorm, the residual's add and the ReLU as one op, F.batch_norm_relu, with its own
+backward (BatchNormReLU in tinycnn/functional/normalization.py): its forward writes the output
+once where the three wrote it three times, and its backward applies the ReLU's mask as it reads
+the gradient. It keeps what the three kept (BatchNorm's input, the ReLU's output), updates the
+running statistics as BatchNorm does, and gives the same values and gradients (tests/test_fused.py).
+Under the same conditions as above, but for the first two: a graph may be recorded, and BatchNorm
+is in training mode.
 """
 from tinycnn import autograd, backend, config, kernels
 from tinycnn import functional as F
@@ -40,18 +49,22 @@ from tinycnn.nn.activation import ReLU
 from tinycnn.nn.conv import Conv2d
 from tinycnn.nn.normalization import BatchNorm2d
 
-__all__ = ["concat_bn_relu", "conv_bn_relu", "fusable"]
+__all__ = ["concat_bn_relu", "conv_bn_relu", "fusable", "fusable_in_training"]
 
 
 def conv_bn_relu(conv, bn, relu, x, residual=None):
     """relu(bn(conv(x)) + residual): the modules conv, bn and relu (None for no ReLU) called in
     turn, and the residual (None for none) added in place before the ReLU, as a ResNet block adds
-    its shortcut; as one kernel call where `fusable` says so."""
+    its shortcut; as one kernel call in inference where `fusable` says so, and with bn, the add
+    and relu as one op in training where `fusable_in_training` says so."""
     if fusable(conv, bn, relu, [x] + ([] if residual is None else [residual])):
         y = _conv_bn_relu_inference(conv, bn, relu is not None, x, residual)
         if y is not None:
             return y
-    y = bn(conv(x))
+    z = conv(x)
+    if fusable_in_training(bn, relu, z, residual):
+        return _bn_relu_training(bn, relu, z, residual)
+    y = bn(z)
     if residual is not None:
         y = F.add(y, residual, inplace=True)
     return y if relu is None else relu(y)
@@ -59,15 +72,45 @@ def conv_bn_relu(conv, bn, relu, x, residual=None):
 
 def concat_bn_relu(bn, relu, features):
     """relu(bn(F.concat(features, axis=1))), relu a ReLU module or None; as one kernel call, which
-    never makes the plain concatenation, where `fusable` says so."""
+    never makes the plain concatenation, in inference where `fusable` says so, and with bn and relu
+    as one op in training where `fusable_in_training` says so."""
     features = list(features)
     if fusable(None, bn, relu, features) and _same_but_channels(features, bn.num_features):
         mean, inv_std = inference_statistics(bn.running_mean, bn.running_var, bn.eps, features[0].data.dtype)
         backend.get_array_module(*(x.data for x in features), bn.running_mean, where="batch_norm")  # one device
         return Tensor(kernels.concat_batch_norm_relu_inference(
             [x.data for x in features], _data(bn.weight), _data(bn.bias), mean, inv_std, relu is not None))
-    y = bn(F.concat(features, axis=1))
+    x = F.concat(features, axis=1)
+    if fusable_in_training(bn, relu, x, None):
+        return _bn_relu_training(bn, relu, x, None)
+    y = bn(x)
     return y if relu is None else relu(y)
+
+
+def fusable_in_training(bn, relu, x, residual):
+    """Whether bn (training mode), the residual's add and relu run as one op, F.batch_norm_relu:
+    a ReLU or a residual to fuse, plain modules without hooks, the batch's statistics, no trace,
+    no check_nan, no shape_only, and a residual of the input's shape and dtype."""
+    if relu is None and residual is None:
+        return False
+    if type(bn) is not BatchNorm2d or not (relu is None or type(relu) is ReLU):
+        return False
+    if not bn.training or autograd.active_trace is not None or config.check_nan or config.shape_only:
+        return False
+    if any(m._forward_pre_hooks or m._forward_hooks or m._backward_hooks for m in (bn, relu) if m is not None):
+        return False
+    if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != bn.num_features:
+        return False  # BatchNorm2d itself then says what is wrong
+    return residual is None or (isinstance(residual, Tensor) and residual.shape == x.shape
+                                and residual.data.dtype == x.data.dtype)
+
+
+def _bn_relu_training(bn, relu, x, residual):
+    """F.batch_norm_relu with bn's settings, as BatchNorm2d.forward calls F.batch_norm in training."""
+    momentum = bn._momentum_of_this_call()
+    tracked = bn.track_running_stats
+    return F.batch_norm_relu(x, bn.running_mean if tracked else None, bn.running_var if tracked else None,
+                             bn.weight, bn.bias, residual, momentum, bn.eps, relu is not None)
 
 
 def fusable(conv, bn, relu, inputs):
