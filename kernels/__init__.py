@@ -31,7 +31,7 @@ PRIMITIVES = (
     "lrn_forward", "lrn_backward",
     "batch_norm_forward_inference", "batch_norm_backward_inference", "relu_forward", "relu_backward",
     "add_in_place", "conv2d_batch_norm_relu_inference", "concat_batch_norm_relu_inference",
-    "batch_norm_relu_forward_training", "batch_norm_relu_backward",
+    "batch_norm_relu_forward_training", "batch_norm_relu_backward", "concatenate",
 )
 
 _numba_kernels = None  # tinycnn.kernels.cpu, once imported
@@ -279,6 +279,15 @@ def batch_norm_relu_backward(gy, y, x, gamma, mean, inv_std, relu, needs_residua
     reference for NumPy arrays, tinycnn.kernels.reference.batch_norm_relu_backward, which has the maths."""
     return _backend("batch_norm_relu_backward", gy).batch_norm_relu_backward(
         gy, y, x, gamma, mean, inv_std, relu, needs_residual_grad)
+
+
+def concatenate(xs, axis):
+    """The arrays xs joined along `axis` (all other axes equal): concat's forward.
+
+    Runs on the backend of xs[0]: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.concatenate, which has the maths."""
+    return _backend("concatenate", xs[0]).concatenate(xs, axis)
 
 
 def relu_backward(gy, y):

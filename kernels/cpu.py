@@ -1,6 +1,6 @@
 """The Numba CPU backend: the same functions, arguments and results as tinycnn.kernels.reference.
 
-This module is the backend's face: it holds the 22 primitives under the reference's names, each
+This module is the backend's face: it holds the 23 primitives under the reference's names, each
 written in the file of its concern, where a reader following one call stays:
 
     kernels/cpu_columns.py   im2col, col2im (channel-major columns) and conv2d's pixel-major columns
@@ -16,7 +16,7 @@ written in the file of its concern, where a reader following one call stays:
                              concat_batch_norm_relu_inference (DenseNet's concat-BN-ReLU in one pass),
                              batch_norm_relu_forward_training, batch_norm_relu_backward (training's
                              BN-add-ReLU, each one pass)
-    kernels/cpu_elementwise.py  relu_forward, relu_backward, add_in_place
+    kernels/cpu_elementwise.py  relu_forward, relu_backward, add_in_place, concatenate
     kernels/parallel.py      the small pool of Python threads all of them run on
 
 Each public function is a thin wrapper that makes its inputs C-contiguous (so one compiled version
@@ -56,7 +56,7 @@ from tinycnn.kernels.cpu_norm import batch_norm_backward, batch_norm_forward_tra
 from tinycnn.kernels.cpu_norm import batch_norm_backward_inference, batch_norm_forward_inference
 from tinycnn.kernels.cpu_norm import batch_norm_relu_backward, batch_norm_relu_forward_training
 from tinycnn.kernels.cpu_norm import concat_batch_norm_relu_inference
-from tinycnn.kernels.cpu_elementwise import add_in_place, relu_backward, relu_forward
+from tinycnn.kernels.cpu_elementwise import add_in_place, concatenate, relu_backward, relu_forward
 from tinycnn.kernels.cpu_pool import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
 
 __all__ = [
@@ -65,5 +65,5 @@ __all__ = [
     "batch_norm_forward_training", "batch_norm_backward", "lrn_forward", "lrn_backward",
     "batch_norm_forward_inference", "batch_norm_backward_inference", "relu_forward", "relu_backward",
     "add_in_place", "conv2d_batch_norm_relu_inference", "concat_batch_norm_relu_inference",
-    "batch_norm_relu_forward_training", "batch_norm_relu_backward",
+    "batch_norm_relu_forward_training", "batch_norm_relu_backward", "concatenate",
 ]

@@ -5,6 +5,8 @@ Each is one pass over flat memory: a chunk of consecutive elements per parallel 
 kernel threads. The forward is bound by memory traffic, so it runs at about np.maximum's speed;
 the backward writes gx in one pass where NumPy's gy * (y > 0) first made a mask of the whole array.
 """
+import math
+
 import numpy as np
 from numba import njit
 
@@ -78,6 +80,52 @@ def add_in_place(y, x):
     parallel_range(lambda start, stop: _add_in_place(y_flat, x_flat, start, stop), y_flat.size, 1)
     if not y.flags.c_contiguous:
         y[...] = y_flat.reshape(y.shape)
+    return y
+
+
+@njit(cache=True, nogil=True)
+def _copy_rows(x, y, offset, start, stop):
+    # y[r, offset:offset + width] = x[r] for the rows r in [start, stop) of x (rows, width).
+    width = x.shape[1]
+    for r in range(start, stop):
+        source, target = x[r], y[r, offset:offset + width]
+        for i in range(width):
+            target[i] = source[i]
+
+
+# concatenate: results of fewer values than this are NumPy's (one thread), whose single copy per
+# input cost less than a call per input and thread here: DenseNet-121's joins at batch 8, 14x14
+# (1.6 M values, 24 inputs) 0.42 ms by NumPy against 0.57, at 7x7 0.09 against 0.18; at 28x28
+# (3.2 M) 0.84 against 0.68, at 56x56 (6.4 M) 1.58 against 1.13 (torch.cat 0.96).
+CONCATENATE_THREADED = 1 << 21
+
+
+def concatenate(xs, axis):
+    """As the reference (np.concatenate), on the kernel threads for a big result: NumPy copies on
+    one, and a DenseNet-121 training step spent 52 ms joining its layers' inputs (torch.cat: 29).
+    Seen as (outer, width_k) rows, with outer the product of the axes before `axis`, each input's
+    rows go into the output's rows side by side; the items are the inputs' rows, input after input,
+    so that a thread's range touches few inputs."""
+    dtype = np.result_type(*xs)
+    shape = list(xs[0].shape)
+    shape[axis] = sum(x.shape[axis] for x in xs)
+    if math.prod(shape) < CONCATENATE_THREADED:
+        return np.concatenate(xs, axis=axis)
+    xs = [np.ascontiguousarray(x, dtype=dtype) for x in xs]
+    y = np.empty(shape, dtype=dtype)
+    outer = math.prod(shape[:axis])
+    rows = [x.reshape(outer, -1) if outer else x.reshape(0, 0) for x in xs]
+    y_rows = y.reshape(outer, -1) if outer else y.reshape(0, 0)
+    offsets = np.cumsum([0] + [r.shape[1] for r in rows])  # each input's first column in y_rows
+    firsts = np.cumsum([0] + [r.shape[0] for r in rows])  # each input's first item
+
+    def run(start, stop):
+        for k, r in enumerate(rows):
+            first, last = max(start, firsts[k]), min(stop, firsts[k + 1])
+            if first < last:
+                _copy_rows(r, y_rows, offsets[k], first - firsts[k], last - firsts[k])
+
+    parallel_range(run, int(firsts[-1]), max(1, y.size // max(1, int(firsts[-1]))))
     return y
 
 

@@ -385,6 +385,12 @@ def relu_forward(x, out=None):
     return xp.maximum(x, x.dtype.type(0), out=out)
 
 
+def concatenate(xs, axis):
+    """The arrays xs joined along `axis`, all other axes equal: y[..., start_k:start_k + size_k, ...]
+    = xs[k], start_k the sum of the earlier sizes along the axis (dtypes promoted as NumPy's)."""
+    return get_array_module(*xs).concatenate(xs, axis=axis)
+
+
 def add_in_place(y, x):
     """y += x, with x broadcast to y's shape (torch's `out += identity`, a residual add in
     inference); returns y. NumPy reads an x that overlaps y before writing y."""

@@ -33,6 +33,7 @@ from hypothesis import assume, example, given, strategies as st
 import tinycnn
 import tinycnn.functional
 import tinycnn.kernels.cpu
+import tinycnn.kernels.cpu_elementwise
 import tinycnn.kernels.gpu  # imports without CuPy: its kernels are built on first use
 import tinycnn.kernels.reference
 import tinycnn.models
@@ -519,6 +520,39 @@ def test_add_in_place_with_overlapping_operands(backend):
     np.testing.assert_array_equal(run(backend, "add_in_place", y, y), 2 * base)
     memory = base.copy()
     np.testing.assert_array_equal(run(backend, "add_in_place", memory[1:], memory[:-1]), base[1:] + base[:-1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(st.integers(1, 4), st.integers(0, 3), st.integers(1, 4), st.data(), LAYOUTS, st.booleans(), st.integers(0, 2**16))
+def test_concatenate(backend, ndim, axis_draw, count, data, layout, mixed_dtypes, seed):
+    # A copy: exactly torch.cat's values (dtypes promoted as NumPy and torch do), whatever the
+    # inputs' layouts; sizes along the axis include 0.
+    axis = axis_draw % ndim
+    shape = data.draw(st.lists(st.integers(1, 4), min_size=ndim, max_size=ndim))
+    xs = []
+    for k in range(count):
+        own = list(shape)
+        own[axis] = data.draw(st.integers(0, 5))
+        dtype = np.float32 if (mixed_dtypes and k % 2) else np.float64
+        xs.append(_array(seed + k, tuple(own), dtype, layout))
+    y = run(backend, "concatenate", xs, axis)
+    expected = torch.cat([torch.from_numpy(np.ascontiguousarray(x)) for x in xs], dim=axis).numpy()
+    assert y.dtype == expected.dtype and y.shape == expected.shape
+    np.testing.assert_array_equal(y, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("axis, layout", [(1, "contiguous"), (2, "strided"), (0, "transposed")])
+def test_concatenate_split_over_parallel_chunks(backend, axis, layout):
+    # DenseNet's join at 28x28 (axis 1), with a float32 input among float64 ones: big enough for
+    # the Numba kernel's threaded path (CONCATENATE_THREADED), many chunks each spanning inputs.
+    sizes = [2] + [1] * 9  # along the axis, relative: DenseNet's 64 + 9 x 32 channels at axis 1
+    shapes = {0: [(n, 64, 56, 56) for n in sizes], 1: [(8, 32 * n, 28, 28) for n in sizes],
+              2: [(8, 128, 4 * n, 56) for n in sizes]}[axis]
+    xs = [_array(k, shape, np.float32 if k == 3 else np.float64, layout) for k, shape in enumerate(shapes)]
+    y = run(backend, "concatenate", xs, axis)
+    assert y.size >= tinycnn.kernels.cpu_elementwise.CONCATENATE_THREADED
+    np.testing.assert_array_equal(y, np.concatenate(xs, axis=axis))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

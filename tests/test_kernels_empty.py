@@ -199,3 +199,8 @@ def test_batch_norm_relu_training(kernels, dtype, relu, residual):
     _assert_like(ggamma, torch.zeros(4, dtype=DTYPES[dtype]), "batch_norm_relu ggamma")
     _assert_like(gbeta, torch.zeros(4, dtype=DTYPES[dtype]), "batch_norm_relu gbeta")
     assert (gr is None) != residual and (gr is None or gr.shape == x.shape)
+
+
+def test_concatenate(kernels, dtype):
+    xs = [np.zeros((0, 2, 3, 3), dtype), np.zeros((0, 4, 3, 3), dtype)]
+    _assert_like(kernels.concatenate(xs, 1), torch.cat([torch.from_numpy(x) for x in xs], dim=1), "concatenate")

@@ -84,7 +84,8 @@ class Concat(Function):
 1. Each element of y is a copy of exactly one element of one input: dy/dx is 1 there, 0 elsewhere.
 2. So input k's gradient is gy's slice where x_k was copied: gx_k = gy[..., start_k:start_k + size_k, ...]
    along the axis, start_k being the sum of the earlier inputs' sizes.""",
-        saved="only each input's size along the axis (Python ints): no array.")
+        saved="only each input's size along the axis (Python ints): no array.",
+        kernels=("concatenate",))
     examples = {
         "concat": Example(shape=(2, 3, 4), inputs=lambda shape, rng: [(shape[0], 2) + shape[2:]],
                           options={"axis": 1}, as_list=True),
@@ -106,7 +107,8 @@ class Concat(Function):
                 raise ValueError(f"concat: expected shapes that agree except along axis {self.axis}, got "
                                  f"{', '.join(str(tuple(a.shape)) for a in xs)}")
         self.sizes = [x.shape[self.axis] for x in xs]
-        return backend.get_array_module(*xs).concatenate(xs, axis=self.axis)
+        backend.get_array_module(*xs, where="concat")  # one device
+        return kernels.concatenate(xs, self.axis)
 
     def backward(self, gy):
         # Each input was copied into its own slice of y, so its gradient is that slice of gy.
