@@ -137,11 +137,11 @@ def batch_norm_relu_forward_training(x, gamma, beta, eps, residual, relu):
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
-def _channel_gradient_sums(gy, y, x, mean, inv_std, start, stop, sum_gy, sum_gy_x_hat):
+def _channel_gradient_sums(gy, y, masked, x, mean, inv_std, start, stop, sum_gy, sum_gy_x_hat):
     # gy, x (N, C, L); mean, inv_std (C,); sum_gy, sum_gy_x_hat (stop - start,) float64: += sum(g)
     # and sum(g * x_hat) over channel c = start + k, x_hat = (x - mean[c]) * inv_std[c], where g is
-    # gy, or, with y (the ReLU's output, x's shape; an empty array for no ReLU), gy where y > 0 and
-    # 0 elsewhere (fastmath and the loop order: see _channel_sums).
+    # gy, or, when masked, gy where y (a ReLU's output, x's shape) > 0 and 0 elsewhere (fastmath
+    # and the loop order: see _channel_sums).
     zero = gy.dtype.type(0)
     for n in range(x.shape[0]):
         for k in range(stop - start):
@@ -149,7 +149,7 @@ def _channel_gradient_sums(gy, y, x, mean, inv_std, start, stop, sum_gy, sum_gy_
             gy_row, x_row = gy[n, c], x[n, c]
             m, s = mean[c], inv_std[c]
             partial_gy, partial_gy_x_hat = 0.0, 0.0
-            if y.size:
+            if masked:
                 y_row = y[n, c]
                 for l in range(x_row.size):
                     g = gy_row[l] if y_row[l] > zero else zero
@@ -172,8 +172,21 @@ def _batch_norm_backward(gy, y, x, gain, mean, inv_std, gx, ggamma, gbeta, g_out
     N, C, L = x.shape
     count = N * L
     zero = gy.dtype.type(0)
+    masked = y.size > 0  # apply the mask as gy is read, in both passes below
+    g = gy
+    if masked and g_out.size:
+        # The masked gradient is wanted anyway (a residual's): written first, it is what both
+        # passes read, while this block of channels is still in the core's cache, and y is not
+        # read again (8 x 256 x 56 x 56: 5.9 ms masking as read, against 5.6 for relu_backward
+        # and batch_norm_backward in turn).
+        for n in range(N):
+            for k in range(stop - start):
+                gy_row, y_row, out_row = gy[n, start + k], y[n, start + k], g_out[n, start + k]
+                for l in range(L):
+                    out_row[l] = gy_row[l] if y_row[l] > zero else zero
+        g, masked = g_out, False
     sum_gy, sum_gy_x_hat = np.zeros(stop - start), np.zeros(stop - start)  # float64
-    _channel_gradient_sums(gy, y, x, mean, inv_std, start, stop, sum_gy, sum_gy_x_hat)
+    _channel_gradient_sums(g, y, masked, x, mean, inv_std, start, stop, sum_gy, sum_gy_x_hat)
     for k in range(stop - start):
         gbeta[start + k] = sum_gy[k]
         ggamma[start + k] = sum_gy_x_hat[k]
@@ -189,24 +202,19 @@ def _batch_norm_backward(gy, y, x, gain, mean, inv_std, gx, ggamma, gbeta, g_out
     for n in range(N):
         for k in range(stop - start):
             c = start + k
-            gy_row, x_row, gx_row = gy[n, c], x[n, c], gx[n, c]  # (L,) each, contiguous
-            m, s, g, a, b = mean[c], inv_std[c], gain[c], mean_gy[k], mean_gy_x_hat[k]
-            if y.size:  # relu_backward's mask, then BatchNorm's formula
+            g_row, x_row, gx_row = g[n, c], x[n, c], gx[n, c]  # (L,) each, contiguous
+            m, s, w, a, b = mean[c], inv_std[c], gain[c], mean_gy[k], mean_gy_x_hat[k]
+            if masked:  # relu_backward's mask, then BatchNorm's formula
                 y_row = y[n, c]
                 for l in range(L):
-                    masked = gy_row[l] if y_row[l] > zero else zero
                     x_hat = (x_row[l] - m) * s
-                    gx_row[l] = g * (masked - a - x_hat * b)
-                if g_out.size:
-                    out_row = g_out[n, c]
-                    for l in range(L):
-                        out_row[l] = gy_row[l] if y_row[l] > zero else zero
+                    gx_row[l] = w * ((g_row[l] if y_row[l] > zero else zero) - a - x_hat * b)
             else:
                 for l in range(L):
                     x_hat = (x_row[l] - m) * s
-                    gx_row[l] = g * (gy_row[l] - a - x_hat * b)
-                if g_out.size:
-                    g_out[n, c, :] = gy_row
+                    gx_row[l] = w * (g_row[l] - a - x_hat * b)
+            if g_out.size and not y.size:  # no ReLU: the residual's gradient is gy itself
+                g_out[n, c, :] = g_row
 
 
 def batch_norm_backward(gy, x, gamma, mean, inv_std):
@@ -362,8 +370,7 @@ def _batch_norm_backward_inference(gy, x, gain, mean, inv_std, gx, ggamma, gbeta
     # c in [start, stop). Constant statistics: gx = gain * gy, no term through the mean or var.
     N, C, L = x.shape
     sum_gy, sum_gy_x_hat = np.zeros(stop - start), np.zeros(stop - start)  # float64
-    no_mask = np.empty((0, 0, 0), gy.dtype)  # no ReLU after it
-    _channel_gradient_sums(gy, no_mask, x, mean, inv_std, start, stop, sum_gy, sum_gy_x_hat)
+    _channel_gradient_sums(gy, gy, False, x, mean, inv_std, start, stop, sum_gy, sum_gy_x_hat)  # no mask
     for k in range(stop - start):
         gbeta[start + k] = sum_gy[k]
         ggamma[start + k] = sum_gy_x_hat[k]
