@@ -103,21 +103,21 @@ Sums run over the n values of one channel.
                 ggamma if self.needs_input_grad[1] else None,
                 gbeta if self.needs_input_grad[2] else None)
 
-    def _check(self, x, gamma, beta):
-        check_floating("batch_norm", input=x, weight=gamma, bias=beta)
+    def _check(self, x, gamma, beta, op="batch_norm"):
+        check_floating(op, input=x, weight=gamma, bias=beta)
         if x.ndim < 2:
-            raise ValueError(f"batch_norm: expected input of shape (N, C) or (N, C, H, W), got {tuple(x.shape)}")
+            raise ValueError(f"{op}: expected input of shape (N, C) or (N, C, H, W), got {tuple(x.shape)}")
         C = x.shape[1]
         for name, a in (("weight", gamma), ("bias", beta), ("running_mean", self.running_mean),
                         ("running_var", self.running_var)):
             if a is not None and tuple(a.shape) != (C,):
-                raise ValueError(f"batch_norm: expected {name} of shape ({C},) for input of shape "
+                raise ValueError(f"{op}: expected {name} of shape ({C},) for input of shape "
                                  f"{tuple(x.shape)}, got {tuple(a.shape)}")
         if self.training and x.size and x.size // C <= 1:  # an empty batch passes through, as in PyTorch
-            raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got input "
+            raise ValueError(f"{op}: expected more than 1 value per channel when training, got input "
                              f"of shape {tuple(x.shape)}")
         if not self.training and (self.running_mean is None or self.running_var is None):
-            raise ValueError("batch_norm: evaluation (training=False) needs running_mean and running_var, got None")
+            raise ValueError(f"{op}: evaluation (training=False) needs running_mean and running_var, got None")
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
@@ -169,7 +169,8 @@ y = max(z + residual, 0)  (the residual, a ResNet block's shortcut, when given; 
         self.momentum, self.eps, self.relu = momentum, eps, relu
 
     def forward(self, x, gamma, beta, residual):
-        BatchNorm(self.running_mean, self.running_var, True, self.momentum, self.eps)._check(x, gamma, beta)
+        BatchNorm(self.running_mean, self.running_var, True, self.momentum, self.eps)._check(x, gamma, beta,
+                                                                                         "batch_norm_relu")
         if residual is not None and tuple(residual.shape) != tuple(x.shape):
             raise ValueError(f"batch_norm_relu: expected a residual of the input's shape {tuple(x.shape)}, got "
                              f"{tuple(residual.shape)}")
@@ -185,7 +186,7 @@ y = max(z + residual, 0)  (the residual, a ResNet block's shortcut, when given; 
 
     def forward_shape_only(self, x, gamma, beta, residual):
         # A summary in shape-only mode sees zeros, not data: it must not touch the running statistics.
-        BatchNorm(None, None, True, self.momentum, self.eps)._check(x, gamma, beta)
+        BatchNorm(None, None, True, self.momentum, self.eps)._check(x, gamma, beta, "batch_norm_relu")
         return backend.get_array_module(x).zeros_like(x)
 
     def backward(self, gy):
