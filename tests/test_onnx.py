@@ -222,9 +222,11 @@ class Cube(Function):
     (lambda m, x: Cube()(m.linear(x)), "the op Cube has no ONNX form"),
     (lambda m, x: F.dropout(m.linear(x), 0.5, training=True), "Dropout in training mode"),
     (lambda m, x: F.batch_norm(m.linear(x), None, None, training=True), "BatchNorm in training mode"),
+    (lambda m, x: F.batch_norm_relu(m.linear(x), None, None), "batch_norm_relu uses the batch's statistics"),
     (lambda m, x: m.linear(x)[:, [0, 2, 1]], "GetItem: the index"),
     (lambda m, x: m.linear(x)[:, ::-1], "negative step"),
-], ids=["custom_function", "dropout_training", "batch_norm_training", "fancy_index", "negative_step"])
+], ids=["custom_function", "dropout_training", "batch_norm_training", "batch_norm_relu", "fancy_index",
+        "negative_step"])
 def test_an_op_without_an_onnx_form_raises_naming_it(forward, text):
     model = Lambda(forward, linear=nn.Linear(3, 3))
     with pytest.raises(tinycnn.onnx.ExportError, match=text):

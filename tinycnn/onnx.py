@@ -197,6 +197,13 @@ def _global_avg_pool2d(b, f, inputs, outputs):
     b.node("GlobalAveragePool", [b.name(inputs[0])], [b.output(outputs[0], "global_avg_pool")])
 
 
+def _batch_norm_relu(b, f, inputs, outputs):
+    # BatchNormReLU is training mode's op (batch statistics) alone: export() traces in eval mode,
+    # where the zoo's blocks call BatchNorm and ReLU; a direct call of F.batch_norm_relu says so.
+    raise ExportError("batch_norm_relu uses the batch's statistics (training mode), which have no ONNX form "
+                      "here: export in eval mode, where BatchNorm uses its running statistics")
+
+
 def _batch_norm(b, f, inputs, outputs):
     x, gamma, beta = inputs
     if f.training:
@@ -420,6 +427,7 @@ WRITERS = {
     pooling.AdaptiveAvgPool2d: _adaptive_avg_pool2d,
     pooling.GlobalAvgPool2d: _global_avg_pool2d,
     normalization.BatchNorm: _batch_norm,
+    normalization.BatchNormReLU: _batch_norm_relu,
     normalization.LocalResponseNorm: _local_response_norm,
     basic.Linear: _linear,
     basic.Concat: _concat,
