@@ -89,18 +89,16 @@ def concat_bn_relu(bn, relu, features):
 
 def fusable_in_training(bn, relu, x, residual):
     """Whether bn (training mode), the residual's add and relu run as one op, F.batch_norm_relu:
-    a ReLU or a residual to fuse, plain modules without hooks, the batch's statistics, no trace,
-    no check_nan, no shape_only, and a residual of the input's shape and dtype."""
+    a ReLU or a residual to fuse, plain modules that nothing watches, the batch's statistics, and
+    inputs whose shapes and dtypes agree."""
     if relu is None and residual is None:
         return False
-    if type(bn) is not BatchNorm2d or not (relu is None or type(relu) is ReLU):
-        return False
-    if not bn.training or autograd.active_trace is not None or config.check_nan or config.shape_only:
-        return False
-    if any(m._forward_pre_hooks or m._forward_hooks or m._backward_hooks for m in (bn, relu) if m is not None):
+    if not _plain(None, bn, relu) or not bn.training or _watched([bn, relu]):
         return False
     if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != bn.num_features:
         return False  # BatchNorm2d itself then says what is wrong
+    if any(p.data.dtype != x.data.dtype for p in bn.parameters()):
+        return False
     return residual is None or (isinstance(residual, Tensor) and residual.shape == x.shape
                                 and residual.data.dtype == x.data.dtype)
 
@@ -115,12 +113,8 @@ def _bn_relu_training(bn, relu, x, residual):
 
 def fusable(conv, bn, relu, inputs):
     """Whether the modules (conv None for concat_bn_relu) and the input Tensors make a fused call
-    (see the module docstring for why each condition)."""
-    if not (conv is None or type(conv) is Conv2d) or type(bn) is not BatchNorm2d:
-        return False
-    if not (relu is None or type(relu) is ReLU):
-        return False
-    if conv is not None and isinstance(conv.padding, str):
+    in inference (see the module docstring for why each condition)."""
+    if not _plain(conv, bn, relu) or (conv is not None and isinstance(conv.padding, str)):
         return False
     if not inputs or not all(isinstance(x, Tensor) and x.ndim == 4 for x in inputs):
         return False
@@ -130,13 +124,25 @@ def fusable(conv, bn, relu, inputs):
         return False  # a graph would be recorded
     if bn.training or bn.running_mean is None:
         return False  # batch statistics
-    if autograd.active_trace is not None or config.check_nan or config.shape_only:
-        return False
-    if any(m._forward_pre_hooks or m._forward_hooks or m._backward_hooks for m in modules):
+    if _watched(modules):
         return False
     dtype = inputs[0].data.dtype
     return (all(t.data.dtype == dtype for t in inputs + parameters)
             and (conv is None or bn.num_features == conv.out_channels))
+
+
+def _plain(conv, bn, relu):
+    """Whether the modules are tinycnn's own Conv2d (or None), BatchNorm2d and ReLU (or None): a
+    subclass may have its own forward."""
+    return (conv is None or type(conv) is Conv2d) and type(bn) is BatchNorm2d and (relu is None or type(relu) is ReLU)
+
+
+def _watched(modules):
+    """Whether anything would see the values between the modules: a hook on one of them (None
+    entries skipped), a tinycnn.trace(), config.check_nan or config.shape_only."""
+    if autograd.active_trace is not None or config.check_nan or config.shape_only:
+        return True
+    return any(m._forward_pre_hooks or m._forward_hooks or m._backward_hooks for m in modules if m is not None)
 
 
 def _data(parameter):
