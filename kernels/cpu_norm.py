@@ -224,10 +224,12 @@ def batch_norm_backward(gy, x, gamma, mean, inv_std):
 
 
 def batch_norm_relu_backward(gy, y, x, gamma, mean, inv_std, relu, needs_residual_grad):
-    """As the reference: (gx, ggamma, gbeta, gresidual) of batch_norm_relu_forward_training, the
-    ReLU's mask (y > 0) applied as gy is read, where relu_backward wrote the masked gradient out
-    and BatchNorm's backward read it twice; gresidual (that masked gradient) is written only when
-    needs_residual_grad, else None."""
+    """As the reference: (gx, ggamma, gbeta, gresidual) of batch_norm_relu_forward_training, in
+    one call per block of channels, where relu_backward wrote the masked gradient out for
+    BatchNorm's backward to read twice from memory. Without a residual that needs its gradient, the
+    ReLU's mask (y > 0) is applied as gy is read; with one, gresidual (the masked gradient) is
+    written first and BatchNorm's two passes read it while the block is in cache (see
+    _batch_norm_backward). gresidual is None unless needs_residual_grad."""
     x3, gy3 = _as_ncl(x), _as_ncl(gy).astype(x.dtype, copy=False)  # (N, C, L)
     C = x3.shape[1]
     inv_std = np.ascontiguousarray(inv_std, dtype=x.dtype)
