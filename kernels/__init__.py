@@ -235,7 +235,8 @@ def add_in_place(y, x):
     return _backend("add_in_place", y).add_in_place(y, x)
 
 
-def conv2d_batch_norm_relu_inference(x, W, b, SH, SW, PH, PW, DH, DW, groups, gamma, beta, mean, inv_std, residual, relu):
+def conv2d_batch_norm_relu_inference(x, W, b, SH, SW, PH, PW, DH, DW, groups, gamma, beta, mean, inv_std, residual,
+                                     relu):
     """relu(batch_norm_forward_inference(conv2d_forward(x, W, b, ...), gamma, beta, mean, inv_std)
     + residual) in one call (the residual only when not None, the ReLU only when relu is True):
     inference's conv -> BatchNorm -> ReLU, or a ResNet block's last conv -> BatchNorm -> add -> ReLU.

@@ -322,13 +322,15 @@ def conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups):
     return _conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups, None)
 
 
-def conv2d_batch_norm_relu_inference(x, W, b, SH, SW, PH, PW, DH, DW, groups, gamma, beta, mean, inv_std, residual, relu):
+def conv2d_batch_norm_relu_inference(x, W, b, SH, SW, PH, PW, DH, DW, groups, gamma, beta, mean, inv_std, residual,
+                                     relu):
     """As the reference: conv2d_forward, then batch_norm_forward_inference, add_in_place(y,
-    residual) (when given) and relu_forward (when relu), but each chunk of the output is normalised (and rectified) by the thread that computed
-    it, right after its product: the chunk is still in that core's cache, where two more passes
-    over the whole output would read it from memory twice (ResNet-50's inference at batch 8 spent
-    44 ms in its BatchNorms and 15 in its ReLUs that way). The same arithmetic in the same order as
-    those kernels (cpu_norm._batch_norm_relu_rows), so the same bits."""
+    residual) (when given) and relu_forward (when relu), but each chunk of the output is normalised
+    (and rectified) by the thread that computed it, right after its product: the chunk is still in
+    that core's cache, where two more passes over the whole output would read it from memory twice
+    (ResNet-50's inference at batch 8 spent 44 ms in its BatchNorms and 15 in its ReLUs that way).
+    The same arithmetic in the same order as those kernels (cpu_norm._batch_norm_relu_rows), so the
+    same bits."""
     shape = (x.shape[0], W.shape[0], conv_output_size(x.shape[2], W.shape[2], SH, PH, DH),
              conv_output_size(x.shape[3], W.shape[3], SW, PW, DW))
     normalisation = inference_normalisation(shape, x.dtype, gamma, beta, mean, inv_std, residual, relu)

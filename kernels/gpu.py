@@ -449,7 +449,8 @@ def batch_norm_forward_inference(x, gamma, beta, mean, inv_std):
     return _kernel(BATCH_NORM_INFERENCE)(x3, *per_channel).reshape(x.shape)
 
 
-def conv2d_batch_norm_relu_inference(x, W, b, SH, SW, PH, PW, DH, DW, groups, gamma, beta, mean, inv_std, residual, relu):
+def conv2d_batch_norm_relu_inference(x, W, b, SH, SW, PH, PW, DH, DW, groups, gamma, beta, mean, inv_std, residual,
+                                     relu):
     """The reference's three steps in turn, each with this backend's kernel (no fused kernel here)."""
     y = conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups)
     y = batch_norm_forward_inference(y, gamma, beta, mean, inv_std)

@@ -332,7 +332,8 @@ def batch_norm_forward_inference(x, gamma, beta, mean, inv_std):
     return y.astype(x.dtype)
 
 
-def conv2d_batch_norm_relu_inference(x, W, b, SH, SW, PH, PW, DH, DW, groups, gamma, beta, mean, inv_std, residual, relu):
+def conv2d_batch_norm_relu_inference(x, W, b, SH, SW, PH, PW, DH, DW, groups, gamma, beta, mean, inv_std, residual,
+                                     relu):
     """Inference's conv -> BatchNorm with given statistics -> (+ residual) -> ReLU as one call:
     relu(batch_norm_forward_inference(conv2d_forward(x, W, b, ...), gamma, beta, mean, inv_std)
     + residual), the residual (y's shape; a ResNet block's shortcut) added only when it is not None

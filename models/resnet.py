@@ -91,7 +91,8 @@ class BasicBlock(nn.Module):
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
         out = nn.conv_bn_relu(self.conv1, self.bn1, self.relu, x)  # relu(bn1(conv1(x))), one call in inference
-        return nn.conv_bn_relu(self.conv2, self.bn2, self.relu, out, residual=identity)  # relu(bn2(conv2(out)) + identity)
+        # relu(bn2(conv2(out)) + identity)
+        return nn.conv_bn_relu(self.conv2, self.bn2, self.relu, out, residual=identity)
 
 
 class Bottleneck(nn.Module):
@@ -120,7 +121,8 @@ class Bottleneck(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = nn.conv_bn_relu(self.conv1, self.bn1, self.relu, x)  # relu(bn1(conv1(x))), one call in inference
         out = nn.conv_bn_relu(self.conv2, self.bn2, self.relu, out)
-        return nn.conv_bn_relu(self.conv3, self.bn3, self.relu, out, residual=identity)  # relu(bn3(conv3(out)) + identity)
+        # relu(bn3(conv3(out)) + identity)
+        return nn.conv_bn_relu(self.conv3, self.bn3, self.relu, out, residual=identity)
 
 
 class ResNet(nn.Module):

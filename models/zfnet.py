@@ -49,7 +49,8 @@ class ZFNet(nn.Module):
         self.features = nn.Sequential(layers)
         hidden6, hidden7 = FC
         self.classifier = nn.Sequential(OrderedDict([
-            ("fc6", nn.Linear(channels * 6 * 6, hidden6)), ("relu6", nn.ReLU(inplace=True)), ("drop6", nn.Dropout(dropout)),
+            ("fc6", nn.Linear(channels * 6 * 6, hidden6)), ("relu6", nn.ReLU(inplace=True)),
+            ("drop6", nn.Dropout(dropout)),
             ("fc7", nn.Linear(hidden6, hidden7)), ("relu7", nn.ReLU(inplace=True)), ("drop7", nn.Dropout(dropout)),
             ("fc8", nn.Linear(hidden7, num_classes)),
         ]))

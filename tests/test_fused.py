@@ -21,7 +21,6 @@ import tinycnn.kernels.cpu
 import tinycnn.models
 from tinycnn import kernels, nn
 from tinycnn.nn import fused
-from tinycnn.nn import fused as fused_module
 
 from support import assert_close
 from test_kernel_backends import BACKENDS, DTYPES, _array, convolutions, reference, run
@@ -373,7 +372,7 @@ def batch_norm_relu_cases(draw):
     return x, gamma, beta, residual, relu
 
 
-def _call_batch_norm_relu(case, module_arrays=None):
+def _call_batch_norm_relu(case):
     """(F.batch_norm_relu as a function of the present arrays, those arrays)."""
     x, gamma, beta, residual, relu = case
     present = [a for a in (x, gamma, beta, residual) if a is not None]
@@ -459,17 +458,17 @@ def _training_layers(seed=0):
     return conv, bn, relu
 
 
-def _step(conv, bn, relu, x, residual, fused):
+def _step(conv, bn, relu, x, residual, fuse):
     """One forward and backward through conv_bn_relu, fused or not (fusable_in_training forced off);
     returns the output, the gradients of x, the residual and every parameter, and the running
     statistics with the batch count."""
-    original = fused_module.fusable_in_training
-    if not fused:
-        fused_module.fusable_in_training = lambda *args: False
+    original = fused.fusable_in_training
+    if not fuse:
+        fused.fusable_in_training = lambda *args: False
     try:
         y = nn.conv_bn_relu(conv, bn, relu, x, residual=residual)
     finally:
-        fused_module.fusable_in_training = original
+        fused.fusable_in_training = original
     w = np.random.default_rng(3).standard_normal(y.shape).astype(np.float32)
     (y * tinycnn.Tensor(w)).sum().backward()
     grads = [x.grad] + ([] if residual is None else [residual.grad]) + [p.grad for p in conv.parameters()] \

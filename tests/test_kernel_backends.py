@@ -523,7 +523,8 @@ def test_add_in_place_with_overlapping_operands(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@given(st.integers(1, 4), st.integers(0, 3), st.integers(1, 4), st.data(), LAYOUTS, st.booleans(), st.integers(0, 2**16))
+@given(st.integers(1, 4), st.integers(0, 3), st.integers(1, 4), st.data(), LAYOUTS, st.booleans(),
+       st.integers(0, 2**16))
 def test_concatenate(backend, ndim, axis_draw, count, data, layout, mixed_dtypes, seed):
     # A copy: exactly torch.cat's values (dtypes promoted as NumPy and torch do), whatever the
     # inputs' layouts; sizes along the axis include 0.

@@ -107,7 +107,6 @@ class Concat(Function):
                 raise ValueError(f"concat: expected shapes that agree except along axis {self.axis}, got "
                                  f"{', '.join(str(tuple(a.shape)) for a in xs)}")
         self.sizes = [x.shape[self.axis] for x in xs]
-        backend.get_array_module(*xs, where="concat")  # one device
         return kernels.concatenate(xs, self.axis)
 
     def backward(self, gy):
@@ -176,9 +175,9 @@ def add(*tensors, inplace=False):
     `a += b; a += c`, in that order): the sum is written into the first tensor's array and the
     Tensor returned shares it, in training too, unless a recorded backward keeps that memory or the
     first tensor is a leaf that requires a gradient while a graph is recorded: then the sum is a new
-    array and every input is left as it was (see functional/_inplace.py). Either way the result has the first tensor's shape and dtype: the
-    others must broadcast to that shape (as torch's += allows) and have that dtype, else ValueError
-    or TypeError.
+    array and every input is left as it was (see functional/_inplace.py). Either way the result
+    has the first tensor's shape and dtype: the others must broadcast to that shape (as torch's +=
+    allows) and have that dtype, else ValueError or TypeError.
     """
     if len(tensors) == 1 and isinstance(tensors[0], (list, tuple)):
         tensors = tuple(tensors[0])

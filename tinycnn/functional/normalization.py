@@ -137,9 +137,10 @@ class BatchNormReLU(Function):
     updated as BatchNorm updates them. residual may be None; relu=False leaves out the ReLU.
 
     One op instead of two or three saves passes over memory: the forward writes y once (BatchNorm,
-    the add and the ReLU each read and wrote the whole array), and the backward applies the ReLU's
-    mask as it reads gy (relu_backward wrote the masked gradient out for BatchNorm's backward to
-    read twice). It keeps what the separate ops kept: x for BatchNorm, y for the ReLU's mask.
+    the add and the ReLU each read and wrote the whole array), and the backward runs the ReLU's
+    mask and BatchNorm's two passes over one block of channels at a time, while it is in cache
+    (relu_backward wrote the whole masked gradient out for BatchNorm's backward to read twice). It
+    keeps what the separate ops kept: x for BatchNorm, y for the ReLU's mask.
     """
 
     explanation = Explanation(
@@ -153,8 +154,8 @@ y = max(z + residual, 0)  (the residual, a ResNet block's shortcut, when given; 
 2. s = z + residual: each is added as it is, so the residual's gradient is g, and so is z's.
 3. z is batch_norm's output: its backward of g gives gbeta = sum g, ggamma = sum g x_hat and
    gx = gamma inv_std (g - sum(g) / n - x_hat sum(g x_hat) / n) (see batch_norm's derivation).
-4. The kernel applies step 1's mask as it reads gy in both of step 3's passes; the masked g is
-   written out only for a residual that needs its gradient.""",
+4. The kernel applies step 1's mask as it reads gy in both of step 3's passes, or, for a residual
+   that needs its gradient, writes the masked g first and reads that in both.""",
         saved="x and gamma (the inputs, no copy), y (the output: its sign is the ReLU's mask), and the\n"
               "batch's mean and inv_std, (C,) each: what batch_norm and relu keep, and no more.",
         # (the reference composes the separate kernels, which the Numba one fuses)
@@ -175,7 +176,8 @@ y = max(z + residual, 0)  (the residual, a ResNet block's shortcut, when given; 
             raise ValueError(f"batch_norm_relu: expected a residual of the input's shape {tuple(x.shape)}, got "
                              f"{tuple(residual.shape)}")
         if residual is not None and residual.dtype != x.dtype:
-            raise TypeError(f"batch_norm_relu: expected a residual of the input's dtype {x.dtype}, got {residual.dtype}")
+            raise TypeError(f"batch_norm_relu: expected a residual of the input's dtype {x.dtype}, got "
+                            f"{residual.dtype}")
         y, mean, var, inv_std = kernels.batch_norm_relu_forward_training(x, gamma, beta, self.eps, residual,
                                                                          self.relu)
         if x.size:  # an empty batch has no statistics: the running ones stay as they are (as PyTorch)

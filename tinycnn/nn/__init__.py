@@ -14,4 +14,5 @@ from tinycnn.nn import layers as _layers
 from tinycnn.nn.syncbatchnorm import SyncBatchNorm
 from tinycnn.nn.fused import concat_bn_relu, conv_bn_relu
 
-__all__ = ["Module", "ModuleList", "Parameter", "Sequential", "SyncBatchNorm", "concat_bn_relu", "conv_bn_relu", "init"] + _layers.__all__
+__all__ = (["Module", "ModuleList", "Parameter", "Sequential", "SyncBatchNorm", "concat_bn_relu", "conv_bn_relu",
+            "init"] + _layers.__all__)
