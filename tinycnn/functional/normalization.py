@@ -34,6 +34,25 @@ def inference_statistics(running_mean, running_var, eps, dtype):
     return running_mean.astype(dtype), (1 / xp.sqrt(running_var + eps)).astype(dtype)
 
 
+def check_batch_norm_inputs(op, x, gamma, beta, running_mean, running_var, training):
+    """Validate batch normalisation's inputs as PyTorch does, the errors naming `op` (batch_norm,
+    or batch_norm_relu, which takes the same inputs)."""
+    check_floating(op, input=x, weight=gamma, bias=beta)
+    if x.ndim < 2:
+        raise ValueError(f"{op}: expected input of shape (N, C) or (N, C, H, W), got {tuple(x.shape)}")
+    C = x.shape[1]
+    for name, a in (("weight", gamma), ("bias", beta), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        if a is not None and tuple(a.shape) != (C,):
+            raise ValueError(f"{op}: expected {name} of shape ({C},) for input of shape "
+                             f"{tuple(x.shape)}, got {tuple(a.shape)}")
+    if training and x.size and x.size // C <= 1:  # an empty batch passes through, as in PyTorch
+        raise ValueError(f"{op}: expected more than 1 value per channel when training, got input "
+                         f"of shape {tuple(x.shape)}")
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError(f"{op}: evaluation (training=False) needs running_mean and running_var, got None")
+
+
 class BatchNorm(Function):
     """y = gamma * (x - mean) / sqrt(var + eps) + beta per channel (axis 1) of x (N, C, ...).
 
@@ -74,7 +93,7 @@ Sums run over the n values of one channel.
         self.training, self.momentum, self.eps = training, momentum, eps
 
     def forward(self, x, gamma, beta):
-        self._check(x, gamma, beta)
+        check_batch_norm_inputs("batch_norm", x, gamma, beta, self.running_mean, self.running_var, self.training)
         if self.training:
             y, mean, var, inv_std = kernels.batch_norm_forward_training(x, gamma, beta, self.eps)
             if x.size:  # an empty batch has no statistics: the running ones stay as they are (as PyTorch)
@@ -88,7 +107,7 @@ Sums run over the n values of one channel.
 
     def forward_shape_only(self, x, gamma, beta):
         # A summary in shape-only mode sees zeros, not data: it must not touch the running statistics.
-        self._check(x, gamma, beta)
+        check_batch_norm_inputs("batch_norm", x, gamma, beta, self.running_mean, self.running_var, self.training)
         return backend.get_array_module(x).zeros_like(x)
 
     def backward(self, gy):
@@ -102,23 +121,6 @@ Sums run over the n values of one channel.
         return (gx if self.needs_input_grad[0] else None,
                 ggamma if self.needs_input_grad[1] else None,
                 gbeta if self.needs_input_grad[2] else None)
-
-    def _check(self, x, gamma, beta, op="batch_norm"):
-        check_floating(op, input=x, weight=gamma, bias=beta)
-        if x.ndim < 2:
-            raise ValueError(f"{op}: expected input of shape (N, C) or (N, C, H, W), got {tuple(x.shape)}")
-        C = x.shape[1]
-        for name, a in (("weight", gamma), ("bias", beta), ("running_mean", self.running_mean),
-                        ("running_var", self.running_var)):
-            if a is not None and tuple(a.shape) != (C,):
-                raise ValueError(f"{op}: expected {name} of shape ({C},) for input of shape "
-                                 f"{tuple(x.shape)}, got {tuple(a.shape)}")
-        if self.training and x.size and x.size // C <= 1:  # an empty batch passes through, as in PyTorch
-            raise ValueError(f"{op}: expected more than 1 value per channel when training, got input "
-                             f"of shape {tuple(x.shape)}")
-        if not self.training and (self.running_mean is None or self.running_var is None):
-            raise ValueError(f"{op}: evaluation (training=False) needs running_mean and running_var, got None")
-
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
     """Batch normalisation as torch.nn.functional.batch_norm.
@@ -170,8 +172,7 @@ y = max(z + residual, 0)  (the residual, a ResNet block's shortcut, when given; 
         self.momentum, self.eps, self.relu = momentum, eps, relu
 
     def forward(self, x, gamma, beta, residual):
-        BatchNorm(self.running_mean, self.running_var, True, self.momentum, self.eps)._check(x, gamma, beta,
-                                                                                         "batch_norm_relu")
+        check_batch_norm_inputs("batch_norm_relu", x, gamma, beta, self.running_mean, self.running_var, True)
         if residual is not None and tuple(residual.shape) != tuple(x.shape):
             raise ValueError(f"batch_norm_relu: expected a residual of the input's shape {tuple(x.shape)}, got "
                              f"{tuple(residual.shape)}")
@@ -188,7 +189,7 @@ y = max(z + residual, 0)  (the residual, a ResNet block's shortcut, when given; 
 
     def forward_shape_only(self, x, gamma, beta, residual):
         # A summary in shape-only mode sees zeros, not data: it must not touch the running statistics.
-        BatchNorm(None, None, True, self.momentum, self.eps)._check(x, gamma, beta, "batch_norm_relu")
+        check_batch_norm_inputs("batch_norm_relu", x, gamma, beta, self.running_mean, self.running_var, True)
         return backend.get_array_module(x).zeros_like(x)
 
     def backward(self, gy):
