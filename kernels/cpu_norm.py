@@ -253,12 +253,12 @@ def batch_norm_relu_backward(gy, y, x, gamma, mean, inv_std, relu, needs_residua
 @njit(cache=True, nogil=True)
 def _batch_norm_forward_inference(x, gamma, beta, mean, inv_std, y, start, stop):
     # x, y (N, C, L); gamma, beta, mean, inv_std (C,); the rows nc = n * C + c in [start, stop).
-    # The reference's order of operations, (x - mean) * inv_std * gamma + beta, in x's dtype.
-    N, C, L = x.shape
+    # The reference's order of operations, (x - mean) * inv_std * gamma + beta, in x's dtype: the
+    # row loop the fused kernels below share, so that their bits are these.
+    C = x.shape[1]
     for nc in range(start, stop):
         n, c = nc // C, nc % C
-        for l in range(L):
-            y[n, c, l] = (x[n, c, l] - mean[c]) * inv_std[c] * gamma[c] + beta[c]
+        _normalise_row(x[n, c], y[n, c], mean[c], inv_std[c], gamma[c], beta[c], False)
 
 
 @njit(cache=True, nogil=True)
@@ -357,9 +357,8 @@ def batch_norm_forward_inference(x, gamma, beta, mean, inv_std):
     then scale and shift: y = (x - mean) * inv_std * gamma + beta. gamma or beta may be None."""
     x3 = _as_ncl(x)  # (N, C, L)
     N, C, L = x3.shape
-    gamma = np.ones(C, x.dtype) if gamma is None else np.ascontiguousarray(gamma, dtype=x.dtype)
-    beta = np.zeros(C, x.dtype) if beta is None else np.ascontiguousarray(beta, dtype=x.dtype)
-    mean, inv_std = np.ascontiguousarray(mean, dtype=x.dtype), np.ascontiguousarray(inv_std, dtype=x.dtype)
+    gamma, beta, mean, inv_std, _, _ = inference_normalisation(x3.shape, x.dtype, gamma, beta, mean, inv_std,
+                                                               None, False)
     y = np.empty_like(x3)
     # One (n, c) row per item, not one channel: inference batches are often small.
     parallel_range(lambda start, stop: _batch_norm_forward_inference(x3, gamma, beta, mean, inv_std, y, start, stop),
