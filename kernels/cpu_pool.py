@@ -159,11 +159,11 @@ def _avg_pool_planes(x, y, divisor, KH, KW, SH, SW, PH, PW, start, stop):
         n, c = nc // C, nc % C
         for oh in range(OH):
             inside_row = oh_lo <= oh < oh_hi
+            if inside_row:
+                _avg_pool_inside_row(x, y, divisor, n, c, oh, ow_lo, ow_hi, KH, KW, SH, SW, PH, PW)
             for ow in range(OW):
-                if inside_row and ow == ow_lo:
-                    _avg_pool_inside_row(x, y, divisor, n, c, oh, ow_lo, ow_hi, KH, KW, SH, SW, PH, PW)
                 if inside_row and ow_lo <= ow < ow_hi:
-                    continue
+                    continue  # summed just above
                 total = x.dtype.type(0)
                 for i in range(KH):
                     h = oh * SH - PH + i
