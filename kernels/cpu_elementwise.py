@@ -10,7 +10,7 @@ import math
 import numpy as np
 from numba import njit
 
-from tinycnn.kernels.parallel import parallel_range
+from tinycnn.kernels.parallel import parallel_pieces, parallel_range
 
 
 @njit(cache=True, nogil=True)
@@ -117,15 +117,9 @@ def concatenate(xs, axis):
     rows = [x.reshape(outer, -1) if outer else x.reshape(0, 0) for x in xs]
     y_rows = y.reshape(outer, -1) if outer else y.reshape(0, 0)
     offsets = np.cumsum([0] + [r.shape[1] for r in rows])  # each input's first column in y_rows
-    firsts = np.cumsum([0] + [r.shape[0] for r in rows])  # each input's first item
-
-    def run(start, stop):
-        for k, r in enumerate(rows):
-            first, last = max(start, firsts[k]), min(stop, firsts[k + 1])
-            if first < last:
-                _copy_rows(r, y_rows, offsets[k], first - firsts[k], last - firsts[k])
-
-    parallel_range(run, int(firsts[-1]), max(1, y.size // max(1, int(firsts[-1]))))
+    items = sum(r.shape[0] for r in rows)
+    parallel_pieces(lambda k, start, stop: _copy_rows(rows[k], y_rows, offsets[k], start, stop),
+                    [r.shape[0] for r in rows], max(1, y.size // max(1, items)))
     return y
 
 

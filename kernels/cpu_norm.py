@@ -13,7 +13,7 @@ import math
 import numpy as np
 from numba import njit
 
-from tinycnn.kernels.parallel import parallel_range
+from tinycnn.kernels.parallel import parallel_pieces, parallel_range
 
 
 def _as_ncl(x):
@@ -324,16 +324,9 @@ def concat_batch_norm_relu_inference(xs, gamma, beta, mean, inv_std, relu):
                                                                   relu)
     y = np.empty((N, C, L), dtype=dtype)
     offsets = np.cumsum([0] + [x.shape[1] for x in xs])  # each input's first channel in y
-    firsts = np.cumsum([0] + [x.shape[0] * x.shape[1] for x in xs])  # each input's first item
-
-    def run(start, stop):
-        for k, x in enumerate(xs):
-            first, last = max(start, firsts[k]), min(stop, firsts[k + 1])
-            if first < last:
-                _concat_batch_norm_relu_rows(x, y, offsets[k], gamma, beta, mean, inv_std, relu,
-                                             first - firsts[k], last - firsts[k])
-
-    parallel_range(run, int(firsts[-1]), 2 * L)
+    parallel_pieces(lambda k, start, stop: _concat_batch_norm_relu_rows(xs[k], y, offsets[k], gamma, beta, mean,
+                                                                        inv_std, relu, start, stop),
+                    [x.shape[0] * x.shape[1] for x in xs], 2 * L)
     return y.reshape((N, C) + trailing)
 
 

@@ -99,6 +99,21 @@ def split(total, per_chunk):
     return [(start, min(start + per_chunk, total)) for start in range(0, total, per_chunk)]
 
 
+def parallel_pieces(run_piece, counts, work_per_item):
+    """parallel_range over the items of several pieces laid end to end, piece k holding counts[k]
+    items: run_piece(k, start, stop) for each piece a chunk overlaps, with the range [start, stop)
+    counted within that piece (the inputs of a concatenation, each its own array of rows)."""
+    firsts = list(itertools.accumulate(counts, initial=0))  # each piece's first item
+
+    def run(start, stop):
+        for k in range(len(counts)):
+            first, last = max(start, firsts[k]), min(stop, firsts[k + 1])
+            if first < last:
+                run_piece(k, first - firsts[k], last - firsts[k])
+
+    parallel_range(run, firsts[-1], work_per_item)
+
+
 def chunk_bounds(total, work_per_item):
     """Split range(total) into chunks of about CHUNK_WORK element operations, at least one item
     each: a list of (start, stop). Depends on the work's size only, never on the thread count."""
