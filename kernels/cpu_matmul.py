@@ -12,7 +12,8 @@ from tinycnn.kernels.parallel import run_chunks, split
 # a bigger one is cut into PRODUCT_CHUNKS pieces, one per core of this project's 2-core machine
 # (conv2d's chunks, in tinycnn.kernels.cpu_conv, use the same two numbers).
 # A pool thread takes 50-100 microseconds to wake, about what 8 M multiply-adds take on one core,
-# so smaller products gain nothing from a second thread. Training steps, interleaved with torch's
+# so smaller products gain nothing from a second thread (nor since the helpers spin: see
+# tinycnn.kernels.parallel.SERIAL_WORK). Training steps, interleaved with torch's
 # on a quiet machine (min of 5 rounds of 10 steps), with 2 M / 8 M / 16 M as the limit: LeNet
 # batch 16 4.49 / 4.04 / 4.02 ms, batch 64 9.51 / 9.25 / 9.14, ResNet-18 on 32x32, batch 32,
 # 98.9 / 95.8 / 96.5.

@@ -5,13 +5,19 @@ outermost index (samples, image planes, channels). `parallel_range` splits that 
 and runs them on the calling thread and the pool's threads at once; Numba's nogil functions and
 NumPy's matrix products release the GIL, so the chunks really run side by side.
 
-Why not Numba's own `prange`: on this project's 2-core machine every parallel Numba call paid
-130-160 microseconds to wake its thread pool (workqueue layer; 76 with passive OpenMP), about what
-im2col of a small layer costs in total, and a ResNet step makes a hundred such calls. Here the
-calling thread starts on the first chunk at once and takes chunks from a shared counter, so a pool
-thread that is slow to wake costs nothing but the chunks it does not take, and a call whose work
-is small runs serially with no hand-off at all. The chunks are fixed by the work's shape, never
-by which thread runs them, so results are the same from run to run whatever the thread count.
+The pool's helper threads spin for about a millisecond after each call before they sleep (see
+_Helpers): on this project's machine, a virtual machine whose idle cores halt at once, a sleeping
+thread took 50-100 microseconds to wake, so a helper woken for each kernel call started its share
+late. The calling thread starts on the first chunk at once and takes chunks from a shared counter,
+so a helper that is late costs nothing but the chunks it does not take, and a call whose work is
+small runs serially with no hand-off at all. The chunks are fixed by the work's shape, never by
+which thread runs them, so results are the same from run to run whatever the thread count.
+
+Why not Numba's own `prange`: its OpenMP threads wake as fast as these helpers (2 microseconds for
+a two-chunk loop, with GNU OpenMP's default spinning), but a conv2d chunk calls OpenBLAS through
+NumPy between its Numba loops, which a `prange` body cannot; and an OpenMP team spinning beside
+this pool would take the cores from it. (Its workqueue layer, and OpenMP told not to spin, paid
+76-160 microseconds a call.)
 
 TINYCNN_NUM_THREADS sets the number of threads (calling thread included); without it, the number
 of cores this process may use. `set_num_threads` changes it at run time.
@@ -23,7 +29,12 @@ once for the process through threadpoolctl (tinycnn._threading explains why ther
 import itertools
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
+
+import numpy as np
+from numba import njit
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from tinycnn import _threading
 
@@ -31,10 +42,21 @@ _threading.limit_blas_threads()
 
 # A call with fewer element operations than this runs on the calling thread alone: waking a pool
 # thread measured 80-90 microseconds here, about what 10^5 element operations of a kernel take.
+# The helpers now spin rather than sleep between calls, but a smaller limit still gained nothing:
+# a helper needs the GIL to start its chunk, and waits for it asleep while the caller holds it
+# (with 2^15 here and 2 M multiply-adds for PRODUCT_SERIAL, LeNet's training step at batch 16 ran
+# 1.09-1.10x torch's time, against 1.07 with these limits).
 SERIAL_WORK = 1 << 17
 # Chunks are made about this much work each (or one item, if an item is bigger), so that several
 # chunks per thread even out threads that start late.
 CHUNK_WORK = 1 << 18
+
+
+def _core_count():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _default_thread_count():
@@ -47,15 +69,11 @@ def _default_thread_count():
         if count < 1:
             raise ValueError(f"tinycnn.kernels: TINYCNN_NUM_THREADS must be a positive integer, got {value!r}")
         return count
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return _cores
 
 
+_cores = _core_count()
 _thread_count = _default_thread_count()
-_pool = None
-_pool_lock = threading.Lock()
 _inside = threading.local()  # set while a thread runs a chunk: a nested call runs serially
 
 
@@ -65,33 +83,146 @@ def get_num_threads():
 
 def set_num_threads(count):
     """Use `count` threads (the calling thread included) for the CPU kernels from now on."""
-    global _thread_count, _pool
+    global _thread_count, _helpers
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise ValueError(f"set_num_threads: expected a positive int, got {count!r}")
-    with _pool_lock:
-        if _pool is not None:
-            _pool.shutdown(wait=True)
-            _pool = None
+    with _helpers_lock:
+        if _helpers is not None:
+            _helpers.stop()
+            _helpers = None
         _thread_count = count
 
 
-def _get_pool():
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=_thread_count - 1, thread_name_prefix="tinycnn-kernel")
-        return _pool
+@intrinsic
+def _read_shared(typing_context, array_type, index_type):
+    """array[index], read with an atomic load (acquire ordering): a value that another thread writes.
+    A spin loop must not read it with a plain load, which the compiler may hoist out of a loop that
+    writes nothing, and then spin forever on the value it read first."""
+    signature = array_type.dtype(array_type, index_type)
+
+    def codegen(context, builder, signature, arguments):
+        array_type, _ = signature.args
+        array = context.make_array(array_type)(context, builder, arguments[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, array, [arguments[1]])
+        return builder.load_atomic(pointer, "acquire", array_type.dtype.bitwidth // 8)
+
+    return signature, codegen
 
 
-def _forget_pool_after_fork():
-    # A forked child has none of the parent's threads: it starts its own pool when it needs one.
-    global _pool, _pool_lock
-    _pool = None
-    _pool_lock = threading.Lock()
+@njit(cache=True, nogil=True)
+def _spin_until_changed(cell, seen, reads):
+    # cell[0] as soon as it differs from `seen`; after `reads` reads, whatever it holds then.
+    for _ in range(reads):
+        value = _read_shared(cell, 0)
+        if value != seen:
+            return value
+    return _read_shared(cell, 0)
+
+
+@njit(cache=True, nogil=True)
+def _spin_until_idle(busy, reads):
+    # 0 as soon as every entry of busy is 0; after `reads` rounds of reads (at least one), how many
+    # are not.
+    remaining = busy.size
+    for _ in range(max(reads, 1)):
+        remaining = 0
+        for i in range(busy.size):
+            remaining += _read_shared(busy, i) != 0
+        if remaining == 0:
+            break
+    return remaining
+
+
+# How long an idle helper, or a caller waiting for its helpers, spins before it sleeps: this many
+# reads of shared memory, about 1 ms here (a read and a compare take about a cycle). The helpers
+# spin only where each thread has a core of its own: a spinning thread that shares its core takes
+# the time of the thread that does the work.
+SPIN_READS = 1 << 22
+# A caller whose helpers are still busy after its spin looks again this often, asleep between.
+WAIT_POLL_SECONDS = 1e-4
+
+
+def _spin_reads():
+    return SPIN_READS if _thread_count <= _cores else 0
+
+
+class _Helpers:
+    """The pool's helper threads: each runs every job handed to it (a callable that takes chunks
+    until none is left), then spins for SPIN_READS, watching for the next job, before it sleeps.
+
+    A helper that spins sees a new job within a microsecond, where one asleep took 50-100 to wake.
+    It spins in a Numba loop, without the GIL, so the calling thread's Python runs on undisturbed.
+    (It still needs the GIL to start its chunk: where the caller holds the GIL then, the helper
+    waits for it, asleep, and starts late; the chunks it does not take, the caller runs.)
+
+    Jobs are numbered: `generation` holds the last one's number, and `busy[i]` is 1 while helper i
+    is inside a job. A helper sets it before it takes its first chunk, so a caller that has seen
+    the chunks run out and then finds every entry 0 knows that no chunk of its job is still running."""
+
+    def __init__(self, count):
+        self.generation = np.zeros(1, dtype=np.int64)
+        self.busy = np.zeros(count, dtype=np.int64)
+        self.job = None  # the job of number generation[0]; None tells the helpers to stop
+        self.wake = threading.Condition()  # for helpers that spun without seeing a job
+        # Compiled (or loaded from Numba's cache) here, before any helper runs: a helper compiling
+        # its spin loop in its first job would leave every chunk of that job to the caller.
+        _spin_until_changed(self.generation, 0, 0)
+        _spin_until_idle(self.busy, 0)
+        self.threads = [threading.Thread(target=self._serve, args=(i,), name=f"tinycnn-kernel-{i}", daemon=True)
+                        for i in range(count)]
+        for thread in self.threads:
+            thread.start()
+
+    def _serve(self, index):
+        seen = 0  # the number of the last job this helper ran
+        while True:
+            generation = _spin_until_changed(self.generation, seen, _spin_reads())
+            if generation == seen:
+                with self.wake:
+                    while self.generation[0] == seen:
+                        self.wake.wait()
+                generation = self.generation[0]
+            seen = generation
+            job = self.job
+            if job is None:
+                return
+            self.busy[index] = 1
+            try:
+                job()
+            finally:
+                self.busy[index] = 0
+
+    def start(self, job):
+        """Hand `job` to every helper."""
+        self.job = job
+        with self.wake:
+            self.generation[0] += 1
+            self.wake.notify_all()
+
+    def wait(self):
+        """Return once no helper is inside a job."""
+        while _spin_until_idle(self.busy, _spin_reads()):
+            time.sleep(WAIT_POLL_SECONDS)
+
+    def stop(self):
+        self.start(None)
+        for thread in self.threads:
+            thread.join()
+
+
+_helpers = None  # started by the first call that runs in parallel
+_helpers_lock = threading.Lock()  # held by the call whose job the helpers run, and to replace them
+
+
+def _forget_helpers_after_fork():
+    # A forked child has none of the parent's threads: it starts its own helpers when it needs them.
+    global _helpers, _helpers_lock
+    _helpers = None
+    _helpers_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+    os.register_at_fork(after_in_child=_forget_helpers_after_fork)
 
 
 def split(total, per_chunk):
@@ -131,30 +262,37 @@ def run_chunks(run, chunks):
         for start, stop in chunks:
             run(start, stop)
         return
-    next_chunk = itertools.count()  # next() on it is atomic under the GIL
-    failed = []
+    global _helpers
+    # The helpers run one call's job at a time: a call made while another thread's runs (the
+    # user's own threads, each calling kernels) runs serially.
+    if not _helpers_lock.acquire(blocking=False):
+        for start, stop in chunks:
+            run(start, stop)
+        return
+    try:
+        if _helpers is None:
+            _helpers = _Helpers(_thread_count - 1)
+        next_chunk = itertools.count()  # next() on it is atomic under the GIL
+        failed = []
 
-    def take_chunks():
-        _inside.active = True
-        try:
-            while not failed:
-                k = next(next_chunk)
-                if k >= len(chunks):
-                    return
-                run(*chunks[k])
-        except BaseException as error:
-            failed.append(error)
-        finally:
-            _inside.active = False
+        def take_chunks():
+            _inside.active = True
+            try:
+                while not failed:
+                    k = next(next_chunk)
+                    if k >= len(chunks):
+                        return
+                    run(*chunks[k])
+            except BaseException as error:
+                failed.append(error)
+            finally:
+                _inside.active = False
 
-    pool = _get_pool()
-    helpers = [pool.submit(take_chunks) for _ in range(threads - 1)]
-    take_chunks()
-    for helper in helpers:
-        # A helper that has not started yet finds no chunk left: cancel it rather than wait for
-        # its thread to wake. One that has started is finishing its last chunk.
-        if not helper.cancel():
-            helper.result()
+        _helpers.start(take_chunks)
+        take_chunks()
+        _helpers.wait()
+    finally:
+        _helpers_lock.release()
     if failed:
         raise failed[0]
 

@@ -64,3 +64,73 @@ def test_a_nested_call_runs_serially_instead_of_waiting_for_busy_threads(three_t
 def test_set_num_threads_rejects_non_positive_ints(count):
     with pytest.raises(ValueError, match="set_num_threads: expected a positive int"):
         parallel.set_num_threads(count)
+
+
+def _chunk_names(chunk_count, seconds):
+    """Run chunk_count chunks of `seconds` each; the names of the threads that ran them."""
+    names = []
+
+    def run(start, stop):
+        names.append(threading.current_thread().name)
+        threading.Event().wait(seconds)
+
+    parallel.run_chunks(run, [(k, k + 1) for k in range(chunk_count)])
+    return names
+
+
+def test_helpers_that_went_to_sleep_wake_for_the_next_call(three_threads, monkeypatch):
+    # A helper spins for SPIN_READS after a call, then sleeps: the next call must still wake it.
+    monkeypatch.setattr(parallel, "SPIN_READS", 0)
+    assert len(set(_chunk_names(50, 0.002))) > 1
+    threading.Event().wait(0.05)  # every helper is asleep by now
+    assert len(set(_chunk_names(50, 0.002))) > 1
+
+
+def test_spinning_helpers_take_the_next_call(three_threads, monkeypatch):
+    monkeypatch.setattr(parallel, "SPIN_READS", 1 << 40)  # they spin until the next call, however late
+    monkeypatch.setattr(parallel, "_cores", 3)  # as if each thread had a core of its own
+    for _ in range(3):
+        assert len(set(_chunk_names(20, 0.002))) > 1
+
+
+def test_set_num_threads_stops_the_old_helpers(three_threads):
+    _chunk_names(10, 0.001)
+    old = [t for t in threading.enumerate() if t.name.startswith("tinycnn-kernel-")]
+    assert len(old) == 2
+    parallel.set_num_threads(2)
+    assert not any(t.is_alive() for t in old)
+    names = _chunk_names(20, 0.002)
+    assert len(set(names)) == 2 and len(names) == 20
+
+
+def test_a_failed_call_leaves_the_helpers_serving(three_threads):
+    def run(start, stop):
+        threading.Event().wait(0.002)
+        raise RuntimeError(f"chunk {start}")
+
+    with pytest.raises(RuntimeError, match="chunk"):
+        parallel.run_chunks(run, [(k, k + 1) for k in range(10)])
+    assert len(set(_chunk_names(50, 0.002))) > 1
+
+
+def test_calls_from_two_user_threads_at_once_both_finish(three_threads):
+    # The helpers serve one call at a time: the other call runs on its own thread, to the same result.
+    results = {}
+
+    def call(label):
+        counts = np.zeros(200, dtype=np.int64)
+
+        def run(start, stop):
+            counts[start:stop] += 1
+            threading.Event().wait(0.001)
+
+        parallel.run_chunks(run, [(k, k + 10) for k in range(0, 200, 10)])
+        results[label] = counts
+
+    users = [threading.Thread(target=call, args=(label,)) for label in "ab"]
+    for user in users:
+        user.start()
+    for user in users:
+        user.join(timeout=30)
+    assert not any(user.is_alive() for user in users)
+    assert all((results[label] == 1).all() for label in "ab")
