@@ -31,7 +31,7 @@ PRIMITIVES = (
     "lrn_forward", "lrn_backward",
     "batch_norm_forward_inference", "batch_norm_backward_inference", "relu_forward", "relu_backward",
     "add_in_place", "conv2d_batch_norm_relu_inference", "concat_batch_norm_relu_inference",
-    "batch_norm_relu_forward_training", "batch_norm_relu_backward", "concatenate",
+    "batch_norm_relu_forward_training", "batch_norm_relu_backward", "concatenate", "sgd_update",
 )
 
 _numba_kernels = None  # tinycnn.kernels.cpu, once imported
@@ -298,3 +298,14 @@ def relu_backward(gy, y):
     (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
     reference for NumPy arrays, tinycnn.kernels.reference.relu_backward, which has the maths."""
     return _backend("relu_backward", gy).relu_backward(gy, y)
+
+
+def sgd_update(param, grad, buffer, lr, momentum, dampening, weight_decay, nesterov, maximize, first_step):
+    """One step of SGD (torch.optim.SGD's rule) on one parameter and its momentum buffer (None
+    without momentum), in place; returns (param, buffer).
+
+    Runs on param's backend: Numba (tinycnn.kernels.cpu) for a NumPy array, CuPy
+    (tinycnn.kernels.gpu) for a CuPy array. tinycnn.config.set_kernels("numpy") chooses the NumPy
+    reference for NumPy arrays, tinycnn.kernels.reference.sgd_update, which has the maths."""
+    return _backend("sgd_update", param).sgd_update(param, grad, buffer, lr, momentum, dampening, weight_decay,
+                                                    nesterov, maximize, first_step)

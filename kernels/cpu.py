@@ -1,6 +1,6 @@
 """The Numba CPU backend: the same functions, arguments and results as tinycnn.kernels.reference.
 
-This module is the backend's face: it holds the 23 primitives under the reference's names, each
+This module is the backend's face: it holds the 24 primitives under the reference's names, each
 written in the file of its concern, where a reader following one call stays:
 
     kernels/cpu_columns.py   im2col, col2im (channel-major columns) and conv2d's pixel-major columns
@@ -17,6 +17,7 @@ written in the file of its concern, where a reader following one call stays:
                              batch_norm_relu_forward_training, batch_norm_relu_backward (training's
                              BN-add-ReLU, each one pass)
     kernels/cpu_elementwise.py  relu_forward, relu_backward, add_in_place, concatenate
+    kernels/cpu_optim.py     sgd_update, the optimizer's step in one pass over each parameter
     kernels/parallel.py      the small pool of Python threads all of them run on
 
 Each public function is a thin wrapper that makes its inputs C-contiguous (so one compiled version
@@ -38,6 +39,7 @@ atomics or locks are needed:
     LRN                            one (n, c) row per item (it reads the neighbouring channels)
     batch norm inference           one (n, c) row per item (its statistics are given)
     ReLU, add_in_place             a chunk of consecutive elements per item
+    sgd_update                     a chunk of consecutive elements per item
     conv2d                         a chunk of samples per item (im2col, product and col2im of a
                                    few samples, while their columns are in the core's cache);
                                    Winograd's, a chunk of tile rows (2 output rows of a sample)
@@ -52,6 +54,7 @@ h = oh*SH - PH + i*DH, w = ow*SW - PW + j*DW.
 from tinycnn.kernels.cpu_columns import col2im, im2col
 from tinycnn.kernels.cpu_conv import conv2d_backward, conv2d_batch_norm_relu_inference, conv2d_forward
 from tinycnn.kernels.cpu_matmul import matmul
+from tinycnn.kernels.cpu_optim import sgd_update
 from tinycnn.kernels.cpu_norm import batch_norm_backward, batch_norm_forward_training, lrn_backward, lrn_forward
 from tinycnn.kernels.cpu_norm import batch_norm_backward_inference, batch_norm_forward_inference
 from tinycnn.kernels.cpu_norm import batch_norm_relu_backward, batch_norm_relu_forward_training
@@ -65,5 +68,5 @@ __all__ = [
     "batch_norm_forward_training", "batch_norm_backward", "lrn_forward", "lrn_backward",
     "batch_norm_forward_inference", "batch_norm_backward_inference", "relu_forward", "relu_backward",
     "add_in_place", "conv2d_batch_norm_relu_inference", "concat_batch_norm_relu_inference",
-    "batch_norm_relu_forward_training", "batch_norm_relu_backward", "concatenate",
+    "batch_norm_relu_forward_training", "batch_norm_relu_backward", "concatenate", "sgd_update",
 ]

@@ -553,3 +553,48 @@ def relu_backward(gy, y):
     """gx = gy where y > 0, else 0."""
     gx = _kernel(RELU_BACKWARD)(gy.reshape(-1), y.astype(gy.dtype, copy=False).reshape(-1))
     return gx.reshape(gy.shape)
+
+
+# One thread per element: the reference's operations in its order (nvcc may fuse a multiply and an
+# add, so a GPU's values can differ from the reference's in the last bit).
+SGD_UPDATE = ElementwiseSource(
+    "T grad, T lr, T weight_decay, int64 decays, int64 maximize",
+    "T param",
+    """
+    T g = maximize ? -grad : grad;
+    if (decays) g = g + weight_decay * param;
+    param = param - lr * g;
+    """,
+    "tinycnn_sgd_update")
+
+# keep = 1 - dampening; dampened: dampening != 0.
+SGD_MOMENTUM_UPDATE = ElementwiseSource(
+    "T grad, T lr, T momentum, T keep, T weight_decay, int64 decays, int64 dampened, int64 nesterov, "
+    "int64 maximize, int64 first_step",
+    "T param, T buffer",
+    """
+    T g = maximize ? -grad : grad;
+    if (decays) g = g + weight_decay * param;
+    const T velocity = first_step ? g : dampened ? momentum * buffer + keep * g : momentum * buffer + g;
+    buffer = velocity;
+    g = nesterov ? g + momentum * velocity : velocity;
+    param = param - lr * g;
+    """,
+    "tinycnn_sgd_momentum_update")
+
+
+def sgd_update(param, grad, buffer, lr, momentum, dampening, weight_decay, nesterov, maximize, first_step):
+    """One step of SGD on one parameter, in place; returns (param, buffer)."""
+    dtype = param.dtype.type
+    updated = param, buffer
+    grad = grad.astype(param.dtype, copy=False)
+    if param.ndim == 0:  # as arrays of one element (see relu_forward)
+        param, grad = param.reshape(1), grad.reshape(1)
+        buffer = None if buffer is None else buffer.reshape(1)
+    if momentum == 0:
+        _kernel(SGD_UPDATE)(grad, dtype(lr), dtype(weight_decay), int(weight_decay != 0), int(bool(maximize)), param)
+    else:
+        _kernel(SGD_MOMENTUM_UPDATE)(grad, dtype(lr), dtype(momentum), dtype(1 - dampening), dtype(weight_decay),
+                                     int(weight_decay != 0), int(dampening != 0), int(bool(nesterov)),
+                                     int(bool(maximize)), int(bool(first_step)), param, buffer)
+    return updated

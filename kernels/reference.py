@@ -407,3 +407,32 @@ def relu_backward(gy, y):
     """
     xp = get_array_module(gy)
     return xp.where(y > 0, gy, gy.dtype.type(0))
+
+
+def sgd_update(param, grad, buffer, lr, momentum, dampening, weight_decay, nesterov, maximize, first_step):
+    """One step of SGD (torch.optim.SGD's rule) on one parameter, in place; returns (param, buffer).
+
+        g = -grad if maximize else grad
+        g = g + weight_decay * param                        (when weight_decay != 0)
+        buffer = g at the first step,                       (when momentum != 0)
+                 else momentum * buffer + (1 - dampening) * g
+        g = g + momentum * buffer if nesterov else buffer   (when momentum != 0)
+        param = param - lr * g
+
+    buffer is the momentum buffer (param's shape), None without momentum. The scalars are rounded
+    to param's dtype, and each operation is rounded in it, in this order: torch's values."""
+    g = -grad if maximize else grad
+    if weight_decay != 0:
+        g = g + weight_decay * param
+    if momentum != 0:
+        if first_step:
+            buffer[...] = g  # the first buffer is the gradient itself, not (1 - dampening) times it, as torch's
+        else:
+            buffer *= momentum
+            if dampening == 0:
+                buffer += g  # the usual case: no scaled copy of the gradient
+            else:
+                buffer += (1 - dampening) * g
+        g = g + momentum * buffer if nesterov else buffer
+    param -= lr * g
+    return param, buffer

@@ -1053,3 +1053,59 @@ def test_gradcheck_through_the_ops_on_gpu(op, shapes):
     inputs = [tinycnn.tensor(_array(seed, shape, np.float64), requires_grad=True, device="gpu")
               for seed, shape in enumerate(shapes)]
     assert tinycnn.gradcheck(op, inputs)
+
+
+SGD_OPTIONS = st.fixed_dictionaries({
+    "lr": st.sampled_from([0.1, 0.01, 1e-3]),
+    "momentum": st.sampled_from([0.0, 0.9, 0.5]),
+    "dampening": st.sampled_from([0.0, 0.3]),
+    "weight_decay": st.sampled_from([0.0, 0.01]),
+    "nesterov": st.booleans(),
+    "maximize": st.booleans(),
+})
+
+
+def _torch_sgd_step(param, grad, buffer, options):
+    """torch.optim.SGD's step on copies of (param, grad), from momentum buffer `buffer` (None: the
+    first step); returns (param, buffer) as NumPy arrays (buffer None without momentum)."""
+    p = torch.nn.Parameter(torch.from_numpy(np.array(param)))
+    p.grad = torch.from_numpy(np.array(grad))
+    optimizer = torch.optim.SGD([p], foreach=False, **options)
+    if buffer is not None:
+        optimizer.state[p]["momentum_buffer"] = torch.from_numpy(np.array(buffer))
+    optimizer.step()
+    torch_buffer = optimizer.state[p].get("momentum_buffer")
+    return p.detach().numpy(), None if torch_buffer is None else torch_buffer.numpy()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@given(st.lists(st.integers(0, 5), min_size=0, max_size=3).map(tuple), SGD_OPTIONS, st.booleans(), DTYPES, LAYOUTS,
+       st.integers(0, 2**16))
+@example((3, 4), dict(lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False), False,
+         np.float32, "contiguous", 0)
+def test_sgd_update(backend, shape, options, first_step, dtype, layout, seed):
+    # One step of SGD, in place, against torch.optim.SGD's (two rounded operations or more: within
+    # the dtype's tolerance), and the Numba kernel equal to the reference to the bit (same
+    # operations in the same order).
+    if options["nesterov"] and (options["momentum"] == 0 or options["dampening"] != 0):
+        options = dict(options, nesterov=False)  # torch refuses Nesterov without momentum or with dampening
+    has_momentum = options["momentum"] != 0
+    param, grad = _array(seed, shape, dtype, layout), _array(seed + 1, shape, dtype, layout)
+    buffer = _array(seed + 2, shape, dtype) if has_momentum else None
+    expected_param, expected_buffer = _torch_sgd_step(param, grad, None if first_step else buffer, options)
+    arguments = [options[key] for key in ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")]
+    what = f"sgd_update {shape} {layout} {options} first_step={first_step}"
+    reference_result = reference.sgd_update(param.copy(), grad, None if buffer is None else buffer.copy(), *arguments,
+                                            first_step)
+    grad_before = grad.copy()
+    updated_param, updated_buffer = run(backend, "sgd_update", param, grad, buffer, *arguments, first_step)
+    if backend != "cupy":  # in place: the very arrays come back
+        assert updated_param is param and updated_buffer is buffer, what
+    _assert_close(updated_param, expected_param, dtype, f"{what} param")
+    np.testing.assert_array_equal(grad, grad_before, err_msg=f"{what}: grad changed")
+    if has_momentum:
+        _assert_close(updated_buffer, expected_buffer, dtype, f"{what} buffer")
+    else:
+        assert updated_buffer is None, what
+    if backend in ("numba", "cuda_on_cpu"):
+        np.testing.assert_array_equal(updated_param, reference_result[0], err_msg=f"{what}: param not the reference's")

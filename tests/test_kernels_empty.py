@@ -204,3 +204,16 @@ def test_batch_norm_relu_training(kernels, dtype, relu, residual):
 def test_concatenate(kernels, dtype):
     xs = [np.zeros((0, 2, 3, 3), dtype), np.zeros((0, 4, 3, 3), dtype)]
     _assert_like(kernels.concatenate(xs, 1), torch.cat([torch.from_numpy(x) for x in xs], dim=1), "concatenate")
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_update(kernels, dtype, momentum):
+    # A parameter with no elements (a layer of zero channels): nothing to update, no error.
+    param, grad = np.zeros((0, 3), dtype), np.zeros((0, 3), dtype)
+    buffer = np.zeros((0, 3), dtype) if momentum else None
+    updated, updated_buffer = kernels.sgd_update(param, grad, buffer, 0.1, momentum, 0.0, 0.01, False, False, True)
+    torch_param = torch.nn.Parameter(torch.zeros((0, 3), dtype=DTYPES[dtype]))
+    torch_param.grad = torch.zeros((0, 3), dtype=DTYPES[dtype])
+    torch.optim.SGD([torch_param], lr=0.1, momentum=momentum, weight_decay=0.01).step()
+    _assert_like(updated, torch_param, "sgd_update param")
+    assert updated is param and updated_buffer is buffer

@@ -12,9 +12,7 @@ matters for float32 round-off and for matching torch's trajectories).
 import copy
 import math
 
-import numpy
-
-from tinycnn import backend, config
+from tinycnn import backend, config, kernels
 from tinycnn.autograd import Tensor
 
 __all__ = ["Adam", "AdamW", "Optimizer", "RMSprop", "SGD"]
@@ -184,67 +182,13 @@ class SGD(Optimizer):
     def _update(self, p, grad, group, state):
         first_step = group["momentum"] != 0 and "momentum_buffer" not in state
         if first_step:
-            state["momentum_buffer"] = backend.get_array_module(grad).empty_like(grad, order="C")
-        # Every operation is elementwise, so a big parameter can go through in blocks (_blocks
-        # says why), with the same values as one pass over the whole arrays; blocks run on the
-        # kernel threads (NumPy releases the GIL inside each operation), a few to a chunk.
-        blocks = _blocks(p.data, grad, state.get("momentum_buffer"))
-
-        def update(start, stop):
-            for param, grad_block, buf in blocks[start:stop]:
-                self._update_block(param, grad_block, buf, group, first_step)
-
-        if len(blocks) >= 2 * BLOCKS_PER_CHUNK:
-            # imported here: importing the kernel threads sets OpenBLAS's thread count, which
-            # `import tinycnn` must not do (tinycnn/_threading.py)
-            from tinycnn.kernels import parallel
-            parallel.run_chunks(update, parallel.split(len(blocks), BLOCKS_PER_CHUNK))
-        else:
-            update(0, len(blocks))
-
-    @staticmethod
-    def _update_block(param, grad, buf, group, first_step):
-        grad = -grad if group["maximize"] else grad
-        if group["weight_decay"] != 0:
-            grad = grad + group["weight_decay"] * param
-        momentum = group["momentum"]
-        if momentum != 0:
-            if first_step:
-                buf[...] = grad  # the first buffer is the gradient itself, not (1 - dampening) times it, as in torch
-            else:
-                buf *= momentum
-                if group["dampening"] == 0:
-                    buf += grad  # the usual case: no scaled copy of the gradient (one pass fewer)
-                else:
-                    buf += (1 - group["dampening"]) * grad
-            grad = grad + momentum * buf if group["nesterov"] else buf
-        param -= group["lr"] * grad
-
-
-# SGD updates a parameter of more elements than this in blocks of this many (256 KiB of float32):
-# a block of the momentum buffer is still in the CPU's cache when the next NumPy operation reads
-# it, so each array crosses the memory bus about once, as in a fused loop, instead of once per
-# operation. Measured on LeNet's fc1 weight (500 x 800, momentum 0.9): 327 -> 227 us per update
-# with blocks of 32 Ki elements.
-UPDATE_BLOCK = 1 << 16
-# A parameter of at least 2 * BLOCKS_PER_CHUNK blocks is updated on the kernel threads, this many
-# blocks to a chunk. ResNet-50's SGD step with momentum (25.6 M parameters), quiet machine: 33.4 ms
-# on one thread in blocks of 32 Ki, 31.4 in blocks of 64 Ki, 26.0 on 2 threads in blocks of 64 Ki
-# (torch.optim.SGD: 18.7 ms).
-BLOCKS_PER_CHUNK = 8
-
-
-def _blocks(*arrays):
-    """Matching blocks of UPDATE_BLOCK elements of same-shape arrays (None passes through): flat
-    views, so writes to a block reach the array. The whole arrays as one block when they are
-    small, or not all C-contiguous NumPy arrays (a CuPy array: one kernel launch per operation)."""
-    present = [a for a in arrays if a is not None]
-    size = present[0].size
-    if size <= UPDATE_BLOCK or not all(isinstance(a, numpy.ndarray) and a.flags.c_contiguous for a in present):
-        return [arrays]
-    flat = [None if a is None else a.reshape(-1) for a in arrays]
-    return [tuple(None if a is None else a[start:start + UPDATE_BLOCK] for a in flat)
-            for start in range(0, size, UPDATE_BLOCK)]
+            state["momentum_buffer"] = backend.get_array_module(grad).empty_like(p.data, order="C")
+        # One kernel call per parameter: the Numba kernel reads and writes each element once, where
+        # the rule's five array operations would make five passes over memory (the reference,
+        # tinycnn.kernels.reference.sgd_update, has them written out).
+        kernels.sgd_update(p.data, grad, state.get("momentum_buffer"), group["lr"], group["momentum"],
+                           group["dampening"], group["weight_decay"], group["nesterov"], group["maximize"],
+                           first_step)
 
 
 class Adam(Optimizer):
