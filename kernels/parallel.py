@@ -5,7 +5,7 @@ outermost index (samples, image planes, channels). `parallel_range` splits that 
 and runs them on the calling thread and the pool's threads at once; Numba's nogil functions and
 NumPy's matrix products release the GIL, so the chunks really run side by side.
 
-The pool's helper threads spin for about a millisecond after each call before they sleep (see
+The pool's helper threads spin for a few milliseconds after each call before they sleep (see
 _Helpers): on this project's machine, a virtual machine whose idle cores halt at once, a sleeping
 thread took 50-100 microseconds to wake, so a helper woken for each kernel call started its share
 late. The calling thread starts on the first chunk at once and takes chunks from a shared counter,
@@ -134,10 +134,12 @@ def _spin_until_idle(busy, reads):
 
 
 # How long an idle helper, or a caller waiting for its helpers, spins before it sleeps: this many
-# reads of shared memory, about 1 ms here (a read and a compare take about a cycle). The helpers
-# spin only where each thread has a core of its own: a spinning thread that shares its core takes
-# the time of the thread that does the work.
-SPIN_READS = 1 << 22
+# reads of shared memory, about 4 ms here (a read and a compare take about a cycle), longer than
+# the gaps between kernel calls in a training step: LeNet's at batch 1 ran 1.52-1.54 ms so against
+# 1.76-2.07 with 1 ms of spin (2^22), where its helper fell asleep within every step. (GNU OpenMP's
+# threads, torch's, spin for some milliseconds too.) The helpers spin only where each thread has a
+# core of its own: a spinning thread that shares its core takes the time of the thread that works.
+SPIN_READS = 1 << 24
 # A caller whose helpers are still busy after its spin looks again this often, asleep between.
 WAIT_POLL_SECONDS = 1e-4
 
