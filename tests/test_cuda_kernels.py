@@ -52,6 +52,8 @@ def test_every_kernel_is_reached_by_a_primitive():
         on_cpu.batch_norm_backward_inference(x, x, None, mean, inv_std)
         on_cpu.relu_backward(x, on_cpu.relu_forward(x))
         on_cpu.add_in_place(x.copy(), x)
+        on_cpu.sgd_update(x.copy(), x, None, 0.1, 0.0, 0.0, 0.0, False, False, True)
+        on_cpu.sgd_update(x.copy(), x, x.copy(), 0.1, 0.9, 0.0, 0.0, False, False, False)
         built = set(on_cpu._compiled)
     assert built == set(SOURCES)
 
