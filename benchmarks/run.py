@@ -124,19 +124,20 @@ def parse_args(argv=None):
     return args
 
 
-# Between two rounds the harness sleeps this long, then runs one untimed step of the next entry:
-# the threads of the entry before (torch's OpenMP team, tinycnn's kernel helpers) spin for some
-# milliseconds after their last step and would take a core from the next entry's first steps, and
-# the next entry's own threads, asleep by then, are woken before the clock starts. Each round then
-# times a framework in its steady state, as a user's training loop runs it.
-ROUND_SETTLE_SECONDS = 0.05
+# Each round starts with untimed steps of its entry until this much time has passed (one step at
+# least): the threads of the entry timed before (torch's OpenMP team, tinycnn's kernel helpers)
+# spin for some milliseconds after their last step and would take a core from this entry's first
+# timed steps, and this entry's own threads are woken before the clock starts. Each round then
+# times a framework in its steady state, as a training loop runs it. (Sleeping between rounds
+# instead let the machine idle, and both frameworks' first steps after an idle moment ran slow.)
+ROUND_WARMUP_SECONDS = 0.02
 
 
 def interleaved_rounds(runs, rounds, steps, warmup=2):
     """Time each entry of `runs` ({label: step} or {label: (prepare, step)}) `steps` times per round,
     alternating the entries round by round (the order reversed every other round); return
-    {label: [mean seconds per step in each round]}. Each round starts with ROUND_SETTLE_SECONDS of
-    sleep and one untimed step.
+    {label: [mean seconds per step in each round]}. Each round starts with untimed steps (see
+    ROUND_WARMUP_SECONDS).
 
     With a (prepare, step) pair only the step is timed, as step(prepare()): a backward pass that
     needs a fresh forward, say.
@@ -156,8 +157,11 @@ def interleaved_rounds(runs, rounds, steps, warmup=2):
     labels = list(runs)
     for round_ in range(rounds):
         for label in (labels if round_ % 2 == 0 else labels[::-1]):
-            time.sleep(ROUND_SETTLE_SECONDS)
-            timed(*runs[label])
+            warmup_end = time.perf_counter() + ROUND_WARMUP_SECONDS
+            while True:
+                timed(*runs[label])
+                if time.perf_counter() >= warmup_end:
+                    break
             times[label].append(sum(timed(*runs[label]) for _ in range(steps)) / steps)
     return times
 

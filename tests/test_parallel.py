@@ -79,15 +79,15 @@ def _chunk_names(chunk_count, seconds):
 
 
 def test_helpers_that_went_to_sleep_wake_for_the_next_call(three_threads, monkeypatch):
-    # A helper spins for SPIN_READS after a call, then sleeps: the next call must still wake it.
-    monkeypatch.setattr(parallel, "SPIN_READS", 0)
+    # A helper spins for SPIN_PASSES after a call, then sleeps: the next call must still wake it.
+    monkeypatch.setattr(parallel, "SPIN_PASSES", 0)
     assert len(set(_chunk_names(50, 0.002))) > 1
     threading.Event().wait(0.05)  # every helper is asleep by now
     assert len(set(_chunk_names(50, 0.002))) > 1
 
 
 def test_spinning_helpers_take_the_next_call(three_threads, monkeypatch):
-    monkeypatch.setattr(parallel, "SPIN_READS", 1 << 40)  # they spin until the next call, however late
+    monkeypatch.setattr(parallel, "SPIN_PASSES", 1 << 40)  # they spin until the next call, however late
     monkeypatch.setattr(parallel, "_cores", 3)  # as if each thread had a core of its own
     for _ in range(3):
         assert len(set(_chunk_names(20, 0.002))) > 1
