@@ -300,12 +300,13 @@ def test_device_mismatch_is_a_clear_error():
     class FakeGpuArray(np.ndarray):
         pass
 
-    original = tinycnn.backend.cupy_ndarray
-    tinycnn.backend.cupy_ndarray = FakeGpuArray
+    # As if CuPy were installed (without it, no array can be a GPU one and nothing is checked).
+    original = tinycnn.backend.cupy_ndarray, tinycnn.backend.cupy
+    tinycnn.backend.cupy_ndarray, tinycnn.backend.cupy = FakeGpuArray, object()
     try:
         x = leaf([1.0])
         y = Tensor(np.array([1.0]).view(FakeGpuArray))
         with pytest.raises(tinycnn.backend.DeviceMismatchError, match="Mul: expected all inputs on one device"):
             x * y
     finally:
-        tinycnn.backend.cupy_ndarray = original
+        tinycnn.backend.cupy_ndarray, tinycnn.backend.cupy = original
