@@ -278,15 +278,11 @@ def chunk_bounds(total, work_per_item):
 def run_chunks(run, chunks):
     """Call run(start, stop) for every chunk, on up to get_num_threads() threads; return when all
     have finished, raising the first exception any of them raised."""
-    threads = min(_thread_count, len(chunks))
-    if threads <= 1 or getattr(_inside, "active", False):
-        for start, stop in chunks:
-            run(start, stop)
-        return
     global _helpers
-    # The helpers run one call's job at a time: a call made while another thread's runs (the
-    # user's own threads, each calling kernels) runs serially.
-    if not _helpers_lock.acquire(blocking=False):
+    # Serially: one chunk or one thread, a call nested in a chunk, or a call made while the helpers
+    # run another thread's (the user's own threads, each calling kernels): they serve one at a time.
+    if (min(_thread_count, len(chunks)) <= 1 or getattr(_inside, "active", False)
+            or not _helpers_lock.acquire(blocking=False)):
         for start, stop in chunks:
             run(start, stop)
         return
