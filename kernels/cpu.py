@@ -10,6 +10,8 @@ written in the file of its concern, where a reader following one call stays:
                              conv2d_batch_norm_relu_inference, inference's conv-BN-ReLU in one pass
     kernels/cpu_winograd.py  conv2d_forward's Winograd F(2x2, 3x3) for 3x3 stride-1 layers
     kernels/cpu_winograd_backward.py  conv2d_backward's weight gradient by the same transforms
+    kernels/cpu_conv_taps.py  conv2d forward and backward as one product per kernel tap, for layers
+                             of small outputs whose im2col columns are mostly padding
     kernels/cpu_pool.py      max_pool2d_forward/_backward, avg_pool2d_forward/_backward
     kernels/cpu_norm.py      batch_norm_forward_training, batch_norm_backward, lrn_forward, lrn_backward,
                              batch_norm_forward_inference, batch_norm_backward_inference,
@@ -42,7 +44,8 @@ atomics or locks are needed:
     sgd_update                     a chunk of consecutive elements per item
     conv2d                         a chunk of samples per item (im2col, product and col2im of a
                                    few samples, while their columns are in the core's cache);
-                                   Winograd's, a chunk of tile rows (2 output rows of a sample)
+                                   Winograd's, a chunk of tile rows (2 output rows of a sample);
+                                   the tap products', a chunk of samples through all its taps
 
 Where the reference sums taps in a fixed order (col2im, pooling, LRN's window) the loops here add
 in that same order, so those results are equal to the reference to the last bit; batch norm
