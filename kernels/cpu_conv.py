@@ -123,22 +123,29 @@ WINOGRAD_WEIGHT_GRADIENT_SIZE = 14
 WINOGRAD_INPUT_GRADIENT = True
 WINOGRAD = True  # False: im2col everywhere (benchmarks/winograd.py's A/B)
 # One product per kernel tap (tinycnn.kernels.cpu_conv_taps), over only the outputs where the tap
-# reads the input, for ungrouped layers whose im2col products would spend more than a quarter of
-# their multiply-adds on padding (at most TAPS_LIVE of them live), with at least TAPS_CHANNELS
-# input and output channels (the taps' products have C as their inner axis). Such layers have
-# small outputs: ResNet-18's on 32x32 images. Forward / backward, tap products against im2col
-# (2 threads, batch 32, median of 7 rounds; torch's in brackets):
-#   3x3 128->128 at 4x4 (69% live): 1.01-1.02 / 1.79-1.95 ms against 1.11-1.15 / 2.32-2.37 (0.59 / 1.44-1.64)
-#   3x3 256->256 at 2x2 (44% live): 1.23-1.32 / 1.83-2.06 against 1.32-1.42 / 3.17-3.19 (0.69 / 2.06-2.40)
-#   3x3 128->256 at 4x4, stride 2 (69% live): 0.85 / 1.28 against 0.80 / 1.86 (0.47 / 1.56)
-# but 3x3 64->64 at 8x8 (84% live): 1.36 / 2.94 against 0.83 / 2.17 by Winograd's and im2col's.
-TAPS_LIVE = 0.75
+# reads the input, for ungrouped layers with at least TAPS_CHANNELS input and output channels (the
+# taps' products have C as their inner axis) whose im2col products would spend much of their
+# multiply-adds on padding: the backward where at most TAPS_BACKWARD_LIVE of them read the input,
+# the forward only where at most TAPS_FORWARD_LIVE do. Such layers have small outputs: ResNet-18's
+# on 32x32 images. Taps / im2col, median of 7-9 alternating rounds, 2 threads, batch 32
+# (`python -m benchmarks.conv_taps`), forward and backward (dx and dW):
+#   3x3 128->128 at 4x4 (69% live): 1.05-1.55, 0.78-0.81
+#   3x3 128->256 at 4x4, stride 2 (69% live): 1.20-1.87, 0.87-1.03
+#   3x3 256->256 at 2x2 (44% live): 1.16-1.73, 0.58-0.84
+#   3x3 256->512 at 2x2, stride 2 (44% live): 1.11-1.15, 0.44-0.57
+#   3x3 512->512 at 1x1 (11% live; im2col cuts it to 1x1 too): 0.82-1.04, 0.66-0.67
+#   3x3 64->64 at 8x8 (84% live, against Winograd's forward and dx): 1.04-1.09, 1.98-2.10
+# The forward's one product over all taps runs faster than a product per tap where few of its
+# multiply-adds are lost; the backward's tap products skip im2col's col2im and its columns.
+TAPS_BACKWARD_LIVE = 0.75
+TAPS_FORWARD_LIVE = 0.25
 TAPS_CHANNELS = 32
 TAPS = True  # False: no layer takes the tap products
 
 
-def _taps_suit(x_shape, W_shape, SH, SW, PH, PW, DH, DW, groups):
-    """Whether conv2d takes the tap products for this layer (see TAPS_LIVE)."""
+def _taps_suit(x_shape, W_shape, SH, SW, PH, PW, DH, DW, groups, backward):
+    """Whether conv2d_backward (backward) or conv2d_forward takes the tap products for this layer
+    (see TAPS_BACKWARD_LIVE)."""
     N, C, H, W = x_shape
     OC, _, KH, KW = W_shape
     if not TAPS or groups != 1 or min(C, OC) < TAPS_CHANNELS or N == 0:
@@ -146,7 +153,8 @@ def _taps_suit(x_shape, W_shape, SH, SW, PH, PW, DH, DW, groups):
     OH, OW = conv_output_size(H, KH, SH, PH, DH), conv_output_size(W, KW, SW, PW, DW)
     if OH < 1 or OW < 1:
         return False
-    return live_fraction(H, OH, KH, SH, PH, DH) * live_fraction(W, OW, KW, SW, PW, DW) <= TAPS_LIVE
+    live = live_fraction(H, OH, KH, SH, PH, DH) * live_fraction(W, OW, KW, SW, PW, DW)
+    return live <= (TAPS_BACKWARD_LIVE if backward else TAPS_FORWARD_LIVE)
 
 
 def _taps_chunks(x_shape, W_shape, SH, SW, PH, PW, DH, DW):
@@ -391,7 +399,7 @@ def _conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups, normalisation):
     on each chunk of the output as soon as it is written."""
     if _winograd_suits(x.shape, W.shape, SH, SW, PH, PW, DH, DW, groups):
         return winograd_conv2d_forward(x, W, b, PH, PW, normalisation)
-    if _taps_suit(x.shape, W.shape, SH, SW, PH, PW, DH, DW, groups):
+    if _taps_suit(x.shape, W.shape, SH, SW, PH, PW, DH, DW, groups, backward=False):
         chunks = _taps_chunks(x.shape, W.shape, SH, SW, PH, PW, DH, DW)
         return taps_conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, chunks, normalisation)
     x, W = np.ascontiguousarray(x), np.ascontiguousarray(W)
@@ -452,8 +460,8 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
     WINOGRAD_INPUT_GRADIENT), from one convolution of gy after the chunks. gW comes from
     Winograd's F(2x2, 3x3) instead (tinycnn.kernels.cpu_winograd_backward) where the forward takes
     it and the output is at least WINOGRAD_WEIGHT_GRADIENT_SIZE square; or everything from the
-    tap products (tinycnn.kernels.cpu_conv_taps) where the forward takes them."""
-    if _taps_suit(x.shape, W.shape, SH, SW, PH, PW, DH, DW, groups):
+    tap products (tinycnn.kernels.cpu_conv_taps) where they suit the layer's backward."""
+    if _taps_suit(x.shape, W.shape, SH, SW, PH, PW, DH, DW, groups, backward=True):
         chunks = _taps_chunks(x.shape, W.shape, SH, SW, PH, PW, DH, DW)
         return taps_conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, chunks, needs_grad)
     x, W = np.ascontiguousarray(x), np.ascontiguousarray(W)

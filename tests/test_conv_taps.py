@@ -193,13 +193,14 @@ def test_an_empty_batch(dtype):
 
 
 # ResNet-18's layers on 32x32 images that the rule was measured to speed up (kernels/cpu_conv.py),
-# as (x shape, W shape, stride, padding)
+# as (x shape, W shape, stride, padding, whether the forward takes the taps too): the backward
+# takes them on all of these, the forward only where im2col's product would be mostly padding
 TAPS_LAYERS = [
-    ((32, 128, 4, 4), (128, 128, 3, 3), 1, 1),  # 69% live
-    ((32, 256, 2, 2), (256, 256, 3, 3), 1, 1),  # 44% live
-    ((32, 128, 4, 4), (256, 128, 3, 3), 2, 1),  # 69% live
-    ((32, 256, 2, 2), (512, 256, 3, 3), 2, 1),  # 44% live
-    ((32, 512, 1, 1), (512, 512, 3, 3), 1, 1),  # 11% live: only the centre tap
+    ((32, 128, 4, 4), (128, 128, 3, 3), 1, 1, False),  # 69% live
+    ((32, 256, 2, 2), (256, 256, 3, 3), 1, 1, False),  # 44% live
+    ((32, 128, 4, 4), (256, 128, 3, 3), 2, 1, False),  # 69% live
+    ((32, 256, 2, 2), (512, 256, 3, 3), 2, 1, False),  # 44% live
+    ((32, 512, 1, 1), (512, 512, 3, 3), 1, 1, True),  # 11% live: only the centre tap
 ]
 # and those it keeps away, with (stride, padding, groups)
 OTHER_LAYERS = [
@@ -215,25 +216,29 @@ OTHER_LAYERS = [
 ]
 
 
-@pytest.mark.parametrize("x_shape, w_shape, stride, padding", TAPS_LAYERS)
-def test_rule_sends_resnet18_small_layers_to_the_taps(x_shape, w_shape, stride, padding):
-    assert cpu_conv._taps_suit(x_shape, w_shape, stride, stride, padding, padding, 1, 1, 1)
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, forward", TAPS_LAYERS)
+def test_rule_sends_resnet18_small_layers_to_the_taps(x_shape, w_shape, stride, padding, forward):
+    window = (stride, stride, padding, padding, 1, 1, 1)
+    assert cpu_conv._taps_suit(x_shape, w_shape, *window, backward=True)
+    assert cpu_conv._taps_suit(x_shape, w_shape, *window, backward=False) == forward
     assert not cpu_conv._winograd_suits(x_shape, w_shape, stride, stride, padding, padding, 1, 1, 1)
 
 
 @pytest.mark.parametrize("x_shape, w_shape, window", OTHER_LAYERS)
 def test_rule_keeps_other_layers_away_from_the_taps(x_shape, w_shape, window):
     stride, padding, groups = window
-    assert not cpu_conv._taps_suit(x_shape, w_shape, stride, stride, padding, padding, 1, 1, groups)
+    for backward in (True, False):
+        assert not cpu_conv._taps_suit(x_shape, w_shape, stride, stride, padding, padding, 1, 1, groups, backward)
 
 
 def test_the_rule_follows_taps_channels():
     assert cpu_conv.TAPS_CHANNELS > 1
     below = cpu_conv.TAPS_CHANNELS - 1
-    assert not cpu_conv._taps_suit((2, below, 4, 4), (64, below, 3, 3), 1, 1, 1, 1, 1, 1, 1)
-    assert not cpu_conv._taps_suit((2, 64, 4, 4), (below, 64, 3, 3), 1, 1, 1, 1, 1, 1, 1)
-    at = cpu_conv.TAPS_CHANNELS
-    assert cpu_conv._taps_suit((2, at, 4, 4), (at, at, 3, 3), 1, 1, 1, 1, 1, 1, 1)
+    for backward in (True, False):  # a 1x1 output: 11% live, the taps for both passes
+        assert not cpu_conv._taps_suit((2, below, 1, 1), (64, below, 3, 3), 1, 1, 1, 1, 1, 1, 1, backward)
+        assert not cpu_conv._taps_suit((2, 64, 1, 1), (below, 64, 3, 3), 1, 1, 1, 1, 1, 1, 1, backward)
+        at = cpu_conv.TAPS_CHANNELS
+        assert cpu_conv._taps_suit((2, at, 1, 1), (at, at, 3, 3), 1, 1, 1, 1, 1, 1, 1, backward)
 
 
 @pytest.fixture
@@ -254,29 +259,32 @@ def taps_calls(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("x_shape, w_shape, stride, takes_taps", [
-    ((32, 128, 4, 4), (128, 128, 3, 3), 1, True),  # ResNet-18's third stage, in two chunks
-    ((4, 64, 4, 4), (96, 64, 3, 3), 2, True),  # stride 2, one chunk
-    ((4, 16, 4, 4), (32, 16, 3, 3), 1, False),  # too few input channels: im2col
+@pytest.mark.parametrize("x_shape, w_shape, stride, forward, backward", [
+    ((32, 128, 4, 4), (128, 128, 3, 3), 1, False, True),  # ResNet-18's third stage: backward, in two chunks
+    ((4, 64, 4, 4), (96, 64, 3, 3), 2, False, True),  # stride 2, one chunk
+    ((32, 512, 1, 1), (512, 512, 3, 3), 1, True, True),  # a 1x1 output: both passes, two chunks
+    ((4, 16, 4, 4), (32, 16, 3, 3), 1, False, False),  # too few input channels: im2col
 ])
-def test_conv2d_forward_and_backward_take_the_taps(taps_calls, x_shape, w_shape, stride, takes_taps):
+def test_conv2d_forward_and_backward_take_the_taps(taps_calls, x_shape, w_shape, stride, forward, backward):
     # conv2d must really take the taps where the rule says so (and not where it does not): a path
     # that is silently never taken would leave every other test green. float32, as networks run.
     window = (stride, stride, 1, 1, 1, 1)
-    assert cpu_conv._taps_suit(x_shape, w_shape, *window, 1) == takes_taps
+    assert cpu_conv._taps_suit(x_shape, w_shape, *window, 1, backward=False) == forward
+    assert cpu_conv._taps_suit(x_shape, w_shape, *window, 1, backward=True) == backward
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, x_shape).astype(np.float32)
     weight = rng.uniform(-1, 1, w_shape).astype(np.float32)
     b = rng.uniform(-1, 1, w_shape[0]).astype(np.float32)
     y = cpu.conv2d_forward(x, weight, b, *window, 1)
     chunks = cpu_conv._taps_chunks(x_shape, w_shape, *window)
-    assert taps_calls == ([("forward", x_shape, w_shape, chunks)] if takes_taps else [])
+    assert taps_calls == ([("forward", x_shape, w_shape, chunks)] if forward else [])
     _assert_forward_matches_torch(y, x, weight, b, window)
 
+    del taps_calls[:]
     gy = rng.uniform(-1, 1, y.shape).astype(np.float32)
     needs_grad = (True, True, True)
     gradients = cpu.conv2d_backward(gy, x, weight, *window, 1, needs_grad)
-    assert taps_calls[1:] == ([("backward", x_shape, w_shape, chunks)] if takes_taps else [])
+    assert taps_calls == ([("backward", x_shape, w_shape, chunks)] if backward else [])
     _assert_gradients_match_torch(gradients, gy, x, weight, window, needs_grad)
     if x_shape[0] == 32:
         assert len(chunks) == 2  # the backward's shares of dW are summed over chunks
@@ -298,10 +306,10 @@ def _unfused(y, gamma, beta, mean, inv_std, r, relu):
     return cpu.relu_forward(y) if relu else y
 
 
-FUSED_LAYERS = {  # (x shape, W shape, stride), padding 1
-    "3x3 64->64 at 4x4": ((4, 64, 4, 4), (64, 64, 3, 3), 1),
-    "3x3/2 64->128 at 4x4": ((4, 64, 4, 4), (128, 64, 3, 3), 2),
-    "3x3 128->128 at 4x4, batch 32: two chunks": ((32, 128, 4, 4), (128, 128, 3, 3), 1),
+FUSED_LAYERS = {  # (x shape, W shape, stride), padding 1: 1x1 outputs, whose forward takes the taps
+    "3x3 64->64 at 1x1": ((4, 64, 1, 1), (64, 64, 3, 3), 1),
+    "3x3/2 64->128 at 1x1": ((4, 64, 1, 1), (128, 64, 3, 3), 2),
+    "3x3 512->512 at 1x1, batch 32: two chunks": ((32, 512, 1, 1), (512, 512, 3, 3), 1),
 }
 
 
