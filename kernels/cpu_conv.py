@@ -6,6 +6,8 @@ each chunk is carried through its columns (tinycnn.kernels.cpu_columns), the mat
 while its columns are still in that core's cache. The weight gradient is summed over the chunks in
 chunk order, so its bits do not depend on the threads.
 """
+import functools
+
 import numpy as np
 from numba import njit
 
@@ -55,7 +57,7 @@ PIXEL_MAJOR_CHANNELS = 4
 PIXEL_MAJOR_WIDTH = 16
 PIXEL_MAJOR_WEIGHT = 1 << 20
 PIXEL_MAJOR_PIXELS = 1024
-# A 1x1 layer at stride 1 multiplies each sample's x in place (see _ConvGeometry.per_sample) only
+# A 1x1 layer at stride 1 multiplies each sample's x in place (see _ConvPlan.per_sample) only
 # where a sample has at least PER_SAMPLE_PIXELS pixels: each of those products reads the whole
 # weight for its few columns. ResNet-18's last stage on 32x32 images (3x3 512->512 layers cut to
 # 1x1 at a 1x1 output, batch 32) read its 1 MB weight 32 times so: forward 0.88 -> 0.81 ms and
@@ -176,7 +178,7 @@ def _winograd_suits(x_shape, W_shape, SH, SW, PH, PW, DH, DW, groups):
         return False
     OH, OW = H + 2 * PH - 2, W + 2 * PW - 2
     if OH < 1 or OW < 1 or _live_taps(H, OH, 3, 1, PH, 1) != (0, 3) or _live_taps(W, OW, 3, 1, PW, 1) != (0, 3):
-        return False  # taps that see only padding: im2col cuts them off (see _ConvGeometry)
+        return False  # taps that see only padding: im2col cuts them off (see _ConvPlan)
     TH, TW = -(-OH // 2), -(-OW // 2)
     return C >= WINOGRAD_CHANNELS and min(OH, OW) >= WINOGRAD_SIZE and N * TH * (TW + 1) >= WINOGRAD_TILES
 
@@ -258,30 +260,37 @@ def _live_taps(L, O, K, S, P, D):
     return live[0], live[-1] + 1
 
 
-class _ConvGeometry:
-    """A conv2d call's shapes, chunks and column layout, shared by its forward and backward.
+@functools.lru_cache(maxsize=1024)
+def _conv_plan(x_shape, W_shape, SH, SW, PH, PW, DH, DW, groups):
+    """The _ConvPlan of a layer, made once per shape: a network calls the same few layers over and
+    over, and making it took 8-19 us of a 25-85 us LeNet layer at batch 1."""
+    return _ConvPlan(x_shape, W_shape, SH, SW, PH, PW, DH, DW, groups)
+
+
+class _ConvPlan:
+    """A conv2d layer's shapes, chunks and column layout, shared by its forward and backward; they
+    depend on the shapes alone (_conv_plan keeps them), the weight in the plan's layout does not
+    (weight_for_columns).
 
     Kernel taps that see only padding are cut off the kernel first: a 3x3 layer on a 1x1 input
     (the last stage of a ResNet on 32x32 images) becomes a 1x1 layer, 9 times less work. KH, KW
     and the weight here are those of the cut kernel, which starts at tap (first_i, first_j); the
     padding PH, PW is moved by as much, so every live tap reads the same pixels as before."""
 
-    def __init__(self, x, W, SH, SW, PH, PW, DH, DW, groups):
-        self.N, self.C, self.H, self.W = x.shape
-        self.OC, _, KH, KW = W.shape
+    def __init__(self, x_shape, W_shape, SH, SW, PH, PW, DH, DW, groups):
+        self.N, self.C, self.H, self.W = x_shape
+        self.OC, _, KH, KW = W_shape
         self.OH = conv_output_size(self.H, KH, SH, PH, DH)
         self.OW = conv_output_size(self.W, KW, SW, PW, DW)
         self.full_kernel = KH, KW
         self.first_i, stop_i = _live_taps(self.H, self.OH, KH, SH, PH, DH)
         self.first_j, stop_j = _live_taps(self.W, self.OW, KW, SW, PW, DW)
         self.KH, self.KW = stop_i - self.first_i, stop_j - self.first_j
+        # where the kernel is cut, its live taps as indices into the flattened KH*KW (see weight_for_columns)
+        self.live_taps = None
         if (self.KH, self.KW) != (KH, KW):
-            # The live taps' weights, copied with `take` over the flattened taps: NumPy copied the
-            # strided slice W[:, :, i0:i1, j0:j1] element by element (ResNet-18's 3x3 256->512
-            # layer at 2x2, stride 2, cut to 2x2: 1.2 ms against 0.3).
-            taps = (np.arange(self.first_i, stop_i)[:, None] * KW + np.arange(self.first_j, stop_j)).reshape(-1)
-            W = np.ascontiguousarray(W).reshape(self.OC, -1, KH * KW).take(taps, axis=2)
-            W = W.reshape(self.OC, -1, self.KH, self.KW)
+            rows, columns = np.arange(self.first_i, stop_i), np.arange(self.first_j, stop_j)
+            self.live_taps = (rows[:, None] * KW + columns).reshape(-1)
         # The original padding (the pixel-major layout pads by it) and the cut kernel's.
         self.padding = PH, PW
         self.SH, self.SW, self.DH, self.DW = SH, SW, DH, DW
@@ -323,13 +332,22 @@ class _ConvGeometry:
         if blocked and not self.pixel_major and not self.pointwise:
             blocks = -(-self.OH // max(1, block_length // (self.C * self.KH * self.KW * self.OW)))
             self.row_blocks = split(self.OH, -(-self.OH // blocks))  # equal blocks: 28 rows as 4 x 7, not 8+8+8+4
-        if self.pixel_major:  # the weight as (OC, KH*KW*C), the columns' order
-            self.weight = np.ascontiguousarray(W.transpose(0, 2, 3, 1)).reshape(self.OC, self.K)
-        else:
-            self.weight = np.ascontiguousarray(W).reshape(groups, self.OC // groups, self.K)
+        if not self.pixel_major:
             # (per group: a group's product of at most SMALL_PRODUCT values is _small_product's, in (OC/G, K))
             self.transposed_weight_gradient = (self.OC // groups * self.K > SMALL_PRODUCT
                                                and self.OC * self.K <= COLUMN_CHUNK)
+
+    def weight_for_columns(self, W):
+        """W cut to the live taps, in the columns' layout: (OC, KH*KW*C) pixel-major, else (G, OC/G, K)."""
+        if self.live_taps is not None:
+            # The live taps' weights, copied with `take` over the flattened taps: NumPy copied the
+            # strided slice W[:, :, i0:i1, j0:j1] element by element (ResNet-18's 3x3 256->512
+            # layer at 2x2, stride 2, cut to 2x2: 1.2 ms against 0.3).
+            W = np.ascontiguousarray(W).reshape(self.OC, self.C // self.G, -1).take(self.live_taps, axis=2)
+            W = W.reshape(self.OC, -1, self.KH, self.KW)
+        if self.pixel_major:
+            return np.ascontiguousarray(W.transpose(0, 2, 3, 1)).reshape(self.OC, self.K)
+        return np.ascontiguousarray(W).reshape(self.G, self.OC // self.G, self.K)
 
     def full_weight_gradient(self, gW):
         """The cut kernel's weight gradient (OC, C/G, KH, KW) placed in the whole kernel's, zero at
@@ -403,7 +421,8 @@ def _conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups, normalisation):
         chunks = _taps_chunks(x.shape, W.shape, SH, SW, PH, PW, DH, DW)
         return taps_conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, chunks, normalisation)
     x, W = np.ascontiguousarray(x), np.ascontiguousarray(W)
-    layer = _ConvGeometry(x, W, SH, SW, PH, PW, DH, DW, groups)
+    layer = _conv_plan(x.shape, W.shape, SH, SW, PH, PW, DH, DW, groups)
+    weight = layer.weight_for_columns(W)
     N, OC, OH, OW, L, G, K = layer.N, layer.OC, layer.OH, layer.OW, layer.L, layer.G, layer.K
     b = np.zeros(0, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
     y = np.empty((N, OC, OH, OW), dtype=x.dtype)
@@ -418,25 +437,25 @@ def _conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups, normalisation):
         if layer.per_sample:
             x_rows = x.reshape(N, layer.C, L)
             for n in range(start, stop):
-                np.matmul(layer.weight, x_rows[n].reshape(G, K, L), out=y_rows[n].reshape(G, OC // G, L))
+                np.matmul(weight, x_rows[n].reshape(G, K, L), out=y_rows[n].reshape(G, OC // G, L))
                 if b.shape[0]:
                     y_rows[n] += b[:, None]
                 normalise(n, n + 1)
         elif layer.pixel_major:
             col = layer.columns(x, start, stop)
-            _rows_to_samples(_pixels_as_rows(col @ layer.weight.T, count), b, y_rows, start)  # (count*L, OC)
+            _rows_to_samples(_pixels_as_rows(col @ weight.T, count), b, y_rows, start)  # (count*L, OC)
             normalise(start, stop)
         elif count == 1:  # the product of one sample is already its NCHW output: write it in place
             y_sample = y_rows[start].reshape(G, OC // G, L)
             for first, last in layer.row_blocks:
                 col = layer.columns(x, start, stop, (first, last))
-                np.matmul(layer.weight, col.reshape(G, K, -1), out=y_sample[:, :, first * OW:last * OW])
+                np.matmul(weight, col.reshape(G, K, -1), out=y_sample[:, :, first * OW:last * OW])
                 if b.shape[0]:
                     y_sample[:, :, first * OW:last * OW] += b.reshape(G, OC // G, 1)
                 normalise(start, stop, first, last)
         else:
             col = layer.columns(x, start, stop)
-            product = np.matmul(layer.weight, col.reshape(G, K, count * L))  # (G, OC/G, count*L)
+            product = np.matmul(weight, col.reshape(G, K, count * L))  # (G, OC/G, count*L)
             _rows_to_samples(product.reshape(OC, count, L), b, y_rows, start)
             normalise(start, stop)
 
@@ -466,7 +485,7 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
         return taps_conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, chunks, needs_grad)
     x, W = np.ascontiguousarray(x), np.ascontiguousarray(W)
     gy = np.ascontiguousarray(gy, dtype=x.dtype)
-    layer = _ConvGeometry(x, W, SH, SW, PH, PW, DH, DW, groups)
+    layer = _conv_plan(x.shape, W.shape, SH, SW, PH, PW, DH, DW, groups)
     N, OC, L, G, K = layer.N, layer.OC, layer.L, layer.G, layer.K
     gy_rows = gy.reshape(N, OC, L)
     chunks = layer.chunks
@@ -485,6 +504,7 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
     # gx from the chunks' columns (col2im), or afterwards as a convolution of gy (see COLUMN_CHUNK)
     gx_from_columns = needs_grad[0] and not layer.input_gradient_by_convolution
     gx = np.empty_like(x) if gx_from_columns else None
+    weight = layer.weight_for_columns(W) if gx_from_columns else None  # dcol = W^T gy
     # Each chunk's share of dW. (As (K, OC) products they ran 10-40% faster, but turning the sum
     # back into (OC, K) cost more: a (2304, 256) transpose took 2.5 ms here.)
     share_shape = (G, K, OC // G) if layer.transposed_weight_gradient else (G, OC // G, K)
@@ -502,7 +522,7 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
             if needs_grad[1]:
                 np.matmul(gy_pixels.T, col, out=gW_shares[k, 0])
             if gx_from_columns:
-                layer.columns_to_input(gy_pixels @ layer.weight, gx, start, stop)
+                layer.columns_to_input(gy_pixels @ weight, gx, start, stop)
         else:
             # y = W col per group: dW = gy col^T, dcol = W^T gy (gy as (G, OC/G, count*L)).
             if count == 1:  # one sample's gy is already in this layout
@@ -533,10 +553,10 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
             if gx_from_columns and layer.per_sample:  # dx[n] = W^T gy[n], written in place
                 gx_rows = gx.reshape(N, layer.C, L)
                 for n in range(start, stop):
-                    np.matmul(layer.weight.swapaxes(1, 2), gy_rows[n].reshape(G, OC // G, L),
+                    np.matmul(weight.swapaxes(1, 2), gy_rows[n].reshape(G, OC // G, L),
                               out=gx_rows[n].reshape(G, K, L))
             elif gx_from_columns:
-                layer.columns_to_input(np.matmul(layer.weight.swapaxes(1, 2), rows_g), gx, start, stop)
+                layer.columns_to_input(np.matmul(weight.swapaxes(1, 2), rows_g), gx, start, stop)
 
     run_chunks(run, chunks)
     if needs_grad[0] and layer.input_gradient_by_convolution:
