@@ -31,17 +31,19 @@ def _as_ncl(x):
 # Every loop runs sample by sample over a block of channels [start, stop), so x[n, start:stop] is
 # read in memory order: at 1x1 or 2x2 maps (a ResNet's last stages on 32x32 images) one channel's
 # values lie a whole sample apart, and a loop over one channel at a time read a cache line for
-# each value.
+# each value. The loops index x[n, c, l] directly rather than through a row view x[n, c]: making a
+# view per (n, c) cost more than its few values at those maps (BatchNorm-ReLU's backward, one
+# thread: 32 x 512 x 1 x 1 0.34 -> 0.14 ms, 32 x 128 x 4 x 4 0.11 -> 0.06, and 8 x 2048 x 7 x 7
+# 0.89 -> 0.69; the same bits).
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _channel_sums(x, start, stop, total):
     # x (N, C, L); total (stop - start,) float64: total[k] += the values of channel start + k.
     for n in range(x.shape[0]):
         for k in range(stop - start):
-            row = x[n, start + k]  # (L,), contiguous
             partial = 0.0
-            for l in range(row.size):
-                partial += row[l]
+            for l in range(x.shape[2]):
+                partial += x[n, start + k, l]
             total[k] += partial
 
 
@@ -51,10 +53,9 @@ def _channel_centred_squares(x, start, stop, m, squares):
     # channel start + k.
     for n in range(x.shape[0]):
         for k in range(stop - start):
-            row = x[n, start + k]
             partial = 0.0
-            for l in range(row.size):
-                d = row[l] - m[k]
+            for l in range(x.shape[2]):
+                d = x[n, start + k, l] - m[k]
                 partial += d * d
             squares[k] += partial
 
@@ -85,20 +86,19 @@ def _batch_norm_forward_training(x, gamma, beta, eps, y, mean, var, inv_std, res
     zero = y.dtype.type(0)
     for n in range(N):
         for k in range(stop - start):
-            x_row, y_row = x[n, start + k], y[n, start + k]  # (L,) each, contiguous: the loop vectorises
-            mk, gk, shift = mean[start + k], gain[k], beta[start + k]
+            c = start + k
+            mk, gk, shift = mean[c], gain[k], beta[c]
             if residual.size:  # add_in_place's and relu_forward's arithmetic after BatchNorm's
-                added = residual[n, start + k]
                 for l in range(L):
-                    v = (x_row[l] - mk) * gk + shift + added[l]
-                    y_row[l] = zero if relu and v < zero else v
+                    v = (x[n, c, l] - mk) * gk + shift + residual[n, c, l]
+                    y[n, c, l] = zero if relu and v < zero else v
             elif relu:
                 for l in range(L):
-                    v = (x_row[l] - mk) * gk + shift
-                    y_row[l] = zero if v < zero else v
+                    v = (x[n, c, l] - mk) * gk + shift
+                    y[n, c, l] = zero if v < zero else v
             else:
                 for l in range(L):
-                    y_row[l] = (x_row[l] - mk) * gk + shift
+                    y[n, c, l] = (x[n, c, l] - mk) * gk + shift
 
 
 def batch_norm_forward_training(x, gamma, beta, eps):
@@ -143,22 +143,21 @@ def _channel_gradient_sums(gy, y, masked, x, mean, inv_std, start, stop, sum_gy,
     # gy, or, when masked, gy where y (a ReLU's output, x's shape) > 0 and 0 elsewhere (fastmath
     # and the loop order: see _channel_sums).
     zero = gy.dtype.type(0)
+    L = x.shape[2]
     for n in range(x.shape[0]):
         for k in range(stop - start):
             c = start + k
-            gy_row, x_row = gy[n, c], x[n, c]
             m, s = mean[c], inv_std[c]
             partial_gy, partial_gy_x_hat = 0.0, 0.0
             if masked:
-                y_row = y[n, c]
-                for l in range(x_row.size):
-                    g = gy_row[l] if y_row[l] > zero else zero
+                for l in range(L):
+                    g = gy[n, c, l] if y[n, c, l] > zero else zero
                     partial_gy += g
-                    partial_gy_x_hat += g * ((x_row[l] - m) * s)
+                    partial_gy_x_hat += g * ((x[n, c, l] - m) * s)
             else:
-                for l in range(x_row.size):
-                    partial_gy += gy_row[l]
-                    partial_gy_x_hat += gy_row[l] * ((x_row[l] - m) * s)
+                for l in range(L):
+                    partial_gy += gy[n, c, l]
+                    partial_gy_x_hat += gy[n, c, l] * ((x[n, c, l] - m) * s)
             sum_gy[k] += partial_gy
             sum_gy_x_hat[k] += partial_gy_x_hat
 
@@ -181,9 +180,9 @@ def _batch_norm_backward(gy, y, x, gain, mean, inv_std, gx, ggamma, gbeta, g_out
         # and batch_norm_backward in turn).
         for n in range(N):
             for k in range(stop - start):
-                gy_row, y_row, out_row = gy[n, start + k], y[n, start + k], g_out[n, start + k]
+                c = start + k
                 for l in range(L):
-                    out_row[l] = gy_row[l] if y_row[l] > zero else zero
+                    g_out[n, c, l] = gy[n, c, l] if y[n, c, l] > zero else zero
         g, masked = g_out, False
     sum_gy, sum_gy_x_hat = np.zeros(stop - start), np.zeros(stop - start)  # float64
     _channel_gradient_sums(g, y, masked, x, mean, inv_std, start, stop, sum_gy, sum_gy_x_hat)
@@ -202,19 +201,18 @@ def _batch_norm_backward(gy, y, x, gain, mean, inv_std, gx, ggamma, gbeta, g_out
     for n in range(N):
         for k in range(stop - start):
             c = start + k
-            g_row, x_row, gx_row = g[n, c], x[n, c], gx[n, c]  # (L,) each, contiguous
             m, s, w, a, b = mean[c], inv_std[c], gain[c], mean_gy[k], mean_gy_x_hat[k]
             if masked:  # relu_backward's mask, then BatchNorm's formula
-                y_row = y[n, c]
                 for l in range(L):
-                    x_hat = (x_row[l] - m) * s
-                    gx_row[l] = w * ((g_row[l] if y_row[l] > zero else zero) - a - x_hat * b)
+                    x_hat = (x[n, c, l] - m) * s
+                    gx[n, c, l] = w * ((g[n, c, l] if y[n, c, l] > zero else zero) - a - x_hat * b)
             else:
                 for l in range(L):
-                    x_hat = (x_row[l] - m) * s
-                    gx_row[l] = w * (g_row[l] - a - x_hat * b)
+                    x_hat = (x[n, c, l] - m) * s
+                    gx[n, c, l] = w * (g[n, c, l] - a - x_hat * b)
             if g_out.size and not y.size:  # no ReLU: the residual's gradient is gy itself
-                g_out[n, c, :] = g_row
+                for l in range(L):
+                    g_out[n, c, l] = g[n, c, l]
 
 
 def batch_norm_backward(gy, x, gamma, mean, inv_std):
