@@ -193,7 +193,10 @@ def _conv_chunks(N, column_length, weight_length, multiply_adds):
         count = max(count, PRODUCT_CHUNKS)
     if count > 1:
         count += count % 2
-    return split(N, -(-N // min(count, N)))
+    # As equal as can be (sizes differ by one at most): 32 samples in 6 chunks as 6, 6, 5, 5, 5, 5
+    # rather than five of 6 and one of 2, which left one thread 18 samples and the other 14.
+    count = min(count, N)
+    return [(N * k // count, N * (k + 1) // count) for k in range(count)]
 
 
 @njit(cache=True, nogil=True)
