@@ -12,6 +12,7 @@ written in the file of its concern, where a reader following one call stays:
     kernels/cpu_winograd_backward.py  conv2d_backward's weight gradient by the same transforms
     kernels/cpu_conv_taps.py  conv2d forward and backward as one product per kernel tap, for layers
                              of small outputs whose im2col columns are mostly padding
+    kernels/cpu_conv_weights.py  the weight's live taps in the products' layouts, on every thread
     kernels/cpu_pool.py      max_pool2d_forward/_backward, avg_pool2d_forward/_backward
     kernels/cpu_norm.py      batch_norm_forward_training, batch_norm_backward, lrn_forward, lrn_backward,
                              batch_norm_forward_inference, batch_norm_backward_inference,

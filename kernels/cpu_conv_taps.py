@@ -35,6 +35,7 @@ import numpy as np
 from numba import njit
 
 from tinycnn.kernels.cpu_columns import _to_padded_nhwc
+from tinycnn.kernels.cpu_conv_weights import gather_taps
 from tinycnn.kernels.cpu_norm import _batch_norm_relu_rows
 from tinycnn.kernels.parallel import parallel_range, run_chunks
 
@@ -99,7 +100,7 @@ class TapGroups:
 
     def weights(self, W):
         """W's live taps in group order, (taps, OC, C): y_rect = x_rect @ W_tap^T."""
-        return np.ascontiguousarray(W.reshape(self.OC, self.C, self.KH * self.KW).transpose(2, 0, 1)[self.taps])
+        return gather_taps(W, self.taps, "tap")
 
 
 @functools.lru_cache(maxsize=1024)
