@@ -12,6 +12,8 @@ written in the file of its concern, where a reader following one call stays:
     kernels/cpu_winograd_backward.py  conv2d_backward's weight gradient by the same transforms
     kernels/cpu_conv_taps.py  conv2d forward and backward as one product per kernel tap, for layers
                              of small outputs whose im2col columns are mostly padding
+    kernels/cpu_conv_dense.py  conv2d's forward as one product with the layer's whole linear map,
+                             for layers on planes of a few pixels
     kernels/cpu_conv_weights.py  the weight's live taps in the products' layouts, on every thread
     kernels/cpu_pool.py      max_pool2d_forward/_backward, avg_pool2d_forward/_backward
     kernels/cpu_norm.py      batch_norm_forward_training, batch_norm_backward, lrn_forward, lrn_backward,
@@ -46,7 +48,8 @@ atomics or locks are needed:
     conv2d                         a chunk of samples per item (im2col, product and col2im of a
                                    few samples, while their columns are in the core's cache);
                                    Winograd's, a chunk of tile rows (2 output rows of a sample);
-                                   the tap products', a chunk of samples through all its taps
+                                   the tap products', a chunk of samples through all its taps;
+                                   the dense product's, a chunk of output channels
 
 Where the reference sums taps in a fixed order (col2im, pooling, LRN's window) the loops here add
 in that same order, so those results are equal to the reference to the last bit; batch norm
