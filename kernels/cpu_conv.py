@@ -265,12 +265,17 @@ def _samples_to_rows(gy, start, rows, bias_sums):
 
 @njit(cache=True, nogil=True)
 def _add_shares(shares, total, start, stop):
-    # total[i] = shares[0, i] + shares[1, i] + ..., in that order, for i in [start, stop).
-    for i in range(start, stop):
-        total[i] = shares[0, i]
+    # total[i] = shares[0, i] + shares[1, i] + ..., in that order, for i in [start, stop). The loops
+    # run over slices from index 0, so LLVM sees no negative index and vectorises them (see
+    # cpu_elementwise._relu_forward): over range(start, stop) they ran 7x slower, 0.15 ms for
+    # ResNet-18's 64->64 3x3 weight gradient in 6 shares, against NumPy's sum 0.03 on one thread.
+    out, first = total[start:stop], shares[0, start:stop]
+    for i in range(out.shape[0]):
+        out[i] = first[i]
     for k in range(1, shares.shape[0]):
-        for i in range(start, stop):
-            total[i] += shares[k, i]
+        share = shares[k, start:stop]
+        for i in range(out.shape[0]):
+            out[i] += share[i]
 
 
 def _sum_of_shares(shares):
