@@ -101,6 +101,59 @@ def _batch_norm_forward_training(x, gamma, beta, eps, y, mean, var, inv_std, res
                     y[n, c, l] = (x[n, c, l] - mk) * gk + shift
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _vector_sums(x, start, stop, total, m, squares):
+    # x (N, C): one value per sample and channel (maps of one pixel). total[k] += the values of
+    # channel start + k; then, if m is not empty, squares[k] += their (x - m[k])^2 instead. The
+    # loops run over slices from index 0 along the channels, which lie side by side: LLVM
+    # vectorises them (over range(start, stop) it would not; see _batch_norm_forward_vectors).
+    for n in range(x.shape[0]):
+        row = x[n, start:stop]
+        if m.size:
+            for k in range(row.shape[0]):
+                d = row[k] - m[k]
+                squares[k] += d * d
+        else:
+            for k in range(row.shape[0]):
+                total[k] += row[k]
+
+
+@njit(cache=True, nogil=True)
+def _batch_norm_forward_vectors(x, gamma, beta, eps, y, mean, var, inv_std, residual, relu, start, stop):
+    # _batch_norm_forward_training on maps of one pixel, x, y and residual as (N, C): the same
+    # arithmetic, in the same order, so the same bits; but the inner loops run along the channels,
+    # where the general kernel's ran along one pixel, one channel at a time (32 x 512 x 1 x 1, one
+    # thread: 0.075 ms there, see tests/test_normalization.py for the bits).
+    N = x.shape[0]
+    total, squares = np.zeros(stop - start), np.zeros(stop - start)  # float64
+    _vector_sums(x, start, stop, total, np.empty(0), squares)
+    m = total / N
+    _vector_sums(x, start, stop, total, m, squares)
+    gain = np.empty(stop - start, dtype=x.dtype)
+    for k in range(stop - start):
+        c = start + k
+        mean[c] = m[k]
+        var[c] = squares[k] / N
+        inv_std[c] = 1 / np.sqrt(var[c] + eps)
+        gain[k] = gamma[c] * inv_std[c]
+    zero = y.dtype.type(0)
+    means, shifts = mean[start:stop], beta[start:stop]
+    for n in range(N):
+        row, out = x[n, start:stop], y[n, start:stop]
+        if residual.size:
+            added = residual[n, start:stop]
+            for k in range(row.shape[0]):
+                v = (row[k] - means[k]) * gain[k] + shifts[k] + added[k]
+                out[k] = zero if relu and v < zero else v
+        elif relu:
+            for k in range(row.shape[0]):
+                v = (row[k] - means[k]) * gain[k] + shifts[k]
+                out[k] = zero if v < zero else v
+        else:
+            for k in range(row.shape[0]):
+                out[k] = (row[k] - means[k]) * gain[k] + shifts[k]
+
+
 def batch_norm_forward_training(x, gamma, beta, eps):
     """Normalise x (N, C, ...) per channel with its own batch statistics, then scale and shift.
 
@@ -130,6 +183,13 @@ def batch_norm_relu_forward_training(x, gamma, beta, eps, residual, relu):
     residual = (np.empty((0, 0, 0), x.dtype) if residual is None
                 else _as_ncl(np.broadcast_to(residual, x.shape)).astype(x.dtype, copy=False))
     relu = bool(relu)
+    if x3.shape[2] == 1:  # maps of one pixel: the loops along the channels (see _batch_norm_forward_vectors)
+        N = x3.shape[0]
+        x2, y2 = x3.reshape(N, C), y.reshape(N, C)
+        residual2 = residual.reshape(N, C) if residual.size else np.empty((0, 0), x.dtype)
+        parallel_range(lambda start, stop: _batch_norm_forward_vectors(x2, gamma, beta, eps, y2, mean, var, inv_std,
+                                                                       residual2, relu, start, stop), C, 3 * N)
+        return y.reshape(x.shape), mean, var, inv_std
     parallel_range(lambda start, stop: _batch_norm_forward_training(x3, gamma, beta, eps, y, mean, var, inv_std,
                                                                     residual, relu, start, stop),
                    C, 3 * x3.shape[0] * x3.shape[2])
@@ -223,6 +283,69 @@ def _batch_norm_backward(gy, y, x, gain, mean, inv_std, gx, ggamma, gbeta, g_out
                     g_out[n, c, l] = g[n, c, l]
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _vector_gradient_sums(g, y, masked, x, mean, inv_std, start, stop, sum_gy, sum_gy_x_hat):
+    # _channel_gradient_sums on maps of one pixel, g, y and x as (N, C), the loops along the
+    # channels (see _vector_sums).
+    zero = g.dtype.type(0)
+    means, scales = mean[start:stop], inv_std[start:stop]
+    for n in range(x.shape[0]):
+        grads, outputs, row = g[n, start:stop], y[n, start:stop], x[n, start:stop]
+        if masked:
+            for k in range(row.shape[0]):
+                value = grads[k] if outputs[k] > zero else zero
+                sum_gy[k] += value
+                sum_gy_x_hat[k] += value * ((row[k] - means[k]) * scales[k])
+        else:
+            for k in range(row.shape[0]):
+                sum_gy[k] += grads[k]
+                sum_gy_x_hat[k] += grads[k] * ((row[k] - means[k]) * scales[k])
+
+
+@njit(cache=True, nogil=True)
+def _batch_norm_backward_vectors(gy, y, x, gain, mean, inv_std, gx, ggamma, gbeta, g_out, start, stop):
+    # _batch_norm_backward on maps of one pixel, every array (N, C): the same arithmetic in the same
+    # order, so the same bits, but the loops along the channels, where the general kernel's ran
+    # along one pixel, with the ReLU's mask a branch per value that the processor could not guess
+    # (32 x 512 x 1 x 1, one thread: 0.18-0.22 ms there).
+    N = x.shape[0]
+    zero = gy.dtype.type(0)
+    masked = y.size > 0
+    g = gy
+    if masked and g_out.size:  # the masked gradient written first, as there
+        for n in range(N):
+            grads, outputs, out = gy[n, start:stop], y[n, start:stop], g_out[n, start:stop]
+            for k in range(out.shape[0]):
+                out[k] = grads[k] if outputs[k] > zero else zero
+        g, masked = g_out, False
+    sum_gy, sum_gy_x_hat = np.zeros(stop - start), np.zeros(stop - start)  # float64
+    _vector_gradient_sums(g, y, masked, x, mean, inv_std, start, stop, sum_gy, sum_gy_x_hat)
+    for k in range(stop - start):
+        gbeta[start + k] = sum_gy[k]
+        ggamma[start + k] = sum_gy_x_hat[k]
+    mean_gy = np.empty(stop - start, dtype=x.dtype)
+    mean_gy_x_hat = np.empty(stop - start, dtype=x.dtype)
+    for k in range(stop - start):
+        mean_gy[k] = sum_gy[k] / N
+        mean_gy_x_hat[k] = sum_gy_x_hat[k] / N
+    means, scales, gains = mean[start:stop], inv_std[start:stop], gain[start:stop]
+    for n in range(N):
+        grads, row, out = g[n, start:stop], x[n, start:stop], gx[n, start:stop]
+        if masked:
+            outputs = y[n, start:stop]
+            for k in range(row.shape[0]):
+                x_hat = (row[k] - means[k]) * scales[k]
+                out[k] = gains[k] * ((grads[k] if outputs[k] > zero else zero) - mean_gy[k] - x_hat * mean_gy_x_hat[k])
+        else:
+            for k in range(row.shape[0]):
+                x_hat = (row[k] - means[k]) * scales[k]
+                out[k] = gains[k] * (grads[k] - mean_gy[k] - x_hat * mean_gy_x_hat[k])
+        if g_out.size and not y.size:  # no ReLU: the residual's gradient is gy itself
+            copy = g_out[n, start:stop]
+            for k in range(row.shape[0]):
+                copy[k] = grads[k]
+
+
 def batch_norm_backward(gy, x, gamma, mean, inv_std):
     """Gradients of batch_norm_forward_training: (gx, ggamma, gbeta), the last two (C,).
     gamma None counts as 1."""
@@ -244,7 +367,7 @@ def batch_norm_relu_backward(gy, y, x, gamma, mean, inv_std, relu, needs_residua
     ggamma, gbeta = np.empty(C, dtype=x.dtype), np.empty(C, dtype=x.dtype)
     # On maps of fewer than MASK_FIRST_PIXELS pixels the ReLU's mask is applied in a pass of its
     # own, into g_out as for a residual, even where no residual wants it (see MASK_FIRST_PIXELS).
-    mask_first = needs_residual_grad or (relu and x3.shape[2] < MASK_FIRST_PIXELS)
+    mask_first = needs_residual_grad or (relu and 1 < x3.shape[2] < MASK_FIRST_PIXELS)  # (1: no branches there)
     g_out = np.empty_like(x3) if mask_first else np.empty((0, 0, 0), x.dtype)
     gresidual = g_out.reshape(x.shape) if needs_residual_grad else None
     if x3.shape[0] * x3.shape[2] == 0:  # an empty batch: sums over no values are 0, gx is empty
@@ -252,6 +375,13 @@ def batch_norm_relu_backward(gy, y, x, gamma, mean, inv_std, relu, needs_residua
         return gx.reshape(x.shape), ggamma, gbeta, gresidual
     mask = _as_ncl(y) if relu else np.empty((0, 0, 0), x.dtype)
     mean = np.ascontiguousarray(mean, dtype=x.dtype)
+    if x3.shape[2] == 1:  # maps of one pixel: the loops along the channels (see _batch_norm_backward_vectors)
+        N = x3.shape[0]
+        vectors = [a.reshape(a.shape[0], a.shape[1]) for a in (gy3, mask, x3, gx, g_out)]
+        parallel_range(lambda start, stop: _batch_norm_backward_vectors(
+            vectors[0], vectors[1], vectors[2], gain, mean, inv_std, vectors[3], ggamma, gbeta, vectors[4], start, stop),
+            C, 2 * N)
+        return gx.reshape(x.shape), ggamma, gbeta, gresidual
     parallel_range(lambda start, stop: _batch_norm_backward(gy3, mask, x3, gain, mean, inv_std, gx, ggamma, gbeta,
                                                             g_out, start, stop),
                    C, 2 * x3.shape[0] * x3.shape[2])

@@ -357,8 +357,8 @@ def test_whole_networks_fuse_every_batchnorm_and_give_the_same_logits(fused_call
 def batch_norm_relu_cases(draw):
     """x (N, C, H, W) with at least two values per channel, gamma or None, beta or None, a residual
     or None, relu; the values before the ReLU kept away from 0, where it has a kink."""
-    N, C = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    H, W = draw(st.sampled_from([(1, 2), (2, 2), (3, 1), (2, 3)]))
+    H, W = draw(st.sampled_from([(1, 1), (1, 2), (2, 2), (3, 1), (2, 3)]))  # (1, 1): the kernels' own loops
+    N, C = draw(st.integers(2 if H * W == 1 else 1, 3)), draw(st.integers(1, 3))
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     x = rng.uniform(-2.0, 2.0, size=(N, C, H, W))
     gamma = rng.uniform(0.5, 1.5, size=C) if draw(st.booleans()) else None
@@ -442,6 +442,47 @@ def test_batch_norm_relu_kernels_equal_the_reference(backend, case, dtype, needs
         assert_close(grads[3], wanted[3], dtype, "gresidual")
     else:
         assert grads[3] is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N, C", [(32, 512), (3, 7), (1, 5)])
+def test_numba_batch_norm_relu_on_one_pixel_maps_gives_the_bits_of_the_general_loops(dtype, N, C):
+    # Maps of one pixel take their own loops, along the channels (kernels/cpu_norm.py's _vectors
+    # kernels): the same arithmetic in the same order as the general kernels, called here directly
+    # on the same values, so the same bits, with and without a residual, ReLU and residual gradient.
+    from tinycnn.kernels import cpu_norm
+    rng = np.random.default_rng(N * C)
+    x = (rng.standard_normal((N, C)) * 3 + 1).astype(dtype)
+    gamma, beta = rng.uniform(0.5, 2, C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    gy = rng.standard_normal((N, C)).astype(dtype)
+    none2, none3 = np.empty((0, 0), dtype), np.empty((0, 0, 0), dtype)
+    for residual, relu in [(False, False), (False, True), (True, True)]:
+        r = rng.standard_normal((N, C)).astype(dtype) if residual else None
+        results = []
+        for vectors in (True, False):
+            y, mean, var, inv_std = np.empty((N, C), dtype), *(np.empty(C, dtype) for _ in range(3))
+            if vectors:
+                cpu_norm._batch_norm_forward_vectors(x, gamma, beta, 1e-5, y, mean, var, inv_std,
+                                                     none2 if r is None else r, relu, 0, C)
+            else:
+                cpu_norm._batch_norm_forward_training(x[:, :, None], gamma, beta, 1e-5, y[:, :, None], mean, var,
+                                                      inv_std, none3 if r is None else r[:, :, None], relu, 0, C)
+            gain = (gamma * inv_std).astype(dtype)
+            for wants_residual_gradient in (False, True):
+                gx, ggamma, gbeta = np.empty((N, C), dtype), np.empty(C, dtype), np.empty(C, dtype)
+                g_out = np.empty((N, C), dtype) if wants_residual_gradient else none2
+                if vectors:
+                    cpu_norm._batch_norm_backward_vectors(gy, y if relu else none2, x, gain, mean, inv_std, gx, ggamma,
+                                                          gbeta, g_out, 0, C)
+                else:
+                    cpu_norm._batch_norm_backward(gy[:, :, None], y[:, :, None] if relu else none3, x[:, :, None],
+                                                  gain, mean, inv_std, gx[:, :, None], ggamma, gbeta,
+                                                  g_out[:, :, None] if wants_residual_gradient else none3, 0, C)
+                results.append((y, mean, var, inv_std, gx, ggamma, gbeta, g_out))
+        half = len(results) // 2
+        for ours, general in zip(results[:half], results[half:]):
+            for name, a, b in zip(("y", "mean", "var", "inv_std", "gx", "ggamma", "gbeta", "gresidual"), ours, general):
+                np.testing.assert_array_equal(a, b, err_msg=f"{name}, residual {residual}, relu {relu}")
 
 
 def test_batch_norm_relu_rejects_a_residual_of_another_shape():
