@@ -172,6 +172,19 @@ def test_adaptive_avg_pool2d_matches_torch(xp, dtype, config, seed):
                        f"adaptive_avg_pool2d {shape} -> {output_size}")
 
 
+@pytest.mark.parametrize("shape, output_size", [((2, 3, 7, 5), (3, 2)), ((1, 2, 20, 20), 16), ((2, 4, 7, 7), 1)])
+def test_adaptive_avg_pool2d_both_products_match_torch(monkeypatch, shape, output_size):
+    # The averaging as A_H x A_W^T plane by plane, and as one product of all planes with A_H kron
+    # A_W (small planes, functional/pooling.py's KRONECKER_VALUES), each forced in turn.
+    from tinycnn.functional import pooling
+    x = np.random.default_rng(0).uniform(-1, 1, shape)
+    for limit in (0, 1 << 30):
+        monkeypatch.setattr(pooling, "KRONECKER_VALUES", limit)
+        compare_with_torch(lambda x: F.adaptive_avg_pool2d(x, output_size),
+                           lambda x: TF.adaptive_avg_pool2d(x, output_size), [x], np, np.float64,
+                           f"adaptive_avg_pool2d {shape} -> {output_size}, Kronecker up to {limit} values")
+
+
 def test_adaptive_avg_pool2d_bins_as_pytorch_defines_them():
     # H = 5 into 3 bins: [floor(0), ceil(5/3)) = [0, 2), [1, 4), [3, 5): overlapping by one.
     x = tinycnn.tensor(np.arange(5.0).reshape(1, 1, 5, 1))

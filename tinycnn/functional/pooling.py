@@ -170,6 +170,11 @@ def _adaptive_bins(size, out, xp, dtype):
     return (inside / (end - start)).astype(dtype)
 
 
+# Adaptive average pooling multiplies by the Kronecker product of its two averaging matrices where
+# that has at most this many values (every global pooling of the zoo: 1 x 49 for a 7x7 plane).
+KRONECKER_VALUES = 1 << 16
+
+
 class AdaptiveAvgPool2d(Function):
     """Average over OH x OW bins that tile the input, whatever its size (bins may overlap by one).
 
@@ -206,10 +211,25 @@ y[n, c] = A_H x[n, c] A_W^T: the mean over each bin's rectangle, as two averagin
         xp = backend.get_array_module(x)
         self.A_H = _adaptive_bins(H, OH, xp, x.dtype)  # (OH, H)
         self.A_W = _adaptive_bins(W, OW, xp, x.dtype)  # (OW, W)
+        if OH * OW * H * W <= KRONECKER_VALUES:
+            # Every plane at once: with each plane flattened to a row, y = x A^T for A = A_H kron A_W
+            # (OH*OW, H*W), since A_H X A_W^T flattened is (A_H kron A_W) times X flattened. One
+            # matrix product over all N*C planes, where NumPy's matmul of the small per-plane
+            # matrices ran element by element: a global pooling of 8 x 2048 x 7 x 7 (ResNet-50's)
+            # took 4.3 ms forward + backward so.
+            N, C = x.shape[:2]
+            A = xp.kron(self.A_H, self.A_W)  # (not kept: the backward makes it again, as cheaply)
+            return (xp.ascontiguousarray(x).reshape(N * C, H * W) @ A.T).reshape(N, C, OH, OW)
         return self.A_H @ x @ self.A_W.T  # (OH, H) @ (N, C, H, W) @ (W, OW) -> (N, C, OH, OW)
 
     def backward(self, gy):
-        # y = A_H x A_W^T is linear in x, so dx = A_H^T gy A_W.
+        # y = A_H x A_W^T is linear in x, so dx = A_H^T gy A_W (with the planes as rows: dx = gy A).
+        (OH, H), (OW, W) = self.A_H.shape, self.A_W.shape
+        if OH * OW * H * W <= KRONECKER_VALUES:
+            N, C = gy.shape[:2]
+            xp = backend.get_array_module(gy)
+            gx = xp.ascontiguousarray(gy).reshape(N * C, OH * OW) @ xp.kron(self.A_H, self.A_W)
+            return gx.reshape(N, C, H, W)
         return self.A_H.T @ gy @ self.A_W  # (H, OH) @ (N, C, OH, OW) @ (OW, W) -> (N, C, H, W)
 
 
