@@ -70,6 +70,35 @@ def test_gradients_summed_from_many_uses_equal_torchs_even_where_a_sum_is_passed
     np.testing.assert_allclose(b.grad, tb.grad.numpy(), rtol=1e-12)
 
 
+def test_sums_of_many_gradients_leave_the_arrays_the_backwards_returned_as_they_were():
+    # A DenseNet-like reuse: every feature joins each later concatenation, whose backward returns
+    # views of one gradient array, and an add returns one array for both of its inputs. The engine
+    # sums a feature's gradients into an array of its own after the first sum; adding in place into
+    # one of those views would change the concatenations' gradients (retained here) as well.
+    rng = np.random.default_rng(1)
+    a0 = rng.standard_normal((2, 3, 4))
+
+    def loss(a, concat, add, retain):
+        features, joins = [a * 1.5], []
+        for k in range(4):
+            joined = concat(features)
+            retain(joined)
+            joins.append(joined)
+            features.append(add(joined[:, :3] * (k + 2.0), joined[:, -3:]))
+        return sum((j * j).sum() for j in joins), joins
+
+    a = leaf(a0)
+    total, joins = loss(a, lambda fs: tinycnn.functional.concat(fs, axis=1), tinycnn.functional.add,
+                        lambda t: t.retain_grad())
+    total.backward()
+    ta = torch.tensor(a0, requires_grad=True)
+    torch_total, torch_joins = loss(ta, lambda fs: torch.cat(fs, dim=1), torch.add, lambda t: t.retain_grad())
+    torch_total.backward()
+    np.testing.assert_allclose(a.grad, ta.grad.numpy(), rtol=1e-12)
+    for join, torch_join in zip(joins, torch_joins):
+        np.testing.assert_allclose(join.grad, torch_join.grad.numpy(), rtol=1e-12)
+
+
 def test_leaf_gradients_accumulate_across_backward_calls_as_torch():
     x = leaf([1.0, 2.0])
     (x * 3.0).sum().backward()

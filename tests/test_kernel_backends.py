@@ -51,7 +51,7 @@ CUPY = _gpu_params()  # "cupy", skipped without CuPy and a CUDA device
 BACKENDS = ["reference", "numba", CUDA_ON_CPU, CUPY]
 GPU_BACKENDS = [CUDA_ON_CPU, CUPY]  # kernels/gpu.py's code, on the CPU and on a device
 DTYPES = st.sampled_from([np.float32, np.float64])
-LAYOUTS = st.sampled_from(["contiguous", "strided", "transposed"])
+LAYOUTS = st.sampled_from(["contiguous", "strided", "transposed", "sliced"])
 
 
 def run(backend, primitive, *args, **kwargs):
@@ -81,9 +81,13 @@ def _to_gpu_keeping_layout(a):
 
 
 def _array(seed, shape, dtype, layout="contiguous"):
-    """Uniform [-1, 1) values of `shape`; 'strided' and 'transposed' are views whose memory is not
-    C-ordered (every other element of a wider array; the transpose of the reversed shape)."""
+    """Uniform [-1, 1) values of `shape`; 'strided', 'transposed' and 'sliced' are views whose
+    memory is not C-ordered (every other element of a wider array; the transpose of the reversed
+    shape; a slice along axis 1 of an array two wider there, whose rows x[n] are each contiguous,
+    as a concatenation's backward hands out)."""
     rng = np.random.default_rng(seed)
+    if layout == "sliced" and len(shape) >= 2:
+        return rng.uniform(-1, 1, size=(shape[0], shape[1] + 2) + shape[2:]).astype(dtype)[:, 1:1 + shape[1]]
     if layout == "strided" and len(shape):
         return rng.uniform(-1, 1, size=shape[:-1] + (2 * shape[-1],)).astype(dtype)[..., ::2]
     if layout == "transposed":
@@ -492,6 +496,7 @@ def test_relu_forward_into_out(backend, shape, dtype, x_layout, out_layout, seed
 @given(st.lists(st.integers(1, 5), min_size=0, max_size=4).map(tuple), st.data(), DTYPES, LAYOUTS, LAYOUTS,
        st.integers(0, 2**16))
 @example((2, 3, 4), None, np.float32, "contiguous", "contiguous", 0)
+@example((3, 2, 5, 7), None, np.float32, "contiguous", "sliced", 0)
 def test_add_in_place(backend, shape, data, dtype, y_layout, x_layout, seed):
     # y += x: a residual add (x of y's shape) or an x broadcast to y's shape (fewer axes, or 1 in
     # some), of any layout. One rounding of an exact sum: exactly the float64 reference's, rounded.
