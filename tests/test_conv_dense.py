@@ -18,24 +18,16 @@ from hypothesis import example, given, strategies as st
 from tinycnn.kernels import cpu, cpu_conv, parallel
 from tinycnn.kernels.cpu_conv_dense import dense_conv2d_forward, map_chunks, plane_map
 from tinycnn.kernels.cpu_norm import inference_normalisation
+from support import conv_layers, inference_statistics, unfused_batch_norm_relu
 
 # Error allowed per term of a sum of products of numbers in [-1, 1], as tests/test_conv_taps.py:
 # the dense product adds its terms in its own order (pixel by pixel, channel by channel).
 PER_TERM = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 2e-15}
 
 
-@st.composite
-def layers(draw):
-    """(N, C, OC, H, W, KH, KW, SH, SW, PH, PW, DH, DW): an ungrouped layer with at least one output
-    along each axis, on small planes."""
-    KH, KW = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    SH, SW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    PH, PW = draw(st.integers(0, 3)), draw(st.integers(0, 3))
-    DH, DW = draw(st.integers(1, 2)), draw(st.integers(1, 2))
-    H = draw(st.integers(max(1, DH * (KH - 1) + 1 - 2 * PH), 6))
-    W = draw(st.integers(max(1, DW * (KW - 1) + 1 - 2 * PW), 6))
-    N, C, OC = draw(st.integers(1, 4)), draw(st.integers(1, 6)), draw(st.integers(1, 6))
-    return N, C, OC, H, W, KH, KW, SH, SW, PH, PW, DH, DW
+def layers():
+    """Ungrouped layers with at least one output along each axis (support.conv_layers)."""
+    return conv_layers(4, 6, 4)
 
 
 RESNET18_2X2 = (3, 4, 5, 2, 2, 3, 3, 1, 1, 1, 1, 1, 1)  # 3x3, padding 1, on 2x2: every pair linked
@@ -177,14 +169,6 @@ def test_conv2d_forward_takes_the_dense_product(dense_calls, x_shape, w_shape, s
     _assert_matches_torch(y, x, weight, b, window)
 
 
-def _statistics(seed, C, dtype):
-    """gamma, beta, mean and inv_std of an evaluation-mode BatchNorm, as tests/test_fused.py draws them."""
-    rng = np.random.default_rng(seed)
-    gamma, beta, mean = rng.uniform(-1, 1, C) + 1.5, rng.uniform(-1, 1, C), rng.uniform(-1, 1, C)
-    inv_std = 1 / np.sqrt(rng.uniform(-1, 1, C) + 1.5 + 1e-5)
-    return tuple(a.astype(dtype) for a in (gamma, beta, mean, inv_std))
-
-
 @pytest.mark.parametrize("bias, residual, relu", [(False, False, True), (True, False, False), (False, True, True)])
 def test_fused_inference_gives_the_bits_of_its_layers_in_turn(dense_calls, bias, residual, relu):
     rng = np.random.default_rng(0)
@@ -192,13 +176,10 @@ def test_fused_inference_gives_the_bits_of_its_layers_in_turn(dense_calls, bias,
     weight = (rng.uniform(-1, 1, (256, 256, 3, 3)) / 16).astype(np.float32)
     b = rng.uniform(-1, 1, 256).astype(np.float32) if bias else None
     window = (1, 1, 1, 1, 1, 1)
-    gamma, beta, mean, inv_std = _statistics(3, 256, np.float32)
+    gamma, beta, mean, inv_std = inference_statistics(3, 256, np.float32)
     conv_y = cpu.conv2d_forward(x, weight, b, *window, 1)
     r = rng.uniform(-1, 1, conv_y.shape).astype(np.float32) if residual else None
-    y = cpu.batch_norm_forward_inference(conv_y, gamma, beta, mean, inv_std)
-    if r is not None:
-        y = cpu.add_in_place(y, r)
-    y = cpu.relu_forward(y) if relu else y
+    y = unfused_batch_norm_relu(conv_y, gamma, beta, mean, inv_std, r, relu)
     fused_y = cpu.conv2d_batch_norm_relu_inference(x, weight, b, *window, 1, gamma, beta, mean, inv_std, r, relu)
     np.testing.assert_array_equal(fused_y, y)
     assert len(dense_calls) == 2  # both through the dense product
@@ -212,8 +193,8 @@ def test_normalisation_given_directly():
     weight = rng.uniform(-1, 1, (4, 5, 3, 2)).astype(np.float64)
     window = (1, 2, 1, 1, 1, 1)
     y = dense_conv2d_forward(x, weight, None, *window)
-    gamma, beta, mean, inv_std = _statistics(2, 4, np.float64)
-    expected = cpu.relu_forward(cpu.batch_norm_forward_inference(y, gamma, beta, mean, inv_std))
+    gamma, beta, mean, inv_std = inference_statistics(2, 4, np.float64)
+    expected = unfused_batch_norm_relu(y, gamma, beta, mean, inv_std, None, True)
     normalisation = inference_normalisation(y.shape, y.dtype, gamma, beta, mean, inv_std, None, True)
     np.testing.assert_array_equal(dense_conv2d_forward(x, weight, None, *window, normalisation), expected)
 

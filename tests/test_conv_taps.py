@@ -23,6 +23,7 @@ from tinycnn.kernels import cpu, cpu_conv, parallel
 from tinycnn.kernels.cpu_conv_taps import taps_conv2d_backward, taps_conv2d_forward
 from tinycnn.kernels.cpu_norm import inference_normalisation
 from tinycnn.kernels.parallel import split
+from support import conv_layers, inference_statistics, unfused_batch_norm_relu
 
 # Error allowed per term of a sum of products of numbers in [-1, 1]: as tests/test_winograd.py
 # (and tests/test_kernel_backends.py for im2col), 1e-6 in float32 (17 unit round-offs) and 2e-15 in
@@ -31,18 +32,9 @@ from tinycnn.kernels.parallel import split
 PER_TERM = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 2e-15}
 
 
-@st.composite
-def layers(draw):
-    """(N, C, OC, H, W, KH, KW, SH, SW, PH, PW, DH, DW): an ungrouped layer with at least one output
-    along each axis (the input at least as tall and wide as the dilated kernel, once padded)."""
-    KH, KW = draw(st.integers(1, 5)), draw(st.integers(1, 5))
-    SH, SW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    PH, PW = draw(st.integers(0, 3)), draw(st.integers(0, 3))
-    DH, DW = draw(st.integers(1, 2)), draw(st.integers(1, 2))
-    H = draw(st.integers(max(1, DH * (KH - 1) + 1 - 2 * PH), 9))
-    W = draw(st.integers(max(1, DW * (KW - 1) + 1 - 2 * PW), 9))
-    N, C, OC = draw(st.integers(1, 3)), draw(st.integers(1, 6)), draw(st.integers(1, 6))
-    return N, C, OC, H, W, KH, KW, SH, SW, PH, PW, DH, DW
+def layers():
+    """Ungrouped layers with at least one output along each axis (support.conv_layers)."""
+    return conv_layers(5, 9, 3)
 
 
 # Layers for @example, as layers() draws them:
@@ -290,22 +282,6 @@ def test_conv2d_forward_and_backward_take_the_taps(taps_calls, x_shape, w_shape,
         assert len(chunks) == 2  # the backward's shares of dW are summed over chunks
 
 
-def _statistics(seed, C, dtype):
-    """gamma, beta, mean and inv_std of an evaluation-mode BatchNorm, as tests/test_fused.py draws them."""
-    rng = np.random.default_rng(seed)
-    gamma, beta, mean = rng.uniform(-1, 1, C) + 1.5, rng.uniform(-1, 1, C), rng.uniform(-1, 1, C)
-    inv_std = 1 / np.sqrt(rng.uniform(-1, 1, C) + 1.5 + 1e-5)
-    return tuple(a.astype(dtype) for a in (gamma, beta, mean, inv_std))
-
-
-def _unfused(y, gamma, beta, mean, inv_std, r, relu):
-    """BatchNorm, the residual's addition and ReLU by their own Numba kernels, one after the other."""
-    y = cpu.batch_norm_forward_inference(y, gamma, beta, mean, inv_std)
-    if r is not None:
-        y = cpu.add_in_place(y, r)
-    return cpu.relu_forward(y) if relu else y
-
-
 FUSED_LAYERS = {  # (x shape, W shape, stride), padding 1: 1x1 outputs, whose forward takes the taps
     "3x3 64->64 at 1x1": ((4, 64, 1, 1), (64, 64, 3, 3), 1),
     "3x3/2 64->128 at 1x1": ((4, 64, 1, 1), (128, 64, 3, 3), 2),
@@ -324,10 +300,10 @@ def test_fused_inference_gives_the_bits_of_its_layers_in_turn(taps_calls, layer,
     x = rng.uniform(-1, 1, x_shape).astype(np.float32)
     weight = (rng.uniform(-1, 1, w_shape) / 4).astype(np.float32)
     b = rng.uniform(-1, 1, w_shape[0]).astype(np.float32) if bias else None
-    gamma, beta, mean, inv_std = _statistics(3, w_shape[0], np.float32)
+    gamma, beta, mean, inv_std = inference_statistics(3, w_shape[0], np.float32)
     conv_y = cpu.conv2d_forward(x, weight, b, *window, 1)
     r = rng.uniform(-1, 1, conv_y.shape).astype(np.float32) if residual else None
-    y = _unfused(conv_y, gamma, beta, mean, inv_std, r, relu)
+    y = unfused_batch_norm_relu(conv_y, gamma, beta, mean, inv_std, r, relu)
     fused_y = cpu.conv2d_batch_norm_relu_inference(x, weight, b, *window, 1, gamma, beta, mean, inv_std, r, relu)
     np.testing.assert_array_equal(fused_y, y, err_msg=layer)
     assert [call[0] for call in taps_calls] == ["forward", "forward"]  # both through the taps
@@ -343,11 +319,11 @@ def test_normalisation_chunk_by_chunk_gives_the_bits_of_the_layers_in_turn():
     weight = rng.uniform(-1, 1, (7, 6, 3, 2)).astype(np.float64)
     b = rng.uniform(-1, 1, 7)
     window = (1, 2, 1, 1, 1, 1)
-    gamma, beta, mean, inv_std = _statistics(2, 7, np.float64)
+    gamma, beta, mean, inv_std = inference_statistics(2, 7, np.float64)
     chunks = [(0, 2), (2, 3), (3, 5)]
     y = taps_conv2d_forward(x, weight, b, *window, chunks)
     r = rng.uniform(-1, 1, y.shape)
-    expected = _unfused(y, gamma, beta, mean, inv_std, r, True)
+    expected = unfused_batch_norm_relu(y, gamma, beta, mean, inv_std, r, True)
     normalisation = inference_normalisation(y.shape, y.dtype, gamma, beta, mean, inv_std, r, True)
     np.testing.assert_array_equal(taps_conv2d_forward(x, weight, b, *window, chunks, normalisation), expected)
     assert (expected == 0).any() and (expected > 0).any()
