@@ -67,6 +67,11 @@ def time_network(results, args, network, batches):
             print(f"  {label}: skipped (at batch {batch} BatchNorm of the 1x1 last stage sees one value per channel)",
                   flush=True)
             continue
+        # Each batch from the same initial weights. Carried over from batch to batch, the networks
+        # fitted batch 1's one image in its hundreds of warm-up and timed steps, and at batch 4 both
+        # frameworks' losses went to NaN within 29 steps (run 10 printed NumPy's overflow warning):
+        # the larger batches were timed on NaNs.
+        tiny_model, torch_model = build_pair(network)
         x, t = batch_data(network, batch)
         tiny_x, tiny_t, torch_x, torch_t = tinycnn.tensor(x), tinycnn.tensor(t), torch.from_numpy(x), torch.from_numpy(t)
         runs = {f"tinycnn {k}": with_kernels(k, training_step("tinycnn", tiny_model, tiny_x, tiny_t))
