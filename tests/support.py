@@ -65,7 +65,7 @@ def inference_statistics(seed, C, dtype):
 def unfused_batch_norm_relu(y, gamma, beta, mean, inv_std, residual, relu):
     """BatchNorm in evaluation mode, the residual's addition (None for none) and the ReLU (when
     relu) by their own Numba kernels, one after the other: what a fused kernel must match bit for bit."""
-    from tinycnn.kernels import cpu
+    from tinycnn.kernels import cpu  # here, not at the top: most test files import support without the Numba kernels
 
     y = cpu.batch_norm_forward_inference(y, gamma, beta, mean, inv_std)
     if residual is not None:
