@@ -111,6 +111,23 @@ def _read_shared(typing_context, array_type, index_type):
 
 
 @intrinsic
+def _write_shared(typing_context, array_type, index_type, value_type):
+    """array[index] = value, written with an atomic store (release ordering): every write this
+    thread made before it is seen by a thread that reads the value with _read_shared."""
+    signature = types.void(array_type, index_type, value_type)
+
+    def codegen(context, builder, signature, arguments):
+        array_type = signature.args[0]
+        array = context.make_array(array_type)(context, builder, arguments[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, array, [arguments[1]])
+        value = context.cast(builder, arguments[2], signature.args[2], array_type.dtype)
+        builder.store_atomic(value, pointer, "release", array_type.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@intrinsic
 def _yield_core(typing_context):
     """sched_yield() from the C library: the calling thread lets any other runnable thread on its core
     go first. This machine's scheduler may put a spinning helper on the same core as the thread
@@ -135,6 +152,17 @@ def _spin_until_changed(cell, seen, passes):
             return value
         _yield_core()
     return _read_shared(cell, 0)
+
+
+@njit(cache=True, nogil=True)
+def _leave_and_spin(busy, index, cell, seen, passes):
+    # busy[index] = 0, then _spin_until_changed(cell, seen, passes). A helper leaves its job here
+    # rather than in Python: this store runs after Numba has let go of the GIL, so the caller,
+    # which sees it and then takes the GIL back, never finds the GIL still held by this helper.
+    # (Where it did, the caller slept on the GIL and woke 50 microseconds later: a thread asleep
+    # takes that long to wake on this project's virtual machine.)
+    _write_shared(busy, index, 0)
+    return _spin_until_changed(cell, seen, passes)
 
 
 @njit(cache=True, nogil=True)
@@ -177,8 +205,9 @@ class _Helpers:
     waits for it, asleep, and starts late; the chunks it does not take, the caller runs.)
 
     Jobs are numbered: `generation` holds the last one's number, and `busy[i]` is 1 while helper i
-    is inside a job. A helper sets it before it takes its first chunk, so a caller that has seen
-    the chunks run out and then finds every entry 0 knows that no chunk of its job is still running."""
+    is inside a job. A helper sets it before it takes its first chunk and clears it once out of the
+    job and off the GIL (_leave_and_spin), so a caller that has seen the chunks run out and then
+    finds every entry 0 knows that no chunk of its job is still running."""
 
     def __init__(self, count):
         self.generation = np.zeros(1, dtype=np.int64)
@@ -187,7 +216,7 @@ class _Helpers:
         self.wake = threading.Condition()  # for helpers that spun without seeing a job
         # Compiled (or loaded from Numba's cache) here, before any helper runs: a helper compiling
         # its spin loop in its first job would leave every chunk of that job to the caller.
-        _spin_until_changed(self.generation, 0, 0)
+        _leave_and_spin(np.zeros(1, dtype=np.int64), 0, self.generation, 0, 0)
         _spin_until_idle(self.busy, 0)
         self.threads = [threading.Thread(target=self._serve, args=(i,), name=f"tinycnn-kernel-{i}", daemon=True)
                         for i in range(count)]
@@ -197,7 +226,8 @@ class _Helpers:
     def _serve(self, index):
         seen = 0  # the number of the last job this helper ran
         while True:
-            generation = _spin_until_changed(self.generation, seen, _spin_passes())
+            # the job just run (if any) ends here: _leave_and_spin clears busy[index] off the GIL
+            generation = _leave_and_spin(self.busy, index, self.generation, seen, _spin_passes())
             if generation == seen:
                 with self.wake:
                     while self.generation[0] == seen:
@@ -210,8 +240,9 @@ class _Helpers:
             self.busy[index] = 1
             try:
                 job()
-            finally:
+            except BaseException:  # (take_chunks keeps its errors; this would be a bug in it)
                 self.busy[index] = 0
+                raise
 
     def start(self, job):
         """Hand `job` to every helper."""

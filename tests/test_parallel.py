@@ -29,6 +29,24 @@ def test_every_item_runs_once_and_big_work_is_shared(three_threads):
     assert len(threads) > 1, threads
 
 
+def test_a_call_returns_only_once_every_chunk_has_finished(three_threads):
+    # The helpers say they are done from inside a Numba loop (parallel._leave_and_spin), not from
+    # Python: a caller that took that for the end of a chunk still running would return early.
+    finished = []
+
+    def run(start, stop):
+        on_helper = threading.current_thread() is not caller
+        threading.Event().wait(0.002 if on_helper else 0.0003)  # the helpers' chunks end last
+        finished.append(start)
+
+    caller = threading.current_thread()
+
+    for _ in range(20):
+        finished.clear()
+        parallel.run_chunks(run, [(k, k + 1) for k in range(6)])
+        assert sorted(finished) == list(range(6))
+
+
 def test_small_work_stays_on_the_calling_thread(three_threads):
     threads = []
     parallel.parallel_range(lambda start, stop: threads.append((threading.current_thread(), start, stop)), 10, 10)
