@@ -134,7 +134,18 @@ def winograd_conv2d_weight_gradient(gy, x, PH, PW):
     OC, OH, OW = gy.shape[1:]
     TH, TW = tile_counts(OH, OW)
     chunks = weight_gradient_chunks(N, C, OC, OH, OW)
-    shares = np.zeros((max(1, len(chunks)), 16, OC, C), dtype=x.dtype)  # an empty batch: gW zero
+    # Each share is (16, OC, C), made as dM V^T; or, where there are more input than output
+    # channels, as its transpose V dM^T, (16, C, OC), and read through a transposed view: OpenBLAS
+    # runs a product with a short result side (DenseNet's 32 output channels) 1.4x faster as the
+    # columns than as the rows of the result (32x128 over 1024 tiles: 30 against 43 GMAC/s on one
+    # core; 64x64 the same either way).
+    by_input_channels = C > OC
+    count = max(1, len(chunks))  # an empty batch: no chunk, and gW zero
+    if by_input_channels:
+        products = np.zeros((count, 16, C, OC), dtype=x.dtype)
+        shares = products.transpose(0, 1, 3, 2)
+    else:
+        products = shares = np.zeros((count, 16, OC, C), dtype=x.dtype)
     chunk_index = {start: k for k, (start, _) in enumerate(chunks)}
     # One workspace (a chunk's V and dM) per thread, handed from chunk to chunk (see the forward).
     most_tiles = max((stop - start) * (TW + 1) for start, stop in chunks) if chunks else 0
@@ -148,8 +159,12 @@ def winograd_conv2d_weight_gradient(gy, x, PH, PW):
         dM = dM_memory[:16 * OC * tiles].reshape(16, OC, tiles)
         _input_transform(x, V, PH, PW, TH, TW, first_row, stop_row)
         _output_gradient_transform(gy, dM, TH, TW, first_row, stop_row)
-        # one OpenBLAS product (OC, tiles) x (tiles, C) per position of the Winograd domain
-        np.matmul(dM, V.transpose(0, 2, 1), out=shares[chunk_index[first_row]])
+        # one OpenBLAS product (OC, tiles) x (tiles, C) per position of the Winograd domain, or
+        # its transpose (C, tiles) x (tiles, OC)
+        if by_input_channels:
+            np.matmul(V, dM.transpose(0, 2, 1), out=products[chunk_index[first_row]])
+        else:
+            np.matmul(dM, V.transpose(0, 2, 1), out=products[chunk_index[first_row]])
         free_workspaces.append((V_memory, dM_memory))
 
     run_chunks(run, chunks)
