@@ -123,7 +123,13 @@ WINOGRAD_SIZE = 8
 # forward 3.23 against 2.72 ms by im2col, backward 10.2 against 6.6 (quiet machine, 2 threads);
 # ResNet-18's 64->64 at 8x8, batch 32 (640 tiles): forward 0.66 against 0.89.
 WINOGRAD_TILES = 128
-WINOGRAD_WEIGHT_GRADIENT_SIZE = 14
+# The weight gradient takes Winograd's transforms too (tinycnn.kernels.cpu_winograd_backward) where
+# the forward does and the output is at least WINOGRAD_WEIGHT_GRADIENT_SIZE square. Weight gradient,
+# Winograd against im2col, the two alternating in one process (median of 7 rounds): 3x3 64->64 at
+# 8x8, batch 32 (ResNet-18 on 32x32 images), 1.29 against 1.41 ms; 256->256 at 8x8, batch 8, 3.29
+# against 3.46; 128->128 at 12x12, batch 8, 1.79 against 2.62 (14 until the helpers' hand-off
+# in kernels/parallel.py was mended, when 8x8 gained nothing).
+WINOGRAD_WEIGHT_GRADIENT_SIZE = 8
 WINOGRAD_INPUT_GRADIENT = True
 WINOGRAD = True  # False: im2col everywhere (benchmarks/winograd.py's A/B)
 # One product per kernel tap (tinycnn.kernels.cpu_conv_taps), over only the outputs where the tap
