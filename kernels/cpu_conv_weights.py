@@ -47,5 +47,9 @@ def gather_taps(W, taps, layout):
     else:
         raise ValueError(f"gather_taps: layout must be 'tap', 'pixel' or 'channel', got {layout!r}")
     W3 = W.reshape(OC, C, -1)
-    parallel_range(lambda start, stop: _gather_taps(W3, taps, view, start, stop), OC, T * C)
+    # An output channel's work is all of its C*KH*KW values, not only the T*C it keeps: each tap's
+    # values lie KH*KW apart, so every cache line of W is read whatever the taps (the centre tap of
+    # a 512x512x3x3 weight, one value in 9, read all 9.4 MB, on one thread when counted as T*C:
+    # 0.43 ms, against 0.33 on two).
+    parallel_range(lambda start, stop: _gather_taps(W3, taps, view, start, stop), OC, W3.shape[1] * W3.shape[2])
     return out
