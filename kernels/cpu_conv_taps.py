@@ -25,6 +25,9 @@ a product per group, and one Numba loop adding the products into y. Few calls ma
 time a chunk's thread comes back from a call it needs the GIL again, and with the other thread
 holding it, that wait cost about 15 microseconds on this project's machine (nine 85-microsecond
 products a chunk ran 19% slower on two threads than one chunk alone; one long product, 5%).
+The backward goes further where it can: each chunk is one nogil Numba call (_backward_chunk),
+its products by NumPy's own OpenBLAS called by address (tinycnn.kernels.cpu_blas), tap by tap;
+elsewhere (NumPy built on another BLAS) its chunks are Python with np.matmul, one product a group.
 
 The taps are summed in a fixed order (group by group), so the bits do not depend on the threads;
 that order is not im2col's, so the sums differ from the reference by round-off.
@@ -34,6 +37,8 @@ import functools
 import numpy as np
 from numba import njit
 
+from tinycnn.kernels import cpu_blas
+from tinycnn.kernels.cpu_blas import NO_TRANSPOSE, TRANSPOSE, _cblas_gemm
 from tinycnn.kernels.cpu_columns import _to_padded_nhwc
 from tinycnn.kernels.cpu_conv_weights import gather_taps
 from tinycnn.kernels.cpu_norm import _batch_norm_relu_rows
@@ -177,6 +182,52 @@ def _weight_gradient_from_shares(shares, taps, gW, start, stop):
                     gW[o, c, tap] += shares[k, t, o, c]
 
 
+@njit(cache=True, nogil=True)
+def _backward_chunk(gemm, x, gy, weights, table, areas, SH, SW, start, stop, share, gx, weight_gradient,
+                    input_gradient):
+    # One chunk of taps_conv2d_backward, samples [start, stop), in one nogil call: the same steps
+    # and products as its Python chunk, with the products made by the gemm at address `gemm`
+    # (NumPy's OpenBLAS, see cpu_blas) rather than np.matmul, tap by tap as np.matmul makes a
+    # group's. areas[t]: tap t's h*w outputs, so count*areas[t] rows. share (T, OC, C) gets the
+    # chunk's share of dW where weight_gradient; gx the samples' dx where input_gradient.
+    count = stop - start
+    _, C, H, W = x.shape
+    _, OC, OH, OW = gy.shape
+    rows = count * areas.sum()
+    size = gy.itemsize
+    one, zero = gy.dtype.type(1), gy.dtype.type(0)
+    gyh = np.empty((count, OH, OW, OC), dtype=gy.dtype)
+    _to_padded_nhwc(gy, start, gyh, 0, 0)
+    gy_rows = np.empty(rows * OC, dtype=gy.dtype)
+    _gather_taps(gyh, table, 2, 1, 1, gy_rows)
+    if weight_gradient:  # dW[:, :, i, j] = gy_rect^T x_rect
+        xh = np.empty((count, H, W, C), dtype=x.dtype)
+        _to_padded_nhwc(x, start, xh, 0, 0)
+        x_rows = np.empty(rows * C, dtype=x.dtype)
+        _gather_taps(xh, table, 4, SH, SW, x_rows)
+        g, r = 0, 0
+        for t in range(table.shape[0]):
+            P = count * areas[t]
+            if g + P * OC > gy_rows.size or r + P * C > x_rows.size or (t + 1) * OC * C > share.size:
+                raise IndexError("taps_conv2d_backward: a tap's rows run past its buffer")  # BLAS would not check
+            _cblas_gemm(gemm, TRANSPOSE, NO_TRANSPOSE, OC, C, P, one, gy_rows.ctypes.data + g * size, OC,
+                        x_rows.ctypes.data + r * size, C, zero, share.ctypes.data + t * OC * C * size, C)
+            g += P * OC
+            r += P * C
+    if input_gradient:  # dx_rect += gy_rect W_tap
+        products = np.empty(rows * C, dtype=gy.dtype)
+        g, r = 0, 0
+        for t in range(table.shape[0]):
+            P = count * areas[t]
+            if g + P * OC > gy_rows.size or r + P * C > products.size or (t + 1) * OC * C > weights.size:
+                raise IndexError("taps_conv2d_backward: a tap's rows run past its buffer")  # BLAS would not check
+            _cblas_gemm(gemm, NO_TRANSPOSE, NO_TRANSPOSE, P, C, OC, one, gy_rows.ctypes.data + g * size, OC,
+                        weights.ctypes.data + t * OC * C * size, C, zero, products.ctypes.data + r * size, C)
+            g += P * OC
+            r += P * C
+        _scatter_taps(products, table, 4, SH, SW, np.zeros(0, gx.dtype), gx, start, count)
+
+
 def taps_conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, chunks, normalisation=None):
     """y = conv2d(x, W) + b (ungrouped), tap by tap over each chunk of samples (start, stop) in
     `chunks`; then, unless normalisation is None, cpu_norm._batch_norm_relu_rows(..., *normalisation)
@@ -218,6 +269,14 @@ def taps_conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, chunks, needs_grad):
     if needs_grad[1] and not chunks:  # an empty batch: a zero weight gradient
         shares[...] = 0
     chunk_index = {start: k for k, (start, _) in enumerate(chunks)}
+    gemm = cpu_blas.gemm_address(x.dtype)  # 0 where NumPy's BLAS cannot be called by address
+    areas = np.ascontiguousarray(layer.table[:, 6] * layer.table[:, 7])
+    unused3, unused4 = np.zeros((0, 0, 0), dtype=x.dtype), np.zeros((0, 0, 0, 0), dtype=x.dtype)  # for arrays not made
+
+    def run_nogil(start, stop):  # the chunk below as one nogil call (see cpu_blas)
+        _backward_chunk(gemm, x, gy, weights if needs_grad[0] else unused3, layer.table, areas, SH, SW, start, stop,
+                        shares[chunk_index[start]] if needs_grad[1] else unused3, gx if needs_grad[0] else unused4,
+                        needs_grad[1], needs_grad[0])
 
     def run(start, stop):
         count, k = stop - start, chunk_index[start]
@@ -241,7 +300,7 @@ def taps_conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, chunks, needs_grad):
                 np.matmul(g_rects, weights[first:last], out=gx_rects)
             _scatter_taps(products, layer.table, 4, SH, SW, np.zeros(0, x.dtype), gx, start, count)
 
-    run_chunks(run, chunks)
+    run_chunks(run_nogil if gemm else run, chunks)
     gW = None
     if needs_grad[1]:
         gW = np.empty((layer.OC, layer.C, layer.KH * layer.KW), dtype=x.dtype)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as torch_F
 from hypothesis import example, given, strategies as st
 
-from tinycnn.kernels import cpu, cpu_conv, parallel
+from tinycnn.kernels import cpu, cpu_blas, cpu_conv, parallel
 from tinycnn.kernels.cpu_conv_taps import taps_conv2d_backward, taps_conv2d_forward
 from tinycnn.kernels.cpu_norm import inference_normalisation
 from tinycnn.kernels.parallel import split
@@ -167,6 +167,26 @@ def test_backward_matches_torch(layer, dtype, needs_grad, seed):
             assert np.all(gW[:, :, ~(live_i[:, None] & live_j[None, :])] == 0)
         if needs_grad[0]:  # nor has an input pixel that no tap reads
             assert np.all(gx[:, :, ~(read_h[:, None] & read_w[None, :])] == 0)
+
+
+def test_the_backward_takes_the_nogil_chunks_where_numpys_blas_can_be_called():
+    # NumPy's wheels ship the OpenBLAS that kernels/cpu_blas.py calls by address: there the
+    # backward's chunks are one Numba call each (test_backward_matches_torch checks them), and the
+    # Python chunks with np.matmul are the fallback (checked against torch below).
+    assert cpu_blas.gemm_address(np.float32) and cpu_blas.gemm_address(np.float64)
+
+
+@given(layers(), st.sampled_from([np.float32, np.float64]), st.sampled_from(NEEDS_GRAD), st.integers(0, 2**32 - 1))
+@example(RESNET_DOWNSAMPLE, np.float32, (True, True, True), 2)
+@example(DILATED_STRIDED, np.float64, (True, True, False), 4)
+@example(SKIPPED_PIXELS, np.float64, (True, True, True), 6)
+def test_the_python_chunks_match_torch_too(layer, dtype, needs_grad, seed):
+    # The fallback where NumPy's BLAS is another library: each chunk in Python, its products by
+    # np.matmul. (Not the same bits as the nogil chunks everywhere: np.matmul makes a one-row
+    # product by gemv, in another order.)
+    with pytest.MonkeyPatch.context() as patch:  # (not the fixture: one per drawn example)
+        patch.setattr(cpu_blas, "ENABLED", False)
+        test_backward_matches_torch.hypothesis.inner_test(layer, dtype, needs_grad, seed)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
