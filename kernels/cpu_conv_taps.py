@@ -194,8 +194,6 @@ def _backward_chunk(gemm, x, gy, weights, table, areas, SH, SW, start, stop, sha
     _, C, H, W = x.shape
     _, OC, OH, OW = gy.shape
     rows = count * areas.sum()
-    size = gy.itemsize
-    one, zero = gy.dtype.type(1), gy.dtype.type(0)
     gyh = np.empty((count, OH, OW, OC), dtype=gy.dtype)
     _to_padded_nhwc(gy, start, gyh, 0, 0)
     gy_rows = np.empty(rows * OC, dtype=gy.dtype)
@@ -205,27 +203,34 @@ def _backward_chunk(gemm, x, gy, weights, table, areas, SH, SW, start, stop, sha
         _to_padded_nhwc(x, start, xh, 0, 0)
         x_rows = np.empty(rows * C, dtype=x.dtype)
         _gather_taps(xh, table, 4, SH, SW, x_rows)
-        g, r = 0, 0
-        for t in range(table.shape[0]):
-            P = count * areas[t]
-            if g + P * OC > gy_rows.size or r + P * C > x_rows.size or (t + 1) * OC * C > share.size:
-                raise IndexError("taps_conv2d_backward: a tap's rows run past its buffer")  # BLAS would not check
-            _cblas_gemm(gemm, TRANSPOSE, NO_TRANSPOSE, OC, C, P, one, gy_rows.ctypes.data + g * size, OC,
-                        x_rows.ctypes.data + r * size, C, zero, share.ctypes.data + t * OC * C * size, C)
-            g += P * OC
-            r += P * C
+        _tap_products(gemm, areas, count, OC, C, gy_rows, x_rows, share.reshape(-1), True)
     if input_gradient:  # dx_rect += gy_rect W_tap
         products = np.empty(rows * C, dtype=gy.dtype)
-        g, r = 0, 0
-        for t in range(table.shape[0]):
-            P = count * areas[t]
-            if g + P * OC > gy_rows.size or r + P * C > products.size or (t + 1) * OC * C > weights.size:
-                raise IndexError("taps_conv2d_backward: a tap's rows run past its buffer")  # BLAS would not check
-            _cblas_gemm(gemm, NO_TRANSPOSE, NO_TRANSPOSE, P, C, OC, one, gy_rows.ctypes.data + g * size, OC,
-                        weights.ctypes.data + t * OC * C * size, C, zero, products.ctypes.data + r * size, C)
-            g += P * OC
-            r += P * C
+        _tap_products(gemm, areas, count, OC, C, gy_rows, products, weights.reshape(-1), False)
         _scatter_taps(products, table, 4, SH, SW, np.zeros(0, gx.dtype), gx, start, count)
+
+
+@njit(cache=True, nogil=True)
+def _tap_products(gemm, areas, count, OC, C, gy_rows, rows, weights, weight_gradient):
+    # _backward_chunk's products, tap by tap, by the gemm at address `gemm`. gy_rows and rows hold
+    # each tap's count*areas[t] rows (of OC and C values), one tap after the other; weights is a
+    # flat (T, OC, C). weight_gradient: weights[t] = gy_rect^T rows_rect (rows: x's); otherwise
+    # rows_rect = gy_rect weights[t] (rows: dx's products).
+    size = gy_rows.itemsize
+    one, zero = gy_rows.dtype.type(1), gy_rows.dtype.type(0)
+    g, r = 0, 0
+    for t in range(areas.shape[0]):
+        P, w = count * areas[t], t * OC * C
+        if g + P * OC > gy_rows.size or r + P * C > rows.size or w + OC * C > weights.size:
+            raise IndexError("taps_conv2d_backward: a tap's rows run past its buffer")  # BLAS would not check
+        if weight_gradient:
+            _cblas_gemm(gemm, TRANSPOSE, NO_TRANSPOSE, OC, C, P, one, gy_rows.ctypes.data + g * size, OC,
+                        rows.ctypes.data + r * size, C, zero, weights.ctypes.data + w * size, C)
+        else:
+            _cblas_gemm(gemm, NO_TRANSPOSE, NO_TRANSPOSE, P, C, OC, one, gy_rows.ctypes.data + g * size, OC,
+                        weights.ctypes.data + w * size, C, zero, rows.ctypes.data + r * size, C)
+        g += P * OC
+        r += P * C
 
 
 def taps_conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, chunks, normalisation=None):
