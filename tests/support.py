@@ -71,3 +71,10 @@ def unfused_batch_norm_relu(y, gamma, beta, mean, inv_std, residual, relu):
     if residual is not None:
         y = cpu.add_in_place(y, residual)
     return cpu.relu_forward(y) if relu else y
+
+
+def numpy_blas_name():
+    """The BLAS NumPy was built against ('scipy-openblas' for NumPy's own wheels, which
+    kernels/cpu_blas.py calls by address)."""
+    import numpy
+    return numpy.show_config(mode="dicts")["Build Dependencies"]["blas"].get("name")

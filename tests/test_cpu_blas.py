@@ -7,6 +7,7 @@ from numba import njit
 
 from tinycnn.kernels import cpu_blas
 from tinycnn.kernels.cpu_blas import NO_TRANSPOSE, TRANSPOSE, _cblas_gemm
+from support import numpy_blas_name
 
 
 @njit(cache=False)
@@ -20,9 +21,8 @@ def _gemm(address, trans_a, trans_b, M, N, K, a, a_offset, lda, b, b_offset, ldb
 def test_numpys_wheel_blas_is_found():
     # NumPy's wheels ship scipy-openblas, the library cpu_blas calls: on them an address must be
     # found, or every kernel would quietly keep its slower Python chunks.
-    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-    if blas.get("name") != "scipy-openblas":
-        pytest.skip(f"NumPy built against {blas.get('name')}, not the wheels' scipy-openblas")
+    if numpy_blas_name() != "scipy-openblas":
+        pytest.skip(f"NumPy built against {numpy_blas_name()}, not the wheels' scipy-openblas")
     assert cpu_blas.gemm_address(np.float32) and cpu_blas.gemm_address(np.float64)
 
 
