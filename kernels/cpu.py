@@ -16,7 +16,8 @@ written in the file of its concern, where a reader following one call stays:
                              for layers on planes of a few pixels
     kernels/cpu_conv_weights.py  the weight's live taps in the products' layouts, on every thread
     kernels/cpu_blas.py      NumPy's own OpenBLAS gemm called by address from Numba code, so that a
-                             chunk's loops and products run in one nogil call (the taps' backward)
+                             chunk's loops and products run in one nogil call (the taps' backward,
+                             Winograd's forward and weight gradient)
     kernels/cpu_pool.py      max_pool2d_forward/_backward, avg_pool2d_forward/_backward
     kernels/cpu_norm.py      batch_norm_forward_training, batch_norm_backward, lrn_forward, lrn_backward,
                              batch_norm_forward_inference, batch_norm_backward_inference,

@@ -34,6 +34,8 @@ transforms them back into y on one thread while its tiles are still in that core
 import numpy as np
 from numba import njit
 
+from tinycnn.kernels import cpu_blas
+from tinycnn.kernels.cpu_blas import NO_TRANSPOSE, _cblas_gemm
 from tinycnn.kernels.cpu_norm import _batch_norm_relu_rows
 from tinycnn.kernels.parallel import get_num_threads, parallel_range, run_chunks, split
 
@@ -217,6 +219,26 @@ def _normalise_tile_rows(y, TH, first_row, stop_row, normalisation):
         n += 1
 
 
+@njit(cache=True, nogil=True)
+def _forward_chunk(gemm, x, U, V, M, b, y, PH, PW, TH, TW, first_row, stop_row):
+    # One chunk of winograd_conv2d_forward, tile rows [first_row, stop_row), in one nogil call:
+    # its input transform, its 16 products M[p] = U[p] V[p] by the gemm at address `gemm` (NumPy's
+    # OpenBLAS, see cpu_blas: the products np.matmul(U, V, out=M) makes), its output transform.
+    # V (16, C, tiles) and M (16, OC, tiles) must be C-contiguous: BLAS reads them by address.
+    _, OC, C = U.shape
+    tiles = V.shape[2]
+    size = x.itemsize
+    if (V.shape != (16, C, tiles) or M.shape != (16, OC, tiles) or V.strides != (C * tiles * size, tiles * size, size)
+            or M.strides != (OC * tiles * size, tiles * size, size) or U.strides != (OC * C * size, C * size, size)):
+        raise ValueError("winograd_conv2d_forward: a chunk's workspaces are not C-contiguous (16, C|OC, tiles)")
+    _input_transform(x, V, PH, PW, TH, TW, first_row, stop_row)
+    one, zero = x.dtype.type(1), x.dtype.type(0)
+    for p in range(16):
+        _cblas_gemm(gemm, NO_TRANSPOSE, NO_TRANSPOSE, OC, tiles, C, one, U.ctypes.data + p * OC * C * size, C,
+                    V.ctypes.data + p * C * tiles * size, tiles, zero, M.ctypes.data + p * OC * tiles * size, tiles)
+    _output_transform(M, b, y, TH, TW, first_row, stop_row)
+
+
 def weight_transform(W):
     """U (16, OC, C) = G g G^T of every 3x3 kernel g of W (OC, C, 3, 3), position 4*xi + nu first."""
     OC, C = W.shape[:2]
@@ -251,6 +273,7 @@ def winograd_conv2d_forward(x, W, b, PH, PW, normalisation=None):
     def new_workspace():
         return np.empty(16 * C * most_tiles, dtype=x.dtype), np.empty(16 * OC * most_tiles, dtype=x.dtype)
     free_workspaces = [new_workspace() for _ in range(min(get_num_threads(), len(chunks)))]
+    gemm = cpu_blas.gemm_address(x.dtype)  # 0 where NumPy's BLAS cannot be called by address
 
     def run(first_row, stop_row):
         tiles = (stop_row - first_row) * (TW + 1)  # a spare tile a row (see _input_transform)
@@ -261,9 +284,12 @@ def winograd_conv2d_forward(x, W, b, PH, PW, normalisation=None):
             V_memory, M_memory = new_workspace()
         V = V_memory[:16 * C * tiles].reshape(16, C, tiles)
         M = M_memory[:16 * OC * tiles].reshape(16, OC, tiles)
-        _input_transform(x, V, PH, PW, TH, TW, first_row, stop_row)
-        np.matmul(U, V, out=M)  # one OpenBLAS product (OC, C) x (C, tiles) per position of the domain
-        _output_transform(M, b, y, TH, TW, first_row, stop_row)
+        if gemm:  # the three steps below in one nogil call (see cpu_blas)
+            _forward_chunk(gemm, x, U, V, M, b, y, PH, PW, TH, TW, first_row, stop_row)
+        else:
+            _input_transform(x, V, PH, PW, TH, TW, first_row, stop_row)
+            np.matmul(U, V, out=M)  # one OpenBLAS product (OC, C) x (C, tiles) per position of the domain
+            _output_transform(M, b, y, TH, TW, first_row, stop_row)
         if normalisation is not None:
             _normalise_tile_rows(y, TH, first_row, stop_row, normalisation)
         free_workspaces.append((V_memory, M_memory))

@@ -20,6 +20,8 @@ tinycnn.kernels.cpu_conv), which goes through Winograd's forward.
 import numpy as np
 from numba import njit
 
+from tinycnn.kernels import cpu_blas
+from tinycnn.kernels.cpu_blas import NO_TRANSPOSE, TRANSPOSE, _cblas_gemm
 from tinycnn.kernels.cpu_winograd import _input_transform, split_tile_rows, tile_counts
 from tinycnn.kernels.parallel import get_num_threads, parallel_range, run_chunks
 
@@ -125,6 +127,28 @@ def _weight_gradient_transform(shares, gW, start, stop):
                 gW[o, c, i, 2] = (t[i, 1] + t[i, 2]) * half + t[i, 3]
 
 
+@njit(cache=True, nogil=True)
+def _weight_gradient_chunk(gemm, x, gy, V, dM, share, by_input_channels, PH, PW, TH, TW, first_row, stop_row):
+    # One chunk of winograd_conv2d_weight_gradient, tile rows [first_row, stop_row), in one nogil
+    # call: its two transforms and its 16 products by the gemm at address `gemm` (NumPy's OpenBLAS,
+    # see cpu_blas: the products np.matmul makes there), share[p] = V[p] dM[p]^T (16, C, OC) where
+    # by_input_channels, else dM[p] V[p]^T (16, OC, C). V, dM and share must be C-contiguous.
+    C, tiles, OC = V.shape[1], V.shape[2], dM.shape[1]
+    size = x.itemsize
+    rows, columns = (C, OC) if by_input_channels else (OC, C)
+    if (V.strides != (C * tiles * size, tiles * size, size) or dM.strides != (OC * tiles * size, tiles * size, size)
+            or share.shape != (16, rows, columns) or share.strides != (rows * columns * size, columns * size, size)):
+        raise ValueError("winograd_conv2d_weight_gradient: a chunk's arrays are not the C-contiguous ones expected")
+    _input_transform(x, V, PH, PW, TH, TW, first_row, stop_row)
+    _output_gradient_transform(gy, dM, TH, TW, first_row, stop_row)
+    first, second = (V, dM) if by_input_channels else (dM, V)  # share[p] = first[p] second[p]^T
+    one, zero = x.dtype.type(1), x.dtype.type(0)
+    for p in range(16):
+        _cblas_gemm(gemm, NO_TRANSPOSE, TRANSPOSE, rows, columns, tiles, one,
+                    first.ctypes.data + p * rows * tiles * size, tiles, second.ctypes.data + p * columns * tiles * size,
+                    tiles, zero, share.ctypes.data + p * rows * columns * size, columns)
+
+
 def winograd_conv2d_weight_gradient(gy, x, PH, PW):
     """dL/dW (OC, C, 3, 3) of y = conv2d(x, W) at stride 1, dilation 1, one group, for the output
     gradient gy (N, OC, OH, OW): as the reference's gW up to round-off."""
@@ -147,6 +171,7 @@ def winograd_conv2d_weight_gradient(gy, x, PH, PW):
     else:
         products = shares = np.zeros((count, 16, OC, C), dtype=x.dtype)
     chunk_index = {start: k for k, (start, _) in enumerate(chunks)}
+    gemm = cpu_blas.gemm_address(x.dtype)  # 0 where NumPy's BLAS cannot be called by address
     # One workspace (a chunk's V and dM) per thread, handed from chunk to chunk (see the forward).
     most_tiles = max((stop - start) * (TW + 1) for start, stop in chunks) if chunks else 0
     free_workspaces = [(np.empty(16 * C * most_tiles, dtype=x.dtype), np.empty(16 * OC * most_tiles, dtype=x.dtype))
@@ -157,14 +182,18 @@ def winograd_conv2d_weight_gradient(gy, x, PH, PW):
         V_memory, dM_memory = free_workspaces.pop()  # list.pop and append are atomic under the GIL
         V = V_memory[:16 * C * tiles].reshape(16, C, tiles)
         dM = dM_memory[:16 * OC * tiles].reshape(16, OC, tiles)
-        _input_transform(x, V, PH, PW, TH, TW, first_row, stop_row)
-        _output_gradient_transform(gy, dM, TH, TW, first_row, stop_row)
-        # one OpenBLAS product (OC, tiles) x (tiles, C) per position of the Winograd domain, or
-        # its transpose (C, tiles) x (tiles, OC)
-        if by_input_channels:
-            np.matmul(V, dM.transpose(0, 2, 1), out=products[chunk_index[first_row]])
+        if gemm:  # the steps below in one nogil call (see cpu_blas)
+            _weight_gradient_chunk(gemm, x, gy, V, dM, products[chunk_index[first_row]], by_input_channels, PH, PW,
+                                   TH, TW, first_row, stop_row)
         else:
-            np.matmul(dM, V.transpose(0, 2, 1), out=products[chunk_index[first_row]])
+            _input_transform(x, V, PH, PW, TH, TW, first_row, stop_row)
+            _output_gradient_transform(gy, dM, TH, TW, first_row, stop_row)
+            # one OpenBLAS product (OC, tiles) x (tiles, C) per position of the Winograd domain, or
+            # its transpose (C, tiles) x (tiles, OC)
+            if by_input_channels:
+                np.matmul(V, dM.transpose(0, 2, 1), out=products[chunk_index[first_row]])
+            else:
+                np.matmul(dM, V.transpose(0, 2, 1), out=products[chunk_index[first_row]])
         free_workspaces.append((V_memory, dM_memory))
 
     run_chunks(run, chunks)

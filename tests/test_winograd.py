@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as torch_F
 from hypothesis import example, given, strategies as st
 
-from tinycnn.kernels import cpu, cpu_conv, parallel
+from tinycnn.kernels import cpu, cpu_blas, cpu_conv, parallel
 from tinycnn.kernels.cpu_winograd import winograd_chunks, winograd_conv2d_forward
 
 
@@ -69,6 +69,31 @@ def test_winograd_matches_torch_with_several_chunks():
     weight = rng.uniform(-1, 1, (40, 24, 3, 3)).astype(np.float32)
     b = rng.uniform(-1, 1, 40).astype(np.float32)
     _assert_matches_torch(winograd_conv2d_forward(x, weight, b, 1, 1), x, weight, b, (1, 1))
+
+
+@given(winograd_layers(), st.sampled_from([np.float32, np.float64]), st.booleans(), st.integers(0, 2**32 - 1))
+@example((1, 2, 3, 5, 7, 0, 0), np.float64, True, 2)
+def test_winograd_with_numpys_matmul_matches_torch_too(layer, dtype, bias, seed):
+    # Each chunk is one nogil call where NumPy's BLAS can be called by address (kernels/cpu_blas.py;
+    # the tests above), and Python around np.matmul where it cannot: that path, against torch too.
+    with pytest.MonkeyPatch.context() as patch:  # (not the fixture: one per drawn example)
+        patch.setattr(cpu_blas, "ENABLED", False)
+        test_winograd_matches_torch.hypothesis.inner_test(layer, dtype, bias, seed)
+        test_winograd_matches_torch_with_several_chunks()
+
+
+def test_the_nogil_chunks_give_the_bits_of_numpys_matmul():
+    # The same 16 products of the same OpenBLAS, one gemm each (np.matmul makes a batched product
+    # so): the same bits, where no product is a single row or column (np.matmul's gemv).
+    if not cpu_blas.gemm_address(np.float32):
+        pytest.skip("NumPy's BLAS cannot be called by address here")
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, (5, 24, 15, 13)).astype(np.float32)
+    weight = rng.uniform(-1, 1, (40, 24, 3, 3)).astype(np.float32)
+    nogil = winograd_conv2d_forward(x, weight, None, 1, 1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu_blas, "ENABLED", False)
+        assert np.array_equal(winograd_conv2d_forward(x, weight, None, 1, 1), nogil)
 
 
 # (x shape, W shape, padding): the 3x3 layers the rule was measured to speed up (kernels/cpu_conv.py)

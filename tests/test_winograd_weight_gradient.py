@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as torch_F
 from hypothesis import example, given, strategies as st
 
-from tinycnn.kernels import cpu_conv, parallel
+from tinycnn.kernels import cpu_blas, cpu_conv, parallel
 from tinycnn.kernels.cpu_winograd_backward import weight_gradient_chunks, winograd_conv2d_weight_gradient
 
 
@@ -46,6 +46,19 @@ def test_weight_gradient_equals_torch(N, C, OC, H, W, padding, dtype, seed):
     # float32: sums of up to N*OH*OW products of unit-normal values, each through the transforms
     tolerance = 1e-12 if dtype == np.float64 else 2e-5 * max(1.0, np.abs(expected).max())
     np.testing.assert_allclose(got, expected, rtol=0, atol=tolerance)
+
+
+@given(N=st.integers(1, 3), C=st.integers(1, 6), OC=st.integers(1, 6), H=st.integers(1, 9),
+       W=st.integers(1, 9), padding=st.integers(0, 2), dtype=st.sampled_from([np.float64, np.float32]),
+       seed=st.integers(0, 2**16))
+@example(N=2, C=3, OC=4, H=7, W=5, padding=1, dtype=np.float64, seed=0)
+@example(N=2, C=5, OC=2, H=6, W=6, padding=1, dtype=np.float32, seed=1)  # more input channels
+def test_the_weight_gradient_with_numpys_matmul_matches_torch_too(N, C, OC, H, W, padding, dtype, seed):
+    # Each chunk is one nogil call where NumPy's BLAS can be called by address (kernels/cpu_blas.py;
+    # the test above), and Python around np.matmul where it cannot: that path, against torch too.
+    with pytest.MonkeyPatch.context() as patch:  # (not the fixture: one per drawn example)
+        patch.setattr(cpu_blas, "ENABLED", False)
+        test_weight_gradient_equals_torch.hypothesis.inner_test(N, C, OC, H, W, padding, dtype, seed)
 
 
 def test_a_resnet_sized_layer_in_float32_is_within_a_few_ulps_of_float64():
