@@ -189,11 +189,9 @@ def winograd_conv2d_weight_gradient(gy, x, PH, PW):
             _input_transform(x, V, PH, PW, TH, TW, first_row, stop_row)
             _output_gradient_transform(gy, dM, TH, TW, first_row, stop_row)
             # one OpenBLAS product (OC, tiles) x (tiles, C) per position of the Winograd domain, or
-            # its transpose (C, tiles) x (tiles, OC)
-            if by_input_channels:
-                np.matmul(V, dM.transpose(0, 2, 1), out=products[chunk_index[first_row]])
-            else:
-                np.matmul(dM, V.transpose(0, 2, 1), out=products[chunk_index[first_row]])
+            # its transpose (C, tiles) x (tiles, OC): first second^T, as in _weight_gradient_chunk
+            first, second = (V, dM) if by_input_channels else (dM, V)
+            np.matmul(first, second.transpose(0, 2, 1), out=products[chunk_index[first_row]])
         free_workspaces.append((V_memory, dM_memory))
 
     run_chunks(run, chunks)
