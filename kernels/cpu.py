@@ -15,9 +15,11 @@ written in the file of its concern, where a reader following one call stays:
     kernels/cpu_conv_dense.py  conv2d's forward as one product with the layer's whole linear map,
                              for layers on planes of a few pixels
     kernels/cpu_conv_weights.py  the weight's live taps in the products' layouts, on every thread
+    kernels/cpu_conv_chunks.py  cpu_conv's forward chunks (each layout, with inference's fused
+                             BatchNorm-ReLU) as single nogil Numba calls
     kernels/cpu_blas.py      NumPy's own OpenBLAS gemm called by address from Numba code, so that a
-                             chunk's loops and products run in one nogil call (the taps' backward,
-                             Winograd's forward and weight gradient)
+                             chunk's loops and products run in one nogil call (conv2d's forward
+                             chunks, the taps' backward, Winograd's forward and weight gradient)
     kernels/cpu_pool.py      max_pool2d_forward/_backward, avg_pool2d_forward/_backward
     kernels/cpu_norm.py      batch_norm_forward_training, batch_norm_backward, lrn_forward, lrn_backward,
                              batch_norm_forward_inference, batch_norm_backward_inference,

@@ -4,14 +4,21 @@ A layer's samples are cut into chunks (its shape alone decides them, never the t
 each chunk is carried through its columns (tinycnn.kernels.cpu_columns), the matrix products
 (OpenBLAS on one thread, or tinycnn.kernels.cpu_matmul._small_product) and back on one thread,
 while its columns are still in that core's cache. The weight gradient is summed over the chunks in
-chunk order, so its bits do not depend on the threads.
+chunk order, so its bits do not depend on the threads. Each chunk is one nogil Numba call
+(tinycnn.kernels.cpu_conv_chunks) where NumPy's OpenBLAS can be called from Numba code
+(tinycnn.kernels.cpu_blas); the Python chunks here, with np.matmul, serve where it cannot, and
+spell out the same steps.
 """
 import functools
 
 import numpy as np
 from numba import njit
 
+from tinycnn.kernels import cpu_blas
 from tinycnn.kernels.cpu_columns import _col2im, _from_padded_nhwc, _im2col, _im2row, _row2im, _to_padded_nhwc
+from tinycnn.kernels.cpu_conv_chunks import (_channel_major_backward_chunk, _channel_major_forward_chunk,
+                                             _per_sample_forward_chunk, _pixel_major_backward_chunk,
+                                             _pixel_major_forward_chunk, _rows_to_samples, _samples_to_rows)
 from tinycnn.kernels.cpu_conv_dense import dense_conv2d_forward, plane_map
 from tinycnn.kernels.cpu_conv_taps import live_fraction, taps_conv2d_backward, taps_conv2d_forward
 from tinycnn.kernels.cpu_conv_weights import gather_taps
@@ -241,35 +248,6 @@ def _conv_chunks(N, column_length, weight_length, multiply_adds):
 
 
 @njit(cache=True, nogil=True)
-def _rows_to_samples(rows, b, y, start):
-    # y[start + n, o, l] = rows[o, n, l] (+ b[o]): a product's result back to NCHW. rows is the
-    # channel-major product (OC, n, OH*OW) itself, or a transposed view of the pixel-major one.
-    OC, count, L = rows.shape
-    for n in range(count):
-        for o in range(OC):
-            shift = b[o] if b.shape[0] else 0
-            for l in range(L):
-                y[start + n, o, l] = rows[o, n, l] + shift
-
-
-@njit(cache=True, nogil=True, fastmath={"reassoc"})  # lets the bias sums vectorise
-def _samples_to_rows(gy, start, rows, bias_sums):
-    # rows[o, n, l] = gy[start + n, o, l], in the products' layout (rows as for _rows_to_samples);
-    # bias_sums[o] adds up gy[., o, .].
-    OC, count, L = rows.shape
-    for o in range(OC):
-        bias_sums[o] = 0
-    for n in range(count):
-        for o in range(OC):
-            total = 0.0
-            for l in range(L):
-                value = gy[start + n, o, l]
-                rows[o, n, l] = value
-                total += value
-            bias_sums[o] += total
-
-
-@njit(cache=True, nogil=True)
 def _add_shares(shares, total, start, stop):
     # total[i] = shares[0, i] + shares[1, i] + ..., in that order, for i in [start, stop). The loops
     # run over slices from index 0, so LLVM sees no negative index and vectorises them (see
@@ -387,6 +365,7 @@ class _ConvPlan:
         if blocked and not self.pixel_major and not self.pointwise:
             blocks = -(-self.OH // max(1, block_length // (self.C * self.KH * self.KW * self.OW)))
             self.row_blocks = split(self.OH, -(-self.OH // blocks))  # equal blocks: 28 rows as 4 x 7, not 8+8+8+4
+        self.row_block_array = np.array(self.row_blocks, dtype=np.int64).reshape(-1, 2)  # for the nogil chunks
         if not self.pixel_major:
             # (per group: a group's product of at most SMALL_PRODUCT values is _small_product's, in (OC/G, K))
             self.transposed_weight_gradient = (self.OC // groups * self.K > SMALL_PRODUCT
@@ -514,8 +493,31 @@ def _conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups, normalisation):
             _rows_to_samples(product.reshape(OC, count, L), b, y_rows, start)
             normalise(start, stop)
 
-    run_chunks(run, layer.chunks)
+    # 0 where NumPy's BLAS cannot be called by address, or for a weight of another dtype (np.matmul promotes)
+    gemm = cpu_blas.gemm_address(x.dtype) if W.dtype == x.dtype else 0
+    fused = _no_normalisation(x.dtype) if normalisation is None else normalisation
+    steps = (normalisation is not None,) + tuple(fused)  # the chunks' normalise, gamma, ..., relu
+
+    def run_nogil(start, stop):  # `run` as one nogil call (see tinycnn.kernels.cpu_conv_chunks)
+        if layer.per_sample:
+            _per_sample_forward_chunk(gemm, x.reshape(N, layer.C, L), weight, b, y, start, stop, *steps)
+        elif layer.pixel_major:
+            _pixel_major_forward_chunk(gemm, x, weight, b, y, layer.KH, layer.KW, layer.SH, layer.SW, *layer.padding,
+                                       layer.DH, layer.DW, layer.first_i * layer.DH, layer.first_j * layer.DW,
+                                       start, stop, *steps)
+        else:
+            _channel_major_forward_chunk(gemm, x, weight, b, y, layer.KH, layer.KW, layer.SH, layer.SW, layer.PH,
+                                         layer.PW, layer.DH, layer.DW, layer.row_block_array, start, stop, *steps)
+
+    run_chunks(run_nogil if gemm else run, layer.chunks)
     return y
+
+
+@functools.lru_cache(maxsize=None)
+def _no_normalisation(dtype):
+    """Arguments for the nogil chunks' normalisation where there is none (normalise False)."""
+    empty = np.empty(0, dtype)
+    return empty, empty, empty, empty, np.empty((0, 0, 0, 0), dtype), False
 
 
 def _input_gradient_by_convolution(gy, W, PH, PW, DH, DW):
@@ -613,7 +615,30 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
             elif gx_from_columns:
                 layer.columns_to_input(np.matmul(weight.swapaxes(1, 2), rows_g), gx, start, stop)
 
-    run_chunks(run, chunks)
+    # 0 where NumPy's BLAS cannot be called by address, or for a weight of another dtype (np.matmul promotes)
+    gemm = cpu_blas.gemm_address(x.dtype) if W.dtype == x.dtype else 0
+    # Empty arrays of the right dimensions in place of the gradients not asked for: the weight and
+    # a share of dW are (OC, K) pixel-major, (G, OC/G, K) or (G, K, OC/G) channel-major
+    unused = np.empty((0,) * (2 if layer.pixel_major else 3), dtype=x.dtype)
+    nogil_weight = weight if gx_from_columns else unused
+    nogil_gx = gx if gx_from_columns else np.empty((0,) * 4, dtype=x.dtype)
+    small = K * (OC // G) <= SMALL_PRODUCT
+
+    def run_nogil(start, stop):  # `run` as one nogil call (see tinycnn.kernels.cpu_conv_chunks)
+        k = layer.chunk_index[start]
+        if layer.pixel_major:
+            _pixel_major_backward_chunk(gemm, x, gy, nogil_weight, gW_shares[k, 0] if needs_grad[1] else unused,
+                                        gb_shares[k], nogil_gx, layer.KH, layer.KW, layer.SH, layer.SW,
+                                        *layer.padding, layer.DH, layer.DW, layer.first_i * layer.DH,
+                                        layer.first_j * layer.DW, start, stop, needs_grad[1], gx_from_columns)
+        else:
+            _channel_major_backward_chunk(gemm, x, gy, nogil_weight, gW_shares[k] if needs_grad[1] else unused,
+                                          gb_shares[k], nogil_gx, G, layer.KH, layer.KW, layer.SH, layer.SW,
+                                          layer.PH, layer.PW, layer.DH, layer.DW, layer.row_block_array,
+                                          layer.transposed_weight_gradient, small, start, stop, needs_grad[1],
+                                          gx_from_columns, layer.per_sample, needs_grad[2])
+
+    run_chunks(run_nogil if gemm else run, chunks)
     if needs_grad[0] and layer.input_gradient_by_convolution:
         gx = _input_gradient_by_convolution(gy, W, PH, PW, DH, DW)
     gb = None
