@@ -19,6 +19,10 @@ an argument, so the compiled kernels hold no address and stay in Numba's on-disk
 same library and the same sgemm that `np.matmul` calls, on the same single thread: the same bits,
 but where np.matmul makes a one-row product by gemv, in another order.
 
+The kernels call `_product`, which takes arrays (or views) rather than addresses, derives the
+dimensions and leading dimensions from their shapes and strides, and checks them before BLAS reads
+or writes through the addresses.
+
 Where NumPy's BLAS is something else (a NumPy built against MKL, Accelerate or a system OpenBLAS),
 `gemm_address` returns 0 and the kernels keep their Python chunks with `np.matmul`.
 """
@@ -28,7 +32,7 @@ import os
 
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.extending import intrinsic
 
 # CBLAS's enums (cblas.h)
@@ -94,3 +98,39 @@ def _cblas_gemm(typing_context, address, trans_a, trans_b, M, N, K, alpha, a, ld
         return context.get_dummy_value()
 
     return signature, codegen
+
+
+@njit(cache=True, nogil=True)
+def _product(gemm, a, a_transposed, b, b_transposed, c):
+    # c = op(a) op(b) by the sgemm or dgemm at address `gemm` (gemm_address), op a transpose where
+    # *_transposed: _cblas_gemm on arrays rather than raw addresses, for every kernel that calls
+    # BLAS from Numba code. a, b and c are 2-D arrays, or views of one, whose rows may lie apart
+    # but whose elements are contiguous along a row; their dimensions and leading dimensions come
+    # from their shapes and strides, checked first, as BLAS reads and writes through their
+    # addresses, in the dtype of `gemm`'s alpha: c's (float32 or float64, told apart by their sizes).
+    if a.itemsize != c.itemsize or b.itemsize != c.itemsize:
+        raise TypeError("a product by cpu_blas has operands of different dtypes")
+    M, N = c.shape
+    K = a.shape[0] if a_transposed else a.shape[1]
+    if ((a.shape[1], a.shape[0]) if a_transposed else a.shape) != (M, K) or \
+            ((b.shape[1], b.shape[0]) if b_transposed else b.shape) != (K, N):
+        raise ValueError("a product by cpu_blas has operands of mismatched shapes")
+    if not (_rows_contiguous(a) and _rows_contiguous(b) and _rows_contiguous(c)):
+        raise ValueError("a product by cpu_blas has an operand not contiguous along its rows")
+    if M == 0 or N == 0:
+        return
+    one, zero = c.dtype.type(1), c.dtype.type(0)
+    _cblas_gemm(gemm, TRANSPOSE if a_transposed else NO_TRANSPOSE, TRANSPOSE if b_transposed else NO_TRANSPOSE,
+                M, N, K, one, a.ctypes.data, _leading(a), b.ctypes.data, _leading(b), zero, c.ctypes.data, _leading(c))
+
+
+@njit(cache=True, nogil=True)
+def _rows_contiguous(matrix):
+    return matrix.shape[1] <= 1 or matrix.strides[1] == matrix.itemsize
+
+
+@njit(cache=True, nogil=True)
+def _leading(matrix):
+    # BLAS's leading dimension of a row-major matrix: the distance between rows, in elements (at
+    # least the row's length, which is what a single row's may be taken as)
+    return max(matrix.strides[0] // matrix.itemsize, matrix.shape[1], 1)

@@ -16,45 +16,10 @@ gradient of a one-sample chunk, a plain sum here and NumPy's pairwise one there.
 import numpy as np
 from numba import njit
 
-from tinycnn.kernels.cpu_blas import NO_TRANSPOSE, TRANSPOSE, _cblas_gemm
+from tinycnn.kernels.cpu_blas import _product
 from tinycnn.kernels.cpu_columns import _col2im, _from_padded_nhwc, _im2col, _im2row, _row2im, _to_padded_nhwc
 from tinycnn.kernels.cpu_matmul import _small_product
 from tinycnn.kernels.cpu_norm import _batch_norm_relu_rows
-
-
-@njit(cache=True, nogil=True)
-def _product(gemm, a, a_transposed, b, b_transposed, c):
-    # c = op(a) op(b) by the sgemm or dgemm at address `gemm` (see cpu_blas), op a transpose where
-    # *_transposed. a, b and c are 2-D arrays, or views of one, whose rows may lie apart but
-    # whose elements are contiguous along a row; their shapes are checked, as BLAS reads and
-    # writes through their addresses, in the dtype of `gemm`'s alpha: c's (float32 or float64,
-    # told apart by their sizes).
-    if a.itemsize != c.itemsize or b.itemsize != c.itemsize:
-        raise TypeError("conv2d: a chunk's product has operands of different dtypes")
-    M, N = c.shape
-    K = a.shape[0] if a_transposed else a.shape[1]
-    if ((a.shape[1], a.shape[0]) if a_transposed else a.shape) != (M, K) or \
-            ((b.shape[1], b.shape[0]) if b_transposed else b.shape) != (K, N):
-        raise ValueError("conv2d: a chunk's product has operands of mismatched shapes")
-    if not (_rows_contiguous(a) and _rows_contiguous(b) and _rows_contiguous(c)):
-        raise ValueError("conv2d: a chunk's product has an operand not contiguous along its rows")
-    if M == 0 or N == 0:
-        return
-    one, zero = c.dtype.type(1), c.dtype.type(0)
-    _cblas_gemm(gemm, TRANSPOSE if a_transposed else NO_TRANSPOSE, TRANSPOSE if b_transposed else NO_TRANSPOSE,
-                M, N, K, one, a.ctypes.data, _leading(a), b.ctypes.data, _leading(b), zero, c.ctypes.data, _leading(c))
-
-
-@njit(cache=True, nogil=True)
-def _rows_contiguous(matrix):
-    return matrix.shape[1] <= 1 or matrix.strides[1] == matrix.itemsize
-
-
-@njit(cache=True, nogil=True)
-def _leading(matrix):
-    # BLAS's leading dimension of a row-major matrix: the distance between rows, in elements (at
-    # least the row's length, which is what a single row's may be taken as)
-    return max(matrix.strides[0] // matrix.itemsize, matrix.shape[1], 1)
 
 
 @njit(cache=True, nogil=True)

@@ -38,7 +38,7 @@ import numpy as np
 from numba import njit
 
 from tinycnn.kernels import cpu_blas
-from tinycnn.kernels.cpu_blas import NO_TRANSPOSE, TRANSPOSE, _cblas_gemm
+from tinycnn.kernels.cpu_blas import _product
 from tinycnn.kernels.cpu_columns import _to_padded_nhwc
 from tinycnn.kernels.cpu_conv_weights import gather_taps
 from tinycnn.kernels.cpu_norm import _batch_norm_relu_rows
@@ -216,19 +216,17 @@ def _tap_products(gemm, areas, count, OC, C, gy_rows, rows, weights, weight_grad
     # each tap's count*areas[t] rows (of OC and C values), one tap after the other; weights is a
     # flat (T, OC, C). weight_gradient: weights[t] = gy_rect^T rows_rect (rows: x's); otherwise
     # rows_rect = gy_rect weights[t] (rows: dx's products).
-    size = gy_rows.itemsize
-    one, zero = gy_rows.dtype.type(1), gy_rows.dtype.type(0)
     g, r = 0, 0
     for t in range(areas.shape[0]):
         P, w = count * areas[t], t * OC * C
         if g + P * OC > gy_rows.size or r + P * C > rows.size or w + OC * C > weights.size:
             raise IndexError("taps_conv2d_backward: a tap's rows run past its buffer")  # BLAS would not check
+        gy_rect, rect = gy_rows[g:g + P * OC].reshape(P, OC), rows[r:r + P * C].reshape(P, C)
+        weight = weights[w:w + OC * C].reshape(OC, C)
         if weight_gradient:
-            _cblas_gemm(gemm, TRANSPOSE, NO_TRANSPOSE, OC, C, P, one, gy_rows.ctypes.data + g * size, OC,
-                        rows.ctypes.data + r * size, C, zero, weights.ctypes.data + w * size, C)
+            _product(gemm, gy_rect, True, rect, False, weight)
         else:
-            _cblas_gemm(gemm, NO_TRANSPOSE, NO_TRANSPOSE, P, C, OC, one, gy_rows.ctypes.data + g * size, OC,
-                        weights.ctypes.data + w * size, C, zero, rows.ctypes.data + r * size, C)
+            _product(gemm, gy_rect, False, weight, False, rect)
         g += P * OC
         r += P * C
 

@@ -35,7 +35,7 @@ import numpy as np
 from numba import njit
 
 from tinycnn.kernels import cpu_blas
-from tinycnn.kernels.cpu_blas import NO_TRANSPOSE, _cblas_gemm
+from tinycnn.kernels.cpu_blas import _product
 from tinycnn.kernels.cpu_norm import _batch_norm_relu_rows
 from tinycnn.kernels.parallel import get_num_threads, parallel_range, run_chunks, split
 
@@ -224,18 +224,10 @@ def _forward_chunk(gemm, x, U, V, M, b, y, PH, PW, TH, TW, first_row, stop_row):
     # One chunk of winograd_conv2d_forward, tile rows [first_row, stop_row), in one nogil call:
     # its input transform, its 16 products M[p] = U[p] V[p] by the gemm at address `gemm` (NumPy's
     # OpenBLAS, see cpu_blas: the products np.matmul(U, V, out=M) makes), its output transform.
-    # V (16, C, tiles) and M (16, OC, tiles) must be C-contiguous: BLAS reads them by address.
-    _, OC, C = U.shape
-    tiles = V.shape[2]
-    size = x.itemsize
-    if (V.shape != (16, C, tiles) or M.shape != (16, OC, tiles) or V.strides != (C * tiles * size, tiles * size, size)
-            or M.strides != (OC * tiles * size, tiles * size, size) or U.strides != (OC * C * size, C * size, size)):
-        raise ValueError("winograd_conv2d_forward: a chunk's workspaces are not C-contiguous (16, C|OC, tiles)")
+    # U (16, OC, C), V (16, C, tiles), M (16, OC, tiles).
     _input_transform(x, V, PH, PW, TH, TW, first_row, stop_row)
-    one, zero = x.dtype.type(1), x.dtype.type(0)
     for p in range(16):
-        _cblas_gemm(gemm, NO_TRANSPOSE, NO_TRANSPOSE, OC, tiles, C, one, U.ctypes.data + p * OC * C * size, C,
-                    V.ctypes.data + p * C * tiles * size, tiles, zero, M.ctypes.data + p * OC * tiles * size, tiles)
+        _product(gemm, U[p], False, V[p], False, M[p])
     _output_transform(M, b, y, TH, TW, first_row, stop_row)
 
 

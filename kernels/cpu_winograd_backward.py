@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit
 
 from tinycnn.kernels import cpu_blas
-from tinycnn.kernels.cpu_blas import NO_TRANSPOSE, TRANSPOSE, _cblas_gemm
+from tinycnn.kernels.cpu_blas import _product
 from tinycnn.kernels.cpu_winograd import _input_transform, split_tile_rows, tile_counts
 from tinycnn.kernels.parallel import get_num_threads, parallel_range, run_chunks
 
@@ -132,21 +132,12 @@ def _weight_gradient_chunk(gemm, x, gy, V, dM, share, by_input_channels, PH, PW,
     # One chunk of winograd_conv2d_weight_gradient, tile rows [first_row, stop_row), in one nogil
     # call: its two transforms and its 16 products by the gemm at address `gemm` (NumPy's OpenBLAS,
     # see cpu_blas: the products np.matmul makes there), share[p] = V[p] dM[p]^T (16, C, OC) where
-    # by_input_channels, else dM[p] V[p]^T (16, OC, C). V, dM and share must be C-contiguous.
-    C, tiles, OC = V.shape[1], V.shape[2], dM.shape[1]
-    size = x.itemsize
-    rows, columns = (C, OC) if by_input_channels else (OC, C)
-    if (V.strides != (C * tiles * size, tiles * size, size) or dM.strides != (OC * tiles * size, tiles * size, size)
-            or share.shape != (16, rows, columns) or share.strides != (rows * columns * size, columns * size, size)):
-        raise ValueError("winograd_conv2d_weight_gradient: a chunk's arrays are not the C-contiguous ones expected")
+    # by_input_channels, else dM[p] V[p]^T (16, OC, C). V (16, C, tiles), dM (16, OC, tiles).
     _input_transform(x, V, PH, PW, TH, TW, first_row, stop_row)
     _output_gradient_transform(gy, dM, TH, TW, first_row, stop_row)
     first, second = (V, dM) if by_input_channels else (dM, V)  # share[p] = first[p] second[p]^T
-    one, zero = x.dtype.type(1), x.dtype.type(0)
     for p in range(16):
-        _cblas_gemm(gemm, NO_TRANSPOSE, TRANSPOSE, rows, columns, tiles, one,
-                    first.ctypes.data + p * rows * tiles * size, tiles, second.ctypes.data + p * columns * tiles * size,
-                    tiles, zero, share.ctypes.data + p * rows * columns * size, columns)
+        _product(gemm, first[p], False, second[p], True, share[p])
 
 
 def winograd_conv2d_weight_gradient(gy, x, PH, PW):
