@@ -567,6 +567,7 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
     share_shape = (G, K, OC // G) if layer.transposed_weight_gradient else (G, OC // G, K)
     gW_shares = np.empty((len(chunks),) + share_shape, dtype=x.dtype) if needs_grad[1] else None
     gb_shares = np.empty((len(chunks), OC), dtype=x.dtype)
+    small = K * (OC // G) <= SMALL_PRODUCT  # each group's dW by _small_product rather than OpenBLAS
 
     def run(start, stop):
         count = stop - start
@@ -598,7 +599,7 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
                     col_g = layer.columns(x, start, stop, (first, last)).reshape(G, K, -1)
                     rows_block = rows_g[:, :, first * layer.OW:last * layer.OW] if count == 1 else rows_g
                     share = gW_shares[k] if index == 0 else block_share
-                    if K * (OC // G) <= SMALL_PRODUCT:
+                    if small:
                         for g in range(G):
                             _small_product(rows_block[g], col_g[g], share[g])
                     elif layer.transposed_weight_gradient:  # dW^T = col gy^T
@@ -622,7 +623,6 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
     unused = np.empty((0,) * (2 if layer.pixel_major else 3), dtype=x.dtype)
     nogil_weight = weight if gx_from_columns else unused
     nogil_gx = gx if gx_from_columns else np.empty((0,) * 4, dtype=x.dtype)
-    small = K * (OC // G) <= SMALL_PRODUCT
 
     def run_nogil(start, stop):  # `run` as one nogil call (see tinycnn.kernels.cpu_conv_chunks)
         k = layer.chunk_index[start]
