@@ -137,6 +137,15 @@ WINOGRAD_TILES = 128
 # against 3.46; 128->128 at 12x12, batch 8, 1.79 against 2.62 (14 until the helpers' hand-off
 # in kernels/parallel.py was mended, when 8x8 gained nothing).
 WINOGRAD_WEIGHT_GRADIENT_SIZE = 8
+# From WINOGRAD_4X4_WEIGHT_GRADIENT_SIZE square on, the weight gradient takes F(4x4, 3x3)
+# (tinycnn.kernels.cpu_winograd4x4_backward): 2.25 multiply-adds per output rather than 4, more
+# round-off. Weight gradient by F(4x4, 3x3) / F(2x2, 3x3) / PyTorch's, ms, 2 threads, quiet machine:
+# DenseNet-121's 128->32 at 56x56, batch 8, 6.3 / 8.9 / 6.7; at 28x28 2.2 / 2.5 / 1.8; at 14x14
+# 1.17 / 0.96 / 0.53; ResNet-50's 64->64 at 56 5.4 / 8.1 / 6.5, 128->128 at 28 4.3 / 5.5 / 6.5,
+# 256->256 at 14 6.7 / 5.5 / 6.1; ResNet-18's (batch 32) 64->64 at 32 7.4 / 10.7 / 9.0, 128->128 at
+# 16 6.1 / 8.7 / 7.5, 256->256 at 8 9.1 / 7.6 / 7.8. Below 16, a 4x4 tile sticks out of the output
+# (14 = 3.5 tiles) and the products over the few tiles run slowly.
+WINOGRAD_4X4_WEIGHT_GRADIENT_SIZE = 16
 WINOGRAD_INPUT_GRADIENT = True
 WINOGRAD = True  # False: im2col everywhere (benchmarks/winograd.py's A/B)
 # One product per kernel tap (tinycnn.kernels.cpu_conv_taps), over only the outputs where the tap
@@ -535,7 +544,8 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
     fewer output than input channels or where Winograd suits that convolution (see
     WINOGRAD_INPUT_GRADIENT), from one convolution of gy after the chunks. gW comes from
     Winograd's F(2x2, 3x3) instead (tinycnn.kernels.cpu_winograd_backward) where the forward takes
-    it and the output is at least WINOGRAD_WEIGHT_GRADIENT_SIZE square; or everything from the
+    it and the output is at least WINOGRAD_WEIGHT_GRADIENT_SIZE square, F(4x4, 3x3) from
+    WINOGRAD_4X4_WEIGHT_GRADIENT_SIZE (cpu_winograd4x4_backward); or everything from the
     tap products (tinycnn.kernels.cpu_conv_taps) where they suit the layer's backward."""
     if _taps_suit(x.shape, W.shape, SH, SW, PH, PW, DH, DW, groups, backward=True):
         chunks = _taps_chunks(x.shape, W.shape, SH, SW, PH, PW, DH, DW)
@@ -550,7 +560,8 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
                       and min(layer.OH, layer.OW) >= WINOGRAD_WEIGHT_GRADIENT_SIZE)
     gW = None
     if gW_by_winograd:
-        gW = winograd_conv2d_weight_gradient(gy, x, PH, PW)
+        large = min(layer.OH, layer.OW) >= WINOGRAD_4X4_WEIGHT_GRADIENT_SIZE
+        gW = winograd_conv2d_weight_gradient(gy, x, PH, PW, 4 if large else 2)
         needs_grad = (needs_grad[0], False, needs_grad[2])
     if not needs_grad[1] and (not needs_grad[0] or layer.input_gradient_by_convolution):
         # The chunks would only copy gy to sum it for gb: skip them (a layer whose dx is a

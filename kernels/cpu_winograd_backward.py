@@ -14,13 +14,19 @@ gradient takes 36: 2.25 times fewer. The transformed input V is the forward's, m
 cpu_winograd._input_transform; the padding and the tiles that stick out of the output are zeros in
 gy's transform, so they add nothing.
 
+The driver below also runs F(4x4, 3x3) (tinycnn.kernels.cpu_winograd4x4_backward: its transforms,
+36 positions and 4x4 output blocks), which cpu_conv takes for large outputs: its chunks, shares and
+products are the same, in Tiling's functions.
+
 The input gradient is not computed here: at stride 1 it is itself a convolution of gy (see
 tinycnn.kernels.cpu_conv), which goes through Winograd's forward.
 """
+from typing import Callable, NamedTuple
+
 import numpy as np
 from numba import njit
 
-from tinycnn.kernels import cpu_blas
+from tinycnn.kernels import cpu_blas, cpu_winograd4x4_backward as f4x4
 from tinycnn.kernels.cpu_blas import _product
 from tinycnn.kernels.cpu_winograd import _input_transform, split_tile_rows, tile_counts
 from tinycnn.kernels.parallel import get_num_threads, parallel_range, run_chunks
@@ -36,16 +42,17 @@ GRADIENT_CHUNK_TILES = 1024
 SHARE_VALUES = 1 << 23  # 32 MiB of float32 shares
 
 
-def weight_gradient_chunks(N, C, OC, OH, OW):
-    """(start, stop) ranges of the N * TH tile rows of a layer, for the weight gradient; they depend
-    on its shape only."""
-    TH, TW = tile_counts(OH, OW)
+def weight_gradient_chunks(N, C, OC, OH, OW, outputs_per_tile=2):
+    """(start, stop) ranges of the N * TH tile rows of a layer, for the weight gradient by
+    F(2x2, 3x3) or, with outputs_per_tile 4, F(4x4, 3x3); they depend on its shape only."""
+    tiling = TILINGS[outputs_per_tile]
+    TH, TW = tiling.tile_counts(OH, OW)
     rows = N * TH
     if rows == 0:
         return []
     count = -(-rows // max(1, GRADIENT_CHUNK_TILES // (TW + 1)))
-    count = min(count, max(1, SHARE_VALUES // (16 * OC * C)))
-    return split_tile_rows(rows, count, 16 * OC * C * rows * TW)
+    count = min(count, max(1, SHARE_VALUES // (tiling.positions * OC * C)))
+    return split_tile_rows(rows, count, tiling.positions * OC * C * rows * TW)
 
 
 @njit(cache=True, nogil=True)
@@ -140,45 +147,67 @@ def _weight_gradient_chunk(gemm, x, gy, V, dM, share, by_input_channels, PH, PW,
         _product(gemm, first[p], False, second[p], True, share[p])
 
 
-def winograd_conv2d_weight_gradient(gy, x, PH, PW):
+class Tiling(NamedTuple):
+    """One Winograd algorithm for the weight gradient: its positions (the domain's size), its tile
+    counts, its transforms and its nogil chunk."""
+    positions: int
+    tile_counts: Callable
+    input_transform: Callable
+    output_gradient_transform: Callable
+    weight_gradient_chunk: Callable
+    weight_gradient_transform: Callable
+
+
+TILINGS = {
+    2: Tiling(16, tile_counts, _input_transform, _output_gradient_transform, _weight_gradient_chunk,
+              _weight_gradient_transform),
+    4: Tiling(f4x4.POSITIONS, f4x4.tile_counts, f4x4._input_transform, f4x4._output_gradient_transform,
+              f4x4._weight_gradient_chunk, f4x4._weight_gradient_transform),
+}
+
+
+def winograd_conv2d_weight_gradient(gy, x, PH, PW, outputs_per_tile=2):
     """dL/dW (OC, C, 3, 3) of y = conv2d(x, W) at stride 1, dilation 1, one group, for the output
-    gradient gy (N, OC, OH, OW): as the reference's gW up to round-off."""
+    gradient gy (N, OC, OH, OW), by F(2x2, 3x3), or F(4x4, 3x3) with outputs_per_tile 4
+    (tinycnn.kernels.cpu_winograd4x4_backward): as the reference's gW up to round-off."""
     x = np.ascontiguousarray(x)
     gy = np.ascontiguousarray(gy, dtype=x.dtype)
+    tiling = TILINGS[outputs_per_tile]
+    P = tiling.positions
     N, C = x.shape[:2]
     OC, OH, OW = gy.shape[1:]
-    TH, TW = tile_counts(OH, OW)
-    chunks = weight_gradient_chunks(N, C, OC, OH, OW)
-    # Each share is (16, OC, C), made as dM V^T; or, where there are more input than output
-    # channels, as its transpose V dM^T, (16, C, OC), and read through a transposed view: OpenBLAS
+    TH, TW = tiling.tile_counts(OH, OW)
+    chunks = weight_gradient_chunks(N, C, OC, OH, OW, outputs_per_tile)
+    # Each share is (P, OC, C), made as dM V^T; or, where there are more input than output
+    # channels, as its transpose V dM^T, (P, C, OC), and read through a transposed view: OpenBLAS
     # runs a product with a short result side (DenseNet's 32 output channels) 1.4x faster as the
     # columns than as the rows of the result (32x128 over 1024 tiles: 30 against 43 GMAC/s on one
     # core; 64x64 the same either way).
     by_input_channels = C > OC
     count = max(1, len(chunks))  # an empty batch: no chunk, and gW zero
     if by_input_channels:
-        products = np.zeros((count, 16, C, OC), dtype=x.dtype)
+        products = np.zeros((count, P, C, OC), dtype=x.dtype)
         shares = products.transpose(0, 1, 3, 2)
     else:
-        products = shares = np.zeros((count, 16, OC, C), dtype=x.dtype)
+        products = shares = np.zeros((count, P, OC, C), dtype=x.dtype)
     chunk_index = {start: k for k, (start, _) in enumerate(chunks)}
     gemm = cpu_blas.gemm_address(x.dtype)  # 0 where NumPy's BLAS cannot be called by address
     # One workspace (a chunk's V and dM) per thread, handed from chunk to chunk (see the forward).
     most_tiles = max((stop - start) * (TW + 1) for start, stop in chunks) if chunks else 0
-    free_workspaces = [(np.empty(16 * C * most_tiles, dtype=x.dtype), np.empty(16 * OC * most_tiles, dtype=x.dtype))
+    free_workspaces = [(np.empty(P * C * most_tiles, dtype=x.dtype), np.empty(P * OC * most_tiles, dtype=x.dtype))
                        for _ in range(min(get_num_threads(), len(chunks)))]
 
     def run(first_row, stop_row):
         tiles = (stop_row - first_row) * (TW + 1)
         V_memory, dM_memory = free_workspaces.pop()  # list.pop and append are atomic under the GIL
-        V = V_memory[:16 * C * tiles].reshape(16, C, tiles)
-        dM = dM_memory[:16 * OC * tiles].reshape(16, OC, tiles)
+        V = V_memory[:P * C * tiles].reshape(P, C, tiles)
+        dM = dM_memory[:P * OC * tiles].reshape(P, OC, tiles)
         if gemm:  # the steps below in one nogil call (see cpu_blas)
-            _weight_gradient_chunk(gemm, x, gy, V, dM, products[chunk_index[first_row]], by_input_channels, PH, PW,
-                                   TH, TW, first_row, stop_row)
+            tiling.weight_gradient_chunk(gemm, x, gy, V, dM, products[chunk_index[first_row]], by_input_channels,
+                                         PH, PW, TH, TW, first_row, stop_row)
         else:
-            _input_transform(x, V, PH, PW, TH, TW, first_row, stop_row)
-            _output_gradient_transform(gy, dM, TH, TW, first_row, stop_row)
+            tiling.input_transform(x, V, PH, PW, TH, TW, first_row, stop_row)
+            tiling.output_gradient_transform(gy, dM, TH, TW, first_row, stop_row)
             # one OpenBLAS product (OC, tiles) x (tiles, C) per position of the Winograd domain, or
             # its transpose (C, tiles) x (tiles, OC): first second^T, as in _weight_gradient_chunk
             first, second = (V, dM) if by_input_channels else (dM, V)
@@ -188,5 +217,6 @@ def winograd_conv2d_weight_gradient(gy, x, PH, PW):
     run_chunks(run, chunks)
     gW = np.empty((OC, C, 3, 3), dtype=x.dtype)
     # the shares' sum and G^T dU G, by output channels on every thread
-    parallel_range(lambda start, stop: _weight_gradient_transform(shares, gW, start, stop), OC, 16 * C * len(shares))
+    parallel_range(lambda start, stop: tiling.weight_gradient_transform(shares, gW, start, stop), OC,
+                   P * C * len(shares))
     return gW
