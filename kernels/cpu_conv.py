@@ -137,15 +137,23 @@ WINOGRAD_TILES = 128
 # against 3.46; 128->128 at 12x12, batch 8, 1.79 against 2.62 (14 until the helpers' hand-off
 # in kernels/parallel.py was mended, when 8x8 gained nothing).
 WINOGRAD_WEIGHT_GRADIENT_SIZE = 8
-# From WINOGRAD_4X4_WEIGHT_GRADIENT_SIZE square on, the weight gradient takes F(4x4, 3x3)
-# (tinycnn.kernels.cpu_winograd4x4_backward): 2.25 multiply-adds per output rather than 4, more
-# round-off. Weight gradient by F(4x4, 3x3) / F(2x2, 3x3) / PyTorch's, ms, 2 threads, quiet machine:
-# DenseNet-121's 128->32 at 56x56, batch 8, 6.3 / 8.9 / 6.7; at 28x28 2.2 / 2.5 / 1.8; at 14x14
-# 1.17 / 0.96 / 0.53; ResNet-50's 64->64 at 56 5.4 / 8.1 / 6.5, 128->128 at 28 4.3 / 5.5 / 6.5,
-# 256->256 at 14 6.7 / 5.5 / 6.1; ResNet-18's (batch 32) 64->64 at 32 7.4 / 10.7 / 9.0, 128->128 at
-# 16 6.1 / 8.7 / 7.5, 256->256 at 8 9.1 / 7.6 / 7.8. Below 16, a 4x4 tile sticks out of the output
-# (14 = 3.5 tiles) and the products over the few tiles run slowly.
-WINOGRAD_4X4_WEIGHT_GRADIENT_SIZE = 16
+# From WINOGRAD_4X4_SIZE square on, the forward and the weight gradient take F(4x4, 3x3)
+# (tinycnn.kernels.cpu_winograd4x4): 2.25 multiply-adds per output rather than 4, and 4-8 times the
+# float32 round-off (3x3 128->128 at 28x28, batch 2, post-ReLU inputs, He-initialised weights:
+# output RMS error 1.9e-6 of the output's RMS, largest 6.7e-6 of the largest output, against
+# 3.1e-7 and 4.7e-7). Below 16, a 4x4 tile sticks out of the output (14 = 3.5 tiles) and the
+# products over the few tiles run slowly. ms by F(4x4, 3x3) / F(2x2, 3x3) / PyTorch, 2 threads,
+# quiet machine, batch 8 unless said:
+#   forward: DenseNet-121's 128->32 at 56 5.8 / 6.4 / 6.3, at 28 1.6 / 1.9 / 1.8, at 14
+#   0.75 / 0.74 / 0.48; its input gradient's 32->128 at 56 5.4 / 6.3 / 6.4, at 28 1.3 / 2.0 / 1.8;
+#   ResNet-50's 64->64 at 56 4.9 / 5.8 / 6.0, 128->128 at 28 4.2 / 5.8 / 6.3, 256->256 at 14
+#   6.4 / 5.4 / 5.7; ResNet-18's (batch 32) 64->64 at 32 5.4 / 7.4 / 7.9; VGG-16's (batch 4)
+#   64->64 at 224 35 / 45 / 53, 256->256 at 56 25 / 34 / 44.
+#   weight gradient: DenseNet-121's 128->32 at 56 6.3 / 8.9 / 6.7, at 28 2.2 / 2.5 / 1.8, at 14
+#   1.17 / 0.96 / 0.53; ResNet-50's 64->64 at 56 5.4 / 8.1 / 6.5, 128->128 at 28 4.3 / 5.5 / 6.5,
+#   256->256 at 14 6.7 / 5.5 / 6.1; ResNet-18's 64->64 at 32 7.4 / 10.7 / 9.0, 128->128 at 16
+#   6.1 / 8.7 / 7.5, 256->256 at 8 9.1 / 7.6 / 7.8.
+WINOGRAD_4X4_SIZE = 16
 WINOGRAD_INPUT_GRADIENT = True
 WINOGRAD = True  # False: im2col everywhere (benchmarks/winograd.py's A/B)
 # One product per kernel tap (tinycnn.kernels.cpu_conv_taps), over only the outputs where the tap
@@ -228,7 +236,8 @@ def _dense_suits(x_shape, W_shape, SH, SW, PH, PW, DH, DW, groups):
 
 
 def _winograd_suits(x_shape, W_shape, SH, SW, PH, PW, DH, DW, groups):
-    """Whether conv2d_forward takes Winograd's F(2x2, 3x3) for this layer (see WINOGRAD_CHANNELS)."""
+    """Whether conv2d_forward takes Winograd for this layer (see WINOGRAD_CHANNELS; which tile:
+    _winograd_tile)."""
     N, C, H, W = x_shape
     OC, _, KH, KW = W_shape
     if not WINOGRAD or (KH, KW, SH, SW, DH, DW, groups) != (3, 3, 1, 1, 1, 1, 1) or N == 0 or OC == 0:
@@ -238,6 +247,12 @@ def _winograd_suits(x_shape, W_shape, SH, SW, PH, PW, DH, DW, groups):
         return False  # taps that see only padding: im2col cuts them off (see _ConvPlan)
     TH, TW = -(-OH // 2), -(-OW // 2)
     return C >= WINOGRAD_CHANNELS and min(OH, OW) >= WINOGRAD_SIZE and N * TH * (TW + 1) >= WINOGRAD_TILES
+
+
+def _winograd_tile(OH, OW):
+    """The outputs a side of the Winograd tile for a layer of OH x OW outputs that takes Winograd:
+    4, F(4x4, 3x3), from WINOGRAD_4X4_SIZE square on, else 2, F(2x2, 3x3)."""
+    return 4 if min(OH, OW) >= WINOGRAD_4X4_SIZE else 2
 
 
 def _conv_chunks(N, column_length, weight_length, multiply_adds):
@@ -457,7 +472,8 @@ def _conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, groups, normalisation):
     """conv2d_forward; then, unless normalisation is None, _batch_norm_relu_rows(..., *normalisation)
     on each chunk of the output as soon as it is written."""
     if _winograd_suits(x.shape, W.shape, SH, SW, PH, PW, DH, DW, groups):
-        return winograd_conv2d_forward(x, W, b, PH, PW, normalisation)
+        tile = _winograd_tile(x.shape[2] + 2 * PH - 2, x.shape[3] + 2 * PW - 2)
+        return winograd_conv2d_forward(x, W, b, PH, PW, normalisation, tile)
     if _dense_suits(x.shape, W.shape, SH, SW, PH, PW, DH, DW, groups):
         return dense_conv2d_forward(x, W, b, SH, SW, PH, PW, DH, DW, normalisation)
     if _taps_suit(x.shape, W.shape, SH, SW, PH, PW, DH, DW, groups, backward=False):
@@ -545,7 +561,7 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
     WINOGRAD_INPUT_GRADIENT), from one convolution of gy after the chunks. gW comes from
     Winograd's F(2x2, 3x3) instead (tinycnn.kernels.cpu_winograd_backward) where the forward takes
     it and the output is at least WINOGRAD_WEIGHT_GRADIENT_SIZE square, F(4x4, 3x3) from
-    WINOGRAD_4X4_WEIGHT_GRADIENT_SIZE (cpu_winograd4x4_backward); or everything from the
+    WINOGRAD_4X4_SIZE (cpu_winograd4x4_backward); or everything from the
     tap products (tinycnn.kernels.cpu_conv_taps) where they suit the layer's backward."""
     if _taps_suit(x.shape, W.shape, SH, SW, PH, PW, DH, DW, groups, backward=True):
         chunks = _taps_chunks(x.shape, W.shape, SH, SW, PH, PW, DH, DW)
@@ -560,8 +576,7 @@ def conv2d_backward(gy, x, W, SH, SW, PH, PW, DH, DW, groups, needs_grad=(True, 
                       and min(layer.OH, layer.OW) >= WINOGRAD_WEIGHT_GRADIENT_SIZE)
     gW = None
     if gW_by_winograd:
-        large = min(layer.OH, layer.OW) >= WINOGRAD_4X4_WEIGHT_GRADIENT_SIZE
-        gW = winograd_conv2d_weight_gradient(gy, x, PH, PW, 4 if large else 2)
+        gW = winograd_conv2d_weight_gradient(gy, x, PH, PW, _winograd_tile(layer.OH, layer.OW))
         needs_grad = (needs_grad[0], False, needs_grad[2])
     if not needs_grad[1] and (not needs_grad[0] or layer.input_gradient_by_convolution):
         # The chunks would only copy gy to sum it for gb: skip them (a layer whose dx is a

@@ -31,10 +31,12 @@ counted across the batch), fixed by the layer's shape alone, on tinycnn.kernels.
 each chunk transforms its input tiles, makes its 16 products (OpenBLAS on one thread) and
 transforms them back into y on one thread while its tiles are still in that core's cache.
 """
+from typing import Callable, NamedTuple
+
 import numpy as np
 from numba import njit
 
-from tinycnn.kernels import cpu_blas
+from tinycnn.kernels import cpu_blas, cpu_winograd4x4
 from tinycnn.kernels.cpu_blas import _product
 from tinycnn.kernels.cpu_norm import _batch_norm_relu_rows
 from tinycnn.kernels.parallel import get_num_threads, parallel_range, run_chunks, split
@@ -59,15 +61,18 @@ def tile_counts(OH, OW):
     return -(-OH // 2), -(-OW // 2)
 
 
-def winograd_chunks(N, C, OC, OH, OW):
-    """(start, stop) ranges of the N * TH tile rows of a layer; they depend on its shape only."""
-    TH, TW = tile_counts(OH, OW)
+def winograd_chunks(N, C, OC, OH, OW, outputs_per_tile=2):
+    """(start, stop) ranges of the N * TH tile rows of a layer, for F(2x2, 3x3) or, with
+    outputs_per_tile 4, F(4x4, 3x3); they depend on its shape only."""
+    tiling = TILINGS[outputs_per_tile]
+    P = tiling.positions
+    TH, TW = tiling.tile_counts(OH, OW)
     rows = N * TH
     if rows == 0:
         return []
-    tiles = max(MIN_CHUNK_TILES, TILE_CHUNK // (16 * (C + OC)), 4 * OC * C // (C + OC))
+    tiles = max(MIN_CHUNK_TILES, TILE_CHUNK // (P * (C + OC)), 4 * OC * C // (C + OC))
     count = -(-rows // max(1, -(-tiles // TW)))  # chunks of about `tiles` tiles, whole tile rows
-    return split_tile_rows(rows, count, 16 * OC * C * rows * TW)
+    return split_tile_rows(rows, count, P * OC * C * rows * TW)
 
 
 def split_tile_rows(rows, count, multiply_adds):
@@ -208,14 +213,14 @@ def _output_transform(M, b, y, TH, TW, first_row, stop_row):
                     y[n, o, 2 * th + a, np.uint64(w)] = out[a, np.uint64(r0 + w)]
 
 
-def _normalise_tile_rows(y, TH, first_row, stop_row, normalisation):
-    """_batch_norm_relu_rows on the output rows of tile rows [first_row, stop_row): one call per
-    sample they touch, whose tile rows are consecutive output rows."""
+def _normalise_tile_rows(y, TH, outputs, first_row, stop_row, normalisation):
+    """_batch_norm_relu_rows on the output rows of tile rows [first_row, stop_row), `outputs` rows a
+    tile row: one call per sample they touch, whose tile rows are consecutive output rows."""
     OH = y.shape[2]
     n = first_row // TH
     while n * TH < stop_row:
         first, stop = max(first_row, n * TH) - n * TH, min(stop_row, (n + 1) * TH) - n * TH
-        _batch_norm_relu_rows(y, n, n + 1, 2 * first, min(2 * stop, OH), *normalisation)
+        _batch_norm_relu_rows(y, n, n + 1, outputs * first, min(outputs * stop, OH), *normalisation)
         n += 1
 
 
@@ -231,19 +236,41 @@ def _forward_chunk(gemm, x, U, V, M, b, y, PH, PW, TH, TW, first_row, stop_row):
     _output_transform(M, b, y, TH, TW, first_row, stop_row)
 
 
-def weight_transform(W):
-    """U (16, OC, C) = G g G^T of every 3x3 kernel g of W (OC, C, 3, 3), position 4*xi + nu first."""
+class Tiling(NamedTuple):
+    """One Winograd algorithm for the forward: its outputs a tile side, its positions (the domain's
+    size), its tile counts, its transforms and its nogil chunk."""
+    outputs: int
+    positions: int
+    tile_counts: Callable
+    weight_transform: Callable
+    input_transform: Callable
+    output_transform: Callable
+    forward_chunk: Callable
+
+
+TILINGS = {
+    2: Tiling(2, 16, tile_counts, _weight_transform, _input_transform, _output_transform, _forward_chunk),
+    4: Tiling(4, cpu_winograd4x4.POSITIONS, cpu_winograd4x4.tile_counts, cpu_winograd4x4._weight_transform,
+              cpu_winograd4x4._input_transform, cpu_winograd4x4._output_transform, cpu_winograd4x4._forward_chunk),
+}
+
+
+def weight_transform(W, outputs_per_tile=2):
+    """U (P, OC, C) = G g G^T of every 3x3 kernel g of W (OC, C, 3, 3), position xi * sqrt(P) + nu
+    first: P = 16 for F(2x2, 3x3), 36 for F(4x4, 3x3)."""
+    tiling = TILINGS[outputs_per_tile]
     OC, C = W.shape[:2]
-    U = np.empty((16, OC, C), dtype=W.dtype)
-    parallel_range(lambda start, stop: _weight_transform(W, U, start, stop), OC, 16 * C)
+    U = np.empty((tiling.positions, OC, C), dtype=W.dtype)
+    parallel_range(lambda start, stop: tiling.weight_transform(W, U, start, stop), OC, tiling.positions * C)
     return U
 
 
-def winograd_conv2d_forward(x, W, b, PH, PW, normalisation=None):
+def winograd_conv2d_forward(x, W, b, PH, PW, normalisation=None, outputs_per_tile=2):
     """y = conv2d(x, W, b) at stride 1, dilation 1, one group, for a 3x3 W (OC, C, 3, 3), by
-    F(2x2, 3x3): as tinycnn.kernels.reference.conv2d_forward up to round-off. With normalisation,
-    each chunk's output rows are then normalised in place by _batch_norm_relu_rows(...,
-    *normalisation), inference's BatchNorm and ReLU (see cpu_conv.conv2d_batch_norm_relu_inference)."""
+    F(2x2, 3x3), or F(4x4, 3x3) with outputs_per_tile 4 (tinycnn.kernels.cpu_winograd4x4): as
+    tinycnn.kernels.reference.conv2d_forward up to round-off. With normalisation, each chunk's
+    output rows are then normalised in place by _batch_norm_relu_rows(..., *normalisation),
+    inference's BatchNorm and ReLU (see cpu_conv.conv2d_batch_norm_relu_inference)."""
     x, W = np.ascontiguousarray(x), np.ascontiguousarray(W, dtype=x.dtype)
     N, C, H, Wd = x.shape
     OC = W.shape[0]
@@ -251,11 +278,13 @@ def winograd_conv2d_forward(x, W, b, PH, PW, normalisation=None):
     if W.shape[1:] != (C, 3, 3) or OH < 1 or OW < 1:
         raise ValueError(f"winograd_conv2d_forward: expected a (OC, {C}, 3, 3) weight and an input of at least 3x3 "
                          f"once padded, got weight {W.shape}, input {x.shape}, padding ({PH}, {PW})")
-    TH, TW = tile_counts(OH, OW)
+    tiling = TILINGS[outputs_per_tile]
+    P = tiling.positions
+    TH, TW = tiling.tile_counts(OH, OW)
     b = np.zeros(0, x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
     y = np.empty((N, OC, OH, OW), dtype=x.dtype)
-    U = weight_transform(W)
-    chunks = winograd_chunks(N, C, OC, OH, OW)
+    U = weight_transform(W, outputs_per_tile)
+    chunks = winograd_chunks(N, C, OC, OH, OW, outputs_per_tile)
     # One workspace (a chunk's V and M) per thread, made once per call and handed from chunk to
     # chunk: fresh arrays for every chunk came as fresh pages from the operating system, whose
     # first touch cost more than the transforms (3x3 64->64 at 56x56, batch 8, one thread: 28
@@ -263,7 +292,7 @@ def winograd_conv2d_forward(x, W, b, PH, PW, normalisation=None):
     most_tiles = max((stop - start) * (TW + 1) for start, stop in chunks) if chunks else 0
 
     def new_workspace():
-        return np.empty(16 * C * most_tiles, dtype=x.dtype), np.empty(16 * OC * most_tiles, dtype=x.dtype)
+        return np.empty(P * C * most_tiles, dtype=x.dtype), np.empty(P * OC * most_tiles, dtype=x.dtype)
     free_workspaces = [new_workspace() for _ in range(min(get_num_threads(), len(chunks)))]
     gemm = cpu_blas.gemm_address(x.dtype)  # 0 where NumPy's BLAS cannot be called by address
 
@@ -274,16 +303,16 @@ def winograd_conv2d_forward(x, W, b, PH, PW, normalisation=None):
             V_memory, M_memory = free_workspaces.pop()
         except IndexError:  # more threads than workspaces: set_num_threads during this call
             V_memory, M_memory = new_workspace()
-        V = V_memory[:16 * C * tiles].reshape(16, C, tiles)
-        M = M_memory[:16 * OC * tiles].reshape(16, OC, tiles)
+        V = V_memory[:P * C * tiles].reshape(P, C, tiles)
+        M = M_memory[:P * OC * tiles].reshape(P, OC, tiles)
         if gemm:  # the three steps below in one nogil call (see cpu_blas)
-            _forward_chunk(gemm, x, U, V, M, b, y, PH, PW, TH, TW, first_row, stop_row)
+            tiling.forward_chunk(gemm, x, U, V, M, b, y, PH, PW, TH, TW, first_row, stop_row)
         else:
-            _input_transform(x, V, PH, PW, TH, TW, first_row, stop_row)
+            tiling.input_transform(x, V, PH, PW, TH, TW, first_row, stop_row)
             np.matmul(U, V, out=M)  # one OpenBLAS product (OC, C) x (C, tiles) per position of the domain
-            _output_transform(M, b, y, TH, TW, first_row, stop_row)
+            tiling.output_transform(M, b, y, TH, TW, first_row, stop_row)
         if normalisation is not None:
-            _normalise_tile_rows(y, TH, first_row, stop_row, normalisation)
+            _normalise_tile_rows(y, TH, tiling.outputs, first_row, stop_row, normalisation)
         free_workspaces.append((V_memory, M_memory))
 
     run_chunks(run, chunks)

@@ -1,104 +1,25 @@
 """The weight gradient of a 3x3 stride-1 convolution by Winograd's F(4x4, 3x3), for the Numba backend:
-the transforms of the larger Winograd tile (Lavin and Gray, "Fast Algorithms for Convolutional
-Neural Networks", CVPR 2016, section 5, with the interpolation points 0, +-1, +-2). The driver,
-its chunks and their products are tinycnn.kernels.cpu_winograd_backward's, which does the same with
-F(2x2, 3x3): read that file first.
+the adjoint of tinycnn.kernels.cpu_winograd4x4's forward (read that file first; its header has the
+transforms B^T, G and A^T). The driver, its chunks and their products are
+tinycnn.kernels.cpu_winograd_backward's, which does the same with F(2x2, 3x3).
 
-A 4x4 block of outputs Y of a 3x3 filter g over the 6x6 input tile d under it is
-
-    Y = A^T [ (G g G^T) * (B^T d B) ] A
-
-      B^T = [ 4  0 -5  0  1  0 ]     G = [  1/4     0     0  ]     A^T = [ 1  1  1  1  1  0 ]
-            [ 0 -4 -4  1  1  0 ]         [ -1/6  -1/6  -1/6  ]           [ 0  1 -1  2 -2  0 ]
-            [ 0  4 -4 -1  1  0 ]         [ -1/6   1/6  -1/6  ]           [ 0  1  1  4  4  0 ]
-            [ 0 -2 -1  2  1  0 ]         [ 1/24  1/12   1/6  ]           [ 0  1 -1  8 -8  1 ]
-            [ 0  2 -1 -2  1  0 ]         [ 1/24 -1/12   1/6  ]
-            [ 0  4  0 -5  0  1 ]         [  0      0     1   ]
-
-and, as for F(2x2, 3x3), the weight gradient is dL/dg = G^T [ sum over tiles of
-(A gy A^T) * (B^T d B) ] G, with gy the 4x4 block of dL/dY of a tile: 36 products, each with one
-multiply-add per tile and (o, c) pair. A tile covers 16 outputs rather than 4, so that is 36/16 =
-2.25 multiply-adds per output and (o, c), against F(2x2, 3x3)'s 4 and im2col's 9. DenseNet-121's
-3x3 128->32 at 56x56, batch 8: 426 M multiply-adds by F(2x2, 3x3), 248 M here.
+As for F(2x2, 3x3), the weight gradient is dL/dg = G^T [ sum over tiles of (A gy A^T) * (B^T d B) ] G,
+with gy the 4x4 block of dL/dY of a tile: 36 products, each with one multiply-add per tile and
+(o, c) pair. A tile covers 16 outputs rather than 4, so that is 36/16 = 2.25 multiply-adds per
+output and (o, c), against F(2x2, 3x3)'s 4 and im2col's 9. DenseNet-121's 3x3 128->32 at 56x56,
+batch 8: 426 M multiply-adds by F(2x2, 3x3), 248 M here.
 
 The price is round-off: the coefficients 4, 5, 8 and 1/6 (not exact in binary) grow the float32
 error. A DenseNet-121 weight gradient (128->32, batch 8, unit-normal x and gy) was 1.1-1.5e-5 of
 its largest entry away from the exact one at 28x28 and 56x56, against 1.7-3.4e-6 for PyTorch's
 float32; float64 stays at 1e-14. cpu_conv takes this path only for large outputs (see
-WINOGRAD_4X4_WEIGHT_GRADIENT_SIZE there).
-
-Each tile row carries one spare tile, as in tinycnn.kernels.cpu_winograd: a chunk's tiles then
-start every 4 columns of its tile rows laid end to end, and every transform is a long vector loop.
+WINOGRAD_4X4_SIZE there).
 """
 import numpy as np
 from numba import njit
 
 from tinycnn.kernels.cpu_blas import _product
-
-POSITIONS = 36  # the 6x6 Winograd domain, position 6*xi + nu
-
-
-def tile_counts(OH, OW):
-    """Tile rows and columns covering an OH x OW output, 4x4 outputs a tile (the last may stick out)."""
-    return -(-OH // 4), -(-OW // 4)
-
-
-@njit(cache=True, nogil=True)
-def _input_transform(x, V, PH, PW, TH, TW, first_row, stop_row):
-    # V[6*xi + nu, c, q] = (B^T d B)[xi, nu] for the 6x6 tile d of channel c whose top left corner
-    # is input pixel (4*th - PH, 4*tw - PW), at q = (row - first_row) * (TW + 1) + tw, for the
-    # tile rows row = n * TH + th in [first_row, stop_row); tw = TW is the spare tile.
-    # B^T's rows, on a vector d0..d5, with a = d4 - 4 d2, b = d3 - 4 d1, e = d4 - d2, f = 2 (d3 - d1):
-    # 4 d0 - 5 d2 + d4, a + b, a - b, e + f, e - f, 4 d1 - 5 d3 + d5.
-    N, C, H, W = x.shape
-    width = 4 * (TW + 1)  # the columns of one tile row, its spare tile included
-    tiles = (stop_row - first_row) * (TW + 1)
-    four, five = x.dtype.type(4), x.dtype.type(5)
-    # B^T d along h for each tile row, the tile rows end to end (2 more columns for the last spare
-    # tile): tile q's 6x6 values are rows[:, 4*q:4*q + 6]
-    rows = np.zeros((6, (stop_row - first_row) * width + 2), dtype=x.dtype)
-    edge = np.empty((6, W), dtype=x.dtype)  # the input rows of a tile row at the top or bottom
-    # The columns inside the input, w - PW in [0, W); the others are padding, left zero in rows.
-    w_lo = min(width, PW)
-    w_hi = max(w_lo, min(width, W + PW))
-    for c in range(C):
-        for row in range(first_row, stop_row):
-            n, th = row // TH, row % TH
-            h0 = 4 * th - PH
-            if 0 <= h0 and h0 + 5 < H:
-                d, top = x[n, c], h0
-            else:  # some rows are padding: a copy with zero rows there
-                for i in range(6):
-                    h = h0 + i
-                    for w in range(W):
-                        edge[i, np.uint64(w)] = x[n, c, h, np.uint64(w)] if 0 <= h < H else 0
-                d, top = edge, 0
-            r0 = (row - first_row) * width
-            for w in range(w_lo, w_hi):
-                u, v = np.uint64(r0 + w), np.uint64(w - PW)
-                d0, d1, d2 = d[top, v], d[top + 1, v], d[top + 2, v]
-                d3, d4, d5 = d[top + 3, v], d[top + 4, v], d[top + 5, v]
-                a, b = d4 - four * d2, d3 - four * d1
-                e, f = d4 - d2, (d3 - d1) + (d3 - d1)
-                rows[0, u] = four * d0 - five * d2 + d4
-                rows[1, u] = a + b
-                rows[2, u] = a - b
-                rows[3, u] = e + f
-                rows[4, u] = e - f
-                rows[5, u] = four * d1 - five * d3 + d5
-        for xi in range(6):  # then B along w, the same combinations of each tile's 6 columns
-            for q in range(tiles):
-                w = np.uint64(4 * q)
-                d0, d1, d2 = rows[xi, w], rows[xi, w + np.uint64(1)], rows[xi, w + np.uint64(2)]
-                d3, d4, d5 = rows[xi, w + np.uint64(3)], rows[xi, w + np.uint64(4)], rows[xi, w + np.uint64(5)]
-                a, b = d4 - four * d2, d3 - four * d1
-                e, f = d4 - d2, (d3 - d1) + (d3 - d1)
-                V[6 * xi + 0, c, np.uint64(q)] = four * d0 - five * d2 + d4
-                V[6 * xi + 1, c, np.uint64(q)] = a + b
-                V[6 * xi + 2, c, np.uint64(q)] = a - b
-                V[6 * xi + 3, c, np.uint64(q)] = e + f
-                V[6 * xi + 4, c, np.uint64(q)] = e - f
-                V[6 * xi + 5, c, np.uint64(q)] = four * d1 - five * d3 + d5
+from tinycnn.kernels.cpu_winograd4x4 import _input_transform
 
 
 @njit(cache=True, nogil=True)

@@ -14,8 +14,8 @@ gradient takes 36: 2.25 times fewer. The transformed input V is the forward's, m
 cpu_winograd._input_transform; the padding and the tiles that stick out of the output are zeros in
 gy's transform, so they add nothing.
 
-The driver below also runs F(4x4, 3x3) (tinycnn.kernels.cpu_winograd4x4_backward: its transforms,
-36 positions and 4x4 output blocks), which cpu_conv takes for large outputs: its chunks, shares and
+The driver below also runs F(4x4, 3x3) (tinycnn.kernels.cpu_winograd4x4_backward and cpu_winograd4x4: its
+transforms, 36 positions and 4x4 output blocks), which cpu_conv takes for large outputs: its chunks, shares and
 products are the same, in Tiling's functions.
 
 The input gradient is not computed here: at stride 1 it is itself a convolution of gy (see
@@ -26,7 +26,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 from numba import njit
 
-from tinycnn.kernels import cpu_blas, cpu_winograd4x4_backward as f4x4
+from tinycnn.kernels import cpu_blas, cpu_winograd4x4, cpu_winograd4x4_backward as f4x4
 from tinycnn.kernels.cpu_blas import _product
 from tinycnn.kernels.cpu_winograd import _input_transform, split_tile_rows, tile_counts
 from tinycnn.kernels.parallel import get_num_threads, parallel_range, run_chunks
@@ -161,8 +161,8 @@ class Tiling(NamedTuple):
 TILINGS = {
     2: Tiling(16, tile_counts, _input_transform, _output_gradient_transform, _weight_gradient_chunk,
               _weight_gradient_transform),
-    4: Tiling(f4x4.POSITIONS, f4x4.tile_counts, f4x4._input_transform, f4x4._output_gradient_transform,
-              f4x4._weight_gradient_chunk, f4x4._weight_gradient_transform),
+    4: Tiling(cpu_winograd4x4.POSITIONS, cpu_winograd4x4.tile_counts, cpu_winograd4x4._input_transform,
+              f4x4._output_gradient_transform, f4x4._weight_gradient_chunk, f4x4._weight_gradient_transform),
 }
 
 
