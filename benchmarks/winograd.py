@@ -1,4 +1,5 @@
-"""Per-layer A/B of the Numba backend's 3x3 convolutions: im2col against Winograd's F(2x2, 3x3).
+"""Per-layer A/B of the Numba backend's 3x3 convolutions: im2col against Winograd (F(2x2, 3x3), and
+F(4x4, 3x3) from 16x16 outputs on, as kernels/cpu_conv.py's _winograd_tile picks).
 
     python -m benchmarks.winograd [--layers PREFIX,...] [--repeat R] [--backward]
 
