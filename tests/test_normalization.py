@@ -201,3 +201,40 @@ def test_check_nan_names_batch_norm():
     x[0, 1] = np.nan
     with tinycnn.config.using(check_nan=True), pytest.raises(ValueError, match="BatchNorm: input 0"):
         F.batch_norm(tinycnn.tensor(x), None, None, training=True)
+
+
+@pytest.mark.parametrize("shape", [(64, 160, 4, 4), (40, 96, 8, 8), (256, 600, 2, 2)])
+def test_batch_norm_relu_in_blocks_of_channels_matches_torch_on_any_thread_count(shape, monkeypatch):
+    # Big batches of small planes: kernels/cpu_norm.py runs blocks of several channels
+    # (parallel_channels, at least CHANNEL_RUN values of each sample), several blocks a call here.
+    # Training-mode BatchNorm, the residual's add and ReLU, forward and backward, in float64 against
+    # torch, and the same bits on 1, 2 and 3 threads.
+    from tinycnn.kernels import cpu_norm, parallel
+    N, C, H, W = shape
+    blocks = []
+    monkeypatch.setattr(cpu_norm, "run_chunks", lambda run, chunks: blocks.append(chunks) or parallel.run_chunks(run, chunks))
+    rng = np.random.default_rng(0)
+    x, residual, gy = (rng.standard_normal(shape) for _ in range(3))
+    gamma, beta = rng.standard_normal(C), rng.standard_normal(C)
+    results = []
+    previous = parallel.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            parallel.set_num_threads(threads)
+            y, mean, _, inv_std = cpu_norm.batch_norm_relu_forward_training(x, gamma, beta, 1e-5, residual, True)
+            gradients = cpu_norm.batch_norm_relu_backward(gy, y, x, gamma, mean, inv_std, True, True)
+            results.append((y,) + gradients)
+    finally:
+        parallel.set_num_threads(previous)
+    assert len(blocks) == 6 and all(len(chunks) > 1 for chunks in blocks), blocks  # several blocks a call
+    assert all(stop - start >= min(C, -(-cpu_norm.CHANNEL_RUN // (H * W))) for start, stop in blocks[0][:-1])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+    tx, tr = torch.tensor(x, requires_grad=True), torch.tensor(residual, requires_grad=True)
+    tg, tb = torch.tensor(gamma, requires_grad=True), torch.tensor(beta, requires_grad=True)
+    ty = torch.relu(torch.nn.functional.batch_norm(tx, None, None, tg, tb, training=True, eps=1e-5) + tr)
+    ty.backward(torch.tensor(gy))
+    y, gx, ggamma, gbeta, gresidual = results[0]
+    for ours, theirs in [(y, ty), (gx, tx.grad), (ggamma, tg.grad), (gbeta, tb.grad), (gresidual, tr.grad)]:
+        np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-10, atol=1e-10)
