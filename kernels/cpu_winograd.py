@@ -30,6 +30,10 @@ The work goes in chunks of tile rows (all the tiles of output rows 2*th, 2*th + 
 counted across the batch), fixed by the layer's shape alone, on tinycnn.kernels.parallel's threads:
 each chunk transforms its input tiles, makes its 16 products (OpenBLAS on one thread) and
 transforms them back into y on one thread while its tiles are still in that core's cache.
+
+The same driver runs F(4x4, 3x3) (tinycnn.kernels.cpu_winograd4x4: 6x6 tiles, 36 positions),
+which cpu_conv takes for outputs of 16x16 and more; each tile's transforms and chunk function are
+named in TILINGS.
 """
 from typing import Callable, NamedTuple
 
