@@ -13,7 +13,7 @@ import math
 import numpy as np
 from numba import njit
 
-from tinycnn.kernels.parallel import CHUNK_WORK, SERIAL_WORK, parallel_pieces, parallel_range, run_chunks, split
+from tinycnn.kernels.parallel import parallel_pieces, parallel_range
 
 # The batch-norm kernels run a block of channels per chunk (a channel's statistics need all of it),
 # sample by sample: in each sample the block's channels lie side by side, and the next sample's
@@ -27,17 +27,9 @@ from tinycnn.kernels.parallel import CHUNK_WORK, SERIAL_WORK, parallel_pieces, p
 CHANNEL_RUN = 1024
 
 
-def parallel_channels(run, C, N, L, work_per_value):
-    """run(start, stop) over the channels of an (N, C, L) array, as parallel_range with
-    work_per_value * N * L the work of a channel, in blocks of at least CHANNEL_RUN / L channels
-    (see CHANNEL_RUN). The blocks depend on the shape only."""
-    work = work_per_value * N * L
-    if C * work < SERIAL_WORK:
-        if C > 0:
-            run(0, C)
-        return
-    per_chunk = max(1, CHUNK_WORK // max(1, work), -(-CHANNEL_RUN // max(1, L)))
-    run_chunks(run, split(C, min(C, per_chunk)))
+def _block_channels(L):
+    """The fewest channels of planes of L values that make a block of CHANNEL_RUN values a sample."""
+    return -(-CHANNEL_RUN // max(1, L))
 
 
 def _as_ncl(x):
@@ -217,9 +209,9 @@ def batch_norm_relu_forward_training(x, gamma, beta, eps, residual, relu):
         parallel_range(lambda start, stop: _batch_norm_forward_vectors(x2, gamma, beta, eps, y2, mean, var, inv_std,
                                                                        residual2, relu, start, stop), C, 3 * N)
         return y.reshape(x.shape), mean, var, inv_std
-    parallel_channels(lambda start, stop: _batch_norm_forward_training(x3, gamma, beta, eps, y, mean, var, inv_std,
-                                                                       residual, relu, start, stop),
-                      C, x3.shape[0], x3.shape[2], 3)
+    parallel_range(lambda start, stop: _batch_norm_forward_training(x3, gamma, beta, eps, y, mean, var, inv_std,
+                                                                    residual, relu, start, stop),
+                   C, 3 * x3.shape[0] * x3.shape[2], _block_channels(x3.shape[2]))
     return y.reshape(x.shape), mean, var, inv_std
 
 
@@ -417,9 +409,9 @@ def batch_norm_relu_backward(gy, y, x, gamma, mean, inv_std, relu, needs_residua
             vectors[0], vectors[1], vectors[2], gain, mean, inv_std, vectors[3], ggamma, gbeta, vectors[4], start, stop),
             C, 2 * N)
         return gx.reshape(x.shape), ggamma, gbeta, gresidual
-    parallel_channels(lambda start, stop: _batch_norm_backward(gy3, mask, x3, gain, mean, inv_std, gx, ggamma, gbeta,
-                                                               g_out, start, stop),
-                      C, x3.shape[0], x3.shape[2], 2)
+    parallel_range(lambda start, stop: _batch_norm_backward(gy3, mask, x3, gain, mean, inv_std, gx, ggamma, gbeta,
+                                                            g_out, start, stop),
+                   C, 2 * x3.shape[0] * x3.shape[2], _block_channels(x3.shape[2]))
     return gx.reshape(x.shape), ggamma, gbeta, gresidual
 
 
@@ -558,9 +550,9 @@ def batch_norm_backward_inference(gy, x, gamma, mean, inv_std):
     gain = inv_std if gamma is None else np.ascontiguousarray(gamma * inv_std, dtype=x.dtype)
     gx = np.empty_like(x3)
     ggamma, gbeta = np.zeros(C, dtype=x.dtype), np.zeros(C, dtype=x.dtype)  # an empty batch sums to 0
-    parallel_channels(lambda start, stop: _batch_norm_backward_inference(gy3, x3, gain, mean, inv_std, gx, ggamma,
-                                                                         gbeta, start, stop),
-                      C, x3.shape[0], x3.shape[2], 2)
+    parallel_range(lambda start, stop: _batch_norm_backward_inference(gy3, x3, gain, mean, inv_std, gx, ggamma, gbeta,
+                                                                      start, stop),
+                   C, 2 * x3.shape[0] * x3.shape[2], _block_channels(x3.shape[2]))
     return gx.reshape(x.shape), ggamma, gbeta
 
 @njit(cache=True, nogil=True)

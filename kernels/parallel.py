@@ -297,12 +297,13 @@ def parallel_pieces(run_piece, counts, work_per_item):
     parallel_range(run, firsts[-1], work_per_item)
 
 
-def chunk_bounds(total, work_per_item):
-    """Split range(total) into chunks of about CHUNK_WORK element operations, at least one item
-    each: a list of (start, stop). Depends on the work's size only, never on the thread count."""
+def chunk_bounds(total, work_per_item, min_items=1):
+    """Split range(total) into chunks of about CHUNK_WORK element operations, at least min_items
+    items each (or all of them): a list of (start, stop). Depends on the work's size only, never on
+    the thread count."""
     if total <= 0:
         return []
-    per_chunk = max(1, min(total, CHUNK_WORK // max(1, work_per_item)))
+    per_chunk = max(1, min(total, max(min_items, CHUNK_WORK // max(1, work_per_item))))
     return split(total, per_chunk)
 
 
@@ -345,12 +346,12 @@ def run_chunks(run, chunks):
         raise failed[0]
 
 
-def parallel_range(run, total, work_per_item):
+def parallel_range(run, total, work_per_item, min_items=1):
     """run(start, stop) over range(total) in chunks, in parallel when the work is big enough.
     work_per_item: about how many element operations one item costs (for example, the elements
-    of one image plane)."""
+    of one image plane); min_items: the fewest items a chunk may have (all of them at most)."""
     if total * work_per_item < SERIAL_WORK:
         if total > 0:
             run(0, total)
         return
-    run_chunks(run, chunk_bounds(total, work_per_item))
+    run_chunks(run, chunk_bounds(total, work_per_item, min_items))

@@ -206,13 +206,14 @@ def test_check_nan_names_batch_norm():
 @pytest.mark.parametrize("shape", [(64, 160, 4, 4), (40, 96, 8, 8), (256, 600, 2, 2)])
 def test_batch_norm_relu_in_blocks_of_channels_matches_torch_on_any_thread_count(shape, monkeypatch):
     # Big batches of small planes: kernels/cpu_norm.py runs blocks of several channels
-    # (parallel_channels, at least CHANNEL_RUN values of each sample), several blocks a call here.
+    # (at least CHANNEL_RUN values of each sample), several blocks a call here.
     # Training-mode BatchNorm, the residual's add and ReLU, forward and backward, in float64 against
     # torch, and the same bits on 1, 2 and 3 threads.
     from tinycnn.kernels import cpu_norm, parallel
     N, C, H, W = shape
     blocks = []
-    monkeypatch.setattr(cpu_norm, "run_chunks", lambda run, chunks: blocks.append(chunks) or parallel.run_chunks(run, chunks))
+    run_chunks = parallel.run_chunks
+    monkeypatch.setattr(parallel, "run_chunks", lambda run, chunks: blocks.append(chunks) or run_chunks(run, chunks))
     rng = np.random.default_rng(0)
     x, residual, gy = (rng.standard_normal(shape) for _ in range(3))
     gamma, beta = rng.standard_normal(C), rng.standard_normal(C)

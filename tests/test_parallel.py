@@ -57,6 +57,10 @@ def test_chunks_depend_on_the_work_only():
     assert parallel.chunk_bounds(0, 5) == []
     assert parallel.chunk_bounds(5, parallel.CHUNK_WORK * 2) == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
     assert parallel.chunk_bounds(10, parallel.CHUNK_WORK // 4) == [(0, 4), (4, 8), (8, 10)]
+    # at least min_items a chunk (the batch-norm kernels' blocks of channels), or all of them
+    assert parallel.chunk_bounds(10, parallel.CHUNK_WORK * 2, min_items=3) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert parallel.chunk_bounds(10, parallel.CHUNK_WORK // 4, min_items=3) == [(0, 4), (4, 8), (8, 10)]
+    assert parallel.chunk_bounds(10, parallel.CHUNK_WORK * 2, min_items=50) == [(0, 10)]
 
 
 def test_an_exception_in_a_chunk_reaches_the_caller(three_threads):
